@@ -1,0 +1,115 @@
+"""Writing a run directory safely.
+
+Files are written to a temporary name in the same directory and renamed into place, so a reader never sees half a
+file. `manifest.json` is removed before any output is replaced and written last: a directory is a finished run if
+and only if it holds a manifest with `"status": "complete"`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from .errors import OutputError
+
+MANIFEST = "manifest.json"
+SELECTED = "selected.jsonl"
+SCORES = "scores.parquet"
+TARGET_SCORES = "target_scores.npy"
+EMBEDDINGS = "embeddings.npy"
+EXCLUDED = "excluded.jsonl"
+OUTPUT_FILES = (SELECTED, SCORES, TARGET_SCORES, EMBEDDINGS, EXCLUDED, MANIFEST)
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
+    """Open a temporary sibling of `path` for writing; rename it over `path` only if the block succeeds."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: Path, value: Any) -> None:
+    with atomic_file(path) as handle:
+        json.dump(value, handle, indent=2, sort_keys=False)
+        handle.write("\n")
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    with atomic_file(path) as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+
+
+def write_npy(path: Path, array: np.ndarray) -> None:
+    with atomic_file(path, "wb") as handle:
+        np.save(handle, array)
+
+
+def write_parquet(path: Path, columns: dict[str, Any], metadata: dict[str, str] | None = None) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table(columns)
+    if metadata:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
+    with atomic_file(path, "wb") as handle:
+        pq.write_table(table, handle)
+
+
+def read_manifest(out: Path) -> dict[str, Any] | None:
+    path = out / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def check_output_dir(out: Path, config: dict[str, Any], overwrite: bool) -> None:
+    """Refuse an output directory that holds something other than an earlier run of the same configuration."""
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--out {out} is a file; give a directory")
+    if not out.exists() or overwrite or not any(out.iterdir()):
+        return
+    manifest = read_manifest(out)
+    if manifest is None:
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in OUTPUT_FILES and not p.name.startswith("."))
+        if foreign:
+            raise OutputError(
+                f"--out {out} is not empty and is not an influence-distill run (holds {', '.join(foreign[:3])}); "
+                "choose another directory or pass --overwrite"
+            )
+        return
+    if _comparable(manifest.get("config", {})) != _comparable(config):
+        raise OutputError(
+            f"--out {out} holds a run with a different configuration; choose another directory or pass --overwrite"
+        )
+
+
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in config.items() if key != "out"}
+
+
+def begin_writing(out: Path) -> None:
+    """Mark the directory as unfinished before replacing any output."""
+    out.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        (out / MANIFEST).unlink()

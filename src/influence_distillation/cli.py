@@ -1,0 +1,148 @@
+"""`influence-distill`: a thin command line over the Python API.
+
+Flags are generated from the config dataclasses (their metadata holds each flag's name and help), so `--help`, config
+files and the manifest always list the same settings. Precedence: built-in defaults < `--config FILE` < flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+import types
+import typing
+from typing import Any
+
+from .config import SelectConfig, from_dict, load_config_file
+from .errors import InfDistError
+
+log = logging.getLogger("influence_distillation")
+
+SECTION_TITLES = {
+    "model": "model",
+    "data": "data",
+    "embedding": "stage 1: JVP embeddings",
+    "landmarks": "stage 2: landmarks",
+    "gradients": "stage 3: landmark and target gradients",
+    "propagation": "stage 4: kernel ridge propagation",
+    "selection": "stage 5: selection",
+}
+
+
+def number(text: str) -> float:
+    """An int when the text is integral ('4096'), else a float ('0.05')."""
+    value = float(text)
+    return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
+
+
+def _scalar_type(annotation: Any) -> Any:
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    return annotation
+
+
+def _add_fields(parser, cls: type, prefix: str) -> None:
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            group = parser.add_argument_group(SECTION_TITLES.get(f.name, f.name))
+            _add_fields(group, hints[f.name], f"{prefix}{f.name}.")
+            continue
+        flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+        kind = _scalar_type(hints[f.name])
+        default = f.default
+        help_text = f.metadata.get("help", "")
+        if default not in ("", None) and kind is not bool:
+            help_text += f" (default: {default})"
+        kwargs: dict[str, Any] = {"dest": prefix + f.name, "default": argparse.SUPPRESS, "help": help_text}
+        if kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = number if kind is float else kind
+            kwargs["metavar"] = f.name.upper() if not f.metadata.get("choices") else None
+            if f.metadata.get("choices"):
+                kwargs["choices"] = f.metadata["choices"]
+        parser.add_argument(flag, **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="influence-distill",
+        description="Select LLM fine-tuning data with Influence Distillation (arXiv 2505.19051).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    select = commands.add_parser(
+        "select",
+        help="select the BUDGET pool samples most influential on the target set",
+        description=(
+            "Embed the pool with JVP embeddings, take exact gradients of a few landmark samples and of the target "
+            "samples, propagate the landmarks' influence to the pool by kernel ridge regression, and select. "
+            "Writes selected.jsonl, scores.parquet, target_scores.npy, embeddings.npy, excluded.jsonl and "
+            "manifest.json into --out."
+        ),
+        epilog="Example: influence-distill select --pool pool.jsonl --target target.jsonl --model ./my-model "
+        "--budget 1000 --out runs/first",
+    )
+    select.add_argument("--config", metavar="FILE", help="YAML, TOML or JSON config (a run's manifest.json "
+                        "replays that run); flags override its values")
+    _add_fields(select, SelectConfig, "")
+    select.add_argument("--overwrite", action="store_true", help="replace an --out directory holding another run")
+    select.add_argument("--quiet", action="store_true", help="no progress bars or stage logs")
+    select.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> SelectConfig:
+    values: dict[str, Any] = load_config_file(args.config) if args.config else {}
+    top_level = {f.name for f in dataclasses.fields(SelectConfig)}
+    for dest, value in vars(args).items():
+        if dest.split(".")[0] not in top_level:
+            continue  # command-level flags such as --overwrite
+        node = values
+        *sections, name = dest.split(".")
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[name] = value
+    return from_dict(SelectConfig, values)
+
+
+def _select(args: argparse.Namespace) -> int:
+    from .pipeline import run_selection
+
+    config = config_from_args(args)
+    result = run_selection(config, overwrite=args.overwrite, progress=not args.quiet)
+    stages = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in result.manifest["stages"].items())
+    print(f"selected {len(result.selected)} of {len(result.pool_ids)} pool samples -> {config.out}/selected.jsonl")
+    print(f"stage times: {stages}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S",
+                        level=logging.WARNING if args.quiet else logging.INFO, stream=sys.stderr)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    try:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        return {"select": _select}[args.command](args)
+    except InfDistError as exc:
+        if args.debug:
+            raise
+        print(f"influence-distill: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("influence-distill: interrupted; no output was marked complete", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

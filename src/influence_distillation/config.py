@@ -1,0 +1,217 @@
+"""Typed configuration of a selection run.
+
+Each pipeline stage has one frozen-by-convention dataclass; `SelectConfig` nests them. Field metadata carries the CLI
+flag and its help text, so `--help`, config files and `manifest.json` all describe the same fields. A whole config
+round-trips through `to_dict` / `from_dict`, which is how a run is replayed from its manifest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+
+def option(default: Any, help: str, flag: str | None = None, choices: tuple[str, ...] | None = None) -> Any:
+    """A dataclass field that also describes its command-line flag."""
+    return field(default=default, metadata={"help": help, "flag": flag, "choices": choices})
+
+
+@dataclass
+class DataConfig:
+    max_length: int = option(512, "Truncate each rendered sample to this many tokens (right side).")
+    template_fallback: bool = option(
+        True,
+        "Render chat records with a plain built-in template when the tokenizer has no chat template "
+        "(disable with --no-template-fallback to make that an error).",
+    )
+
+
+@dataclass
+class ModelConfig:
+    path: str = option("", "Local Hugging Face causal-LM directory (config.json + weights + tokenizer).", "--model")
+    dtype: str = option("float32", "Parameter dtype.", choices=("float32", "bfloat16", "float16"))
+    device: str = option("auto", "Device: auto (CUDA if available), cpu, cuda, cuda:N.")
+    attn_implementation: str = option(
+        "eager", "Attention kernel; forward-mode AD on CPU needs eager.", choices=("eager", "sdpa")
+    )
+
+
+@dataclass
+class EmbeddingConfig:
+    num_blocks: int = option(4, "K: transformer blocks kept for the JVP embeddings.")
+    num_tangents: int = option(2, "m: shared random Gaussian tangents over the kept blocks' parameters.")
+    dim: int = option(
+        4096,
+        "d_e: embedding size after the seeded projection. When m*d_model <= d_e the exact outputs are kept.",
+        "--embedding-dim",
+    )
+    batch_size: int = option(8, "Samples per JVP batch (length-bucketed).", "--embedding-batch-size")
+
+
+@dataclass
+class LandmarkConfig:
+    count: float = option(
+        4096, "Number of landmarks (an integer), or a fraction of the pool when below 1. Capped at the pool size.",
+        "--landmarks",
+    )
+    strategy: str = option("random", "How landmarks are chosen.", "--landmark-strategy", choices=("random",))
+
+
+@dataclass
+class GradientConfig:
+    params: str = option(
+        "mlp-down",
+        "Parameters whose gradients are used: 'mlp-down' (every MLP down-projection), 'all', or a regex on "
+        "parameter names.",
+        "--grad-params",
+    )
+    proj_dim: int = option(32768, "k_p: size of the randomized-Hadamard projection of each gradient.", "--grad-dim")
+    optimizer_state: str | None = option(
+        None,
+        "torch.optim.AdamW state (torch.save file) of a warm-up run; preconditions landmark gradients.",
+        "--optimizer-state",
+    )
+
+
+@dataclass
+class PropagationConfig:
+    ridge: float = option(0.01, "KRR ridge, relative to the mean kernel diagonal.")
+    bandwidth: float | None = option(None, "RBF bandwidth sigma; default: median heuristic over landmarks.")
+    chunk_size: int = option(4096, "Pool rows per kernel block when propagating.", "--propagation-chunk-size")
+
+
+@dataclass
+class SelectionConfig:
+    budget: int = option(0, "k: number of pool samples to select.")
+    strategy: str = option(
+        "round-robin",
+        "round-robin: each target sample in turn takes its best unselected pool sample (the paper's default); "
+        "top-k: the k best by mean score over target samples.",
+        "--selection",
+        choices=("round-robin", "top-k"),
+    )
+
+
+@dataclass
+class SelectConfig:
+    pool: str = option("", "Pool file: JSONL, parquet, or a datasets.save_to_disk folder.")
+    target: str = option("", "Target examples, same formats as the pool.")
+    out: str = option("", "Run directory for the outputs.")
+    seed: int = option(0, "Master seed; every random choice derives from it.")
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
+    landmarks: LandmarkConfig = field(default_factory=LandmarkConfig)
+    gradients: GradientConfig = field(default_factory=GradientConfig)
+    propagation: PropagationConfig = field(default_factory=PropagationConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+
+    def validate(self) -> None:
+        """Raise ConfigError for values no stage can run with; checks that need data happen later."""
+        for name, flag in (("pool", "--pool"), ("target", "--target"), ("out", "--out")):
+            if not getattr(self, name):
+                raise ConfigError(f"{flag} is required")
+        if not self.model.path:
+            raise ConfigError("--model is required (a local Hugging Face model directory)")
+        positive = {
+            "--budget": self.selection.budget,
+            "--max-length": self.data.max_length,
+            "--num-blocks": self.embedding.num_blocks,
+            "--num-tangents": self.embedding.num_tangents,
+            "--embedding-dim": self.embedding.dim,
+            "--embedding-batch-size": self.embedding.batch_size,
+            "--grad-dim": self.gradients.proj_dim,
+            "--landmarks": self.landmarks.count,
+            "--propagation-chunk-size": self.propagation.chunk_size,
+        }
+        for flag, value in positive.items():
+            if value <= 0:
+                raise ConfigError(f"{flag} must be positive, got {value}")
+        if self.landmarks.count >= 1 and self.landmarks.count != int(self.landmarks.count):
+            raise ConfigError(f"--landmarks must be an integer or a fraction below 1, got {self.landmarks.count}")
+        if self.propagation.ridge <= 0:
+            raise ConfigError(f"--ridge must be positive, got {self.propagation.ridge}")
+        if self.propagation.bandwidth is not None and self.propagation.bandwidth <= 0:
+            raise ConfigError(f"--bandwidth must be positive, got {self.propagation.bandwidth}")
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def from_dict(cls: type, values: dict[str, Any], where: str = "config") -> Any:
+    """Build `cls` from nested dicts, rejecting unknown keys and wrongly typed values by name."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(values).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(known)}"
+            raise ConfigError(f"{where}: unknown key '{key}'{hint}")
+        kind = hints[key]
+        if dataclasses.is_dataclass(kind):
+            kwargs[key] = from_dict(kind, value, f"{where}.{key}")
+        else:
+            kwargs[key] = coerce(value, kind, f"{where}.{key}")
+    return cls(**kwargs)
+
+
+def coerce(value: Any, kind: Any, where: str) -> Any:
+    """Check a scalar config value against its annotation (`int`, `float`, `str`, `bool`, `X | None`)."""
+    if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
+        options = [k for k in typing.get_args(kind) if k is not type(None)]
+        if value is None:
+            return None
+        kind = options[0]
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return value
+    elif kind is str:
+        if isinstance(value, str):
+            return value
+    else:  # pragma: no cover - only reached if a new annotation type is added without support here
+        raise TypeError(f"unsupported config type {kind}")
+    raise ConfigError(f"{where}: expected {kind.__name__}, got {value!r}")
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML, TOML or JSON config. A run's manifest.json works too: its `config` section is used."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix == ".toml":
+            import tomllib
+
+            values = tomllib.loads(text)
+        elif path.suffix == ".json":
+            values = json.loads(text)
+        else:
+            import yaml
+
+            values = yaml.safe_load(text) or {}
+    except Exception as exc:  # every parser raises its own type; all mean "cannot parse"
+        raise ConfigError(f"{path}: cannot parse config ({exc})".replace("\n", " ")) from None
+    if isinstance(values, dict) and "config" in values and "stages" in values:
+        values = values["config"]
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: a config file must hold a mapping of sections")
+    return values

@@ -1,0 +1,185 @@
+"""Reading pool and target files into samples with stable ids.
+
+Accepted files: JSONL (one JSON object per line), parquet, or a folder written by `datasets.Dataset.save_to_disk`.
+Accepted record formats (one per file):
+
+* ``messages``: a list of ``{"role", "content"}`` turns; the loss covers assistant turns;
+* ``prompt`` + ``completion``: a user turn and an assistant turn;
+* ``instruction`` [+ ``input``] + ``output``: the user turn is the instruction, a blank line, then the input;
+* ``text``: plain text with no template; the loss covers every token.
+
+A record's id is its ``id`` field when the file has one (every record must then have it), else its 0-based row.
+The original record is kept untouched so the selection can be written back verbatim.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import DataError
+
+FORMATS = ("messages", "prompt-completion", "instruction-output", "text")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One record: its id, the untouched original, and either chat turns or plain text."""
+
+    id: str
+    record: dict[str, Any]
+    messages: tuple[tuple[str, str], ...] | None  # (role, content) turns
+    text: str | None  # plain-text records only
+
+
+def load_samples(path: str | Path, what: str = "pool") -> list[Sample]:
+    """Read every record of `path` (JSONL, parquet or a save_to_disk folder) into samples.
+
+    Raises:
+        DataError: naming the file and line/row for a missing or empty file, bad JSON, an unknown, mixed or
+            malformed record, or duplicate ids.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{what} file not found: {path}")
+    samples: list[Sample] = []
+    file_format: str | None = None
+    has_ids: bool | None = None
+    first_line_of_id: dict[str, str] = {}
+    for where, record in _read_records(path):
+        if not isinstance(record, dict):
+            raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
+        fmt = detect_format(record, where)
+        if file_format is None:
+            file_format, has_ids = fmt, "id" in record
+        elif fmt != file_format:
+            raise DataError(
+                f"{where}: record is in '{fmt}' format but earlier records are '{file_format}'; "
+                "use one record format per file"
+            )
+        if has_ids != ("id" in record):
+            raise DataError(f"{where}: some records have an 'id' field and some do not; give every record an id")
+        sample_id = _record_id(record, where) if has_ids else str(len(samples))
+        if sample_id in first_line_of_id:
+            raise DataError(f"{where}: duplicate id {sample_id!r} (first seen at {first_line_of_id[sample_id]})")
+        first_line_of_id[sample_id] = where
+        samples.append(_to_sample(sample_id, record, fmt, where))
+    if not samples:
+        raise DataError(f"{what} file {path} holds no records")
+    return samples
+
+
+def detect_format(record: dict[str, Any], where: str) -> str:
+    if "messages" in record:
+        return "messages"
+    if "prompt" in record and "completion" in record:
+        return "prompt-completion"
+    if "instruction" in record and "output" in record:
+        return "instruction-output"
+    if "text" in record:
+        return "text"
+    fields = ", ".join(sorted(record)) or "none"
+    raise DataError(
+        f"{where}: unknown record format (fields: {fields}); expected 'messages', 'prompt'+'completion', "
+        "'instruction'+'output' or 'text'"
+    )
+
+
+def _read_records(path: Path) -> Iterator[tuple[str, Any]]:
+    """Yield (location, record) pairs; the location names the file and line or row for error messages."""
+    if path.is_dir():
+        yield from _read_saved_dataset(path)
+    elif path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(path)
+        except Exception as exc:  # pyarrow raises several types for unreadable files
+            raise DataError(f"{path}: cannot read parquet ({exc})") from None
+        for row, record in enumerate(table.to_pylist()):
+            yield f"{path} row {row}", record
+    else:
+        try:
+            handle = path.open(encoding="utf-8")
+        except OSError as exc:
+            raise DataError(f"{path}: cannot open ({exc.strerror})") from None
+        with handle:
+            try:
+                for number, line in enumerate(handle, start=1):
+                    if not line.strip():
+                        continue
+                    try:
+                        record = json.loads(line)
+                    except json.JSONDecodeError as exc:
+                        raise DataError(f"{path}:{number}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+                    yield f"{path}:{number}", record
+            except UnicodeDecodeError:
+                raise DataError(f"{path}: not UTF-8 text; expected JSONL, parquet or a save_to_disk folder") from None
+
+
+def _read_saved_dataset(path: Path) -> Iterator[tuple[str, Any]]:
+    try:
+        import datasets
+    except ImportError:
+        raise DataError(
+            f"{path} is a folder; reading datasets.save_to_disk folders needs `pip install datasets`"
+        ) from None
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except Exception as exc:  # datasets raises FileNotFoundError or its own errors for non-dataset folders
+        raise DataError(f"{path}: not a datasets.save_to_disk folder ({exc})") from None
+    if isinstance(loaded, datasets.DatasetDict):
+        splits = ", ".join(loaded)
+        raise DataError(f"{path} holds several splits ({splits}); pass one split's folder, e.g. {path}/train")
+    for row, record in enumerate(loaded):
+        yield f"{path} row {row}", record
+
+
+def _record_id(record: dict[str, Any], where: str) -> str:
+    value = record["id"]
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
+        raise DataError(f"{where}: field 'id' must be a non-empty string or an integer, got {value!r}")
+    return str(value)
+
+
+def _text_field(record: dict[str, Any], name: str, where: str, allow_empty: bool = False) -> str:
+    value = record[name]
+    if not isinstance(value, str):
+        raise DataError(f"{where}: field '{name}' must be a string, got {type(value).__name__}")
+    if not allow_empty and not value.strip():
+        raise DataError(f"{where}: field '{name}' is empty")
+    return value
+
+
+def _to_sample(sample_id: str, record: dict[str, Any], fmt: str, where: str) -> Sample:
+    if fmt == "text":
+        return Sample(sample_id, record, None, _text_field(record, "text", where))
+    if fmt == "prompt-completion":
+        turns = (("user", _text_field(record, "prompt", where)), ("assistant", _text_field(record, "completion", where)))
+    elif fmt == "instruction-output":
+        instruction = _text_field(record, "instruction", where)
+        extra = _text_field(record, "input", where, allow_empty=True) if record.get("input") is not None else ""
+        user = f"{instruction}\n\n{extra}" if extra.strip() else instruction
+        turns = (("user", user), ("assistant", _text_field(record, "output", where)))
+    else:
+        turns = _messages(record["messages"], where)
+    return Sample(sample_id, record, turns, None)
+
+
+def _messages(messages: Any, where: str) -> tuple[tuple[str, str], ...]:
+    if not isinstance(messages, list) or not messages:
+        raise DataError(f"{where}: field 'messages' must be a non-empty list of {{role, content}} objects")
+    turns = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise DataError(f"{where}: messages[{i}] must be an object with a string 'role'")
+        content = message.get("content")
+        if not isinstance(content, str):
+            raise DataError(f"{where}: messages[{i}].content must be a string, got {type(content).__name__}")
+        if message["role"] == "assistant" and not content.strip():
+            raise DataError(f"{where}: messages[{i}] is an empty assistant turn")
+        turns.append((message["role"], content))
+    return tuple(turns)

@@ -1,0 +1,80 @@
+"""JVP embeddings (paper §5.4): how the first K blocks' output at the last real token moves along m random directions.
+
+For a sample x, u_j(x) = J_θ h(x; θ_{≤K}) v_j, where h is the final-normed hidden state after block K at the last real
+token, θ_{≤K} are all parameters of the truncated model (token embeddings included), and v_1..v_m are Gaussian
+tangents shared by every sample. The embedding is [u_1; …; u_m], projected to at most d_e dimensions.
+
+The m tangents are pushed through `torch.func.vmap` over `torch.func.jvp`: the primal (unbatched) is computed once
+per batch and only the tangent computation is batched.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.func import functional_call, jvp, vmap
+from tqdm.auto import tqdm
+
+from .projection import make_projector
+from .tokenization import Batch, Example, collate, length_batches
+
+
+def sample_tangents(params: dict[str, torch.Tensor], num_tangents: int, seed: int) -> dict[str, torch.Tensor]:
+    """m standard-normal tangents per parameter, stacked on dim 0; drawn on the CPU so every device gets the same."""
+    generator = torch.Generator().manual_seed(seed)
+    return {
+        name: torch.randn((num_tangents, *p.shape), generator=generator).to(device=p.device, dtype=p.dtype)
+        for name, p in params.items()
+    }
+
+
+def jvp_outputs(backbone: nn.Module, tangents: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
+    """Tangent outputs at each sample's last real token: (B, m, d_model), in the backbone's dtype."""
+    params = dict(backbone.named_parameters())
+    rows = torch.arange(batch.input_ids.shape[0], device=batch.input_ids.device)
+    inputs = {
+        "input_ids": batch.input_ids,
+        "attention_mask": batch.attention_mask,
+        "position_ids": batch.position_ids,
+        "use_cache": False,
+    }
+
+    def last_hidden(p):
+        return functional_call(backbone, p, args=(), kwargs=inputs).last_hidden_state[rows, batch.last_index]
+
+    def along(tangent):
+        return jvp(last_hidden, (params,), (tangent,))[1]
+
+    return vmap(along)(tangents).transpose(0, 1)
+
+
+def jvp_embeddings(
+    backbone: nn.Module,
+    examples: list[Example],
+    num_tangents: int,
+    dim: int,
+    seed: int,
+    pad_id: int,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Embeddings of `examples` in their order: (N, min(m·d_model, d_e)) float32 on the CPU.
+
+    Args:
+        backbone: a truncated backbone from `models.truncated_backbone` (eager attention, no grad).
+        seed: fixes the tangents and the projection.
+    """
+    device = next(backbone.parameters()).device
+    tangents = sample_tangents(dict(backbone.named_parameters()), num_tangents, seed)
+    width = num_tangents * backbone.config.hidden_size
+    projector = make_projector(width, dim, seed + 1)
+    out = torch.empty(len(examples), projector.out_dim)
+    batches = length_batches([len(e) for e in examples], batch_size)
+    with tqdm(total=len(examples), desc="JVP embeddings", unit="sample", disable=not progress) as bar:
+        for indices in batches:
+            batch = collate([examples[i] for i in indices], pad_id).to(device)
+            with torch.no_grad():
+                u = jvp_outputs(backbone, tangents, batch)
+            out[indices] = projector(u.reshape(len(indices), width)).cpu()
+            bar.update(len(indices))
+    return out

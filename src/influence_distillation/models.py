@@ -1,0 +1,113 @@
+"""Loading a local causal LM, finding its decoder blocks, and cutting it to its first K blocks."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .config import ModelConfig
+from .errors import ConfigError, ModelError
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+# Attribute paths of the decoder-block list, relative to the backbone (`model.base_model`).
+BLOCK_PATHS = ("layers", "h", "blocks", "decoder.layers")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device: unknown device '{name}'; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was requested but CUDA is not available; use --device cpu")
+    return device
+
+
+def load_model(config: ModelConfig):
+    """Load `(model, tokenizer)` from a local directory, offline, in eval mode on the configured device."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(config.path)
+    if not (path / "config.json").is_file():
+        raise ModelError(f"--model {path}: not a Hugging Face model directory (no config.json)")
+    try:
+        hf_config = AutoConfig.from_pretrained(path, local_files_only=True)
+    except Exception as exc:  # transformers raises ValueError/OSError/KeyError for unknown or broken configs
+        raise ModelError(f"--model {path}: cannot read config.json ({exc})".replace("\n", " ")) from None
+    if not any(arch.endswith(("ForCausalLM", "LMHeadModel")) for arch in hf_config.architectures or []):
+        raise ModelError(
+            f"--model {path}: architectures {hf_config.architectures} do not include a causal LM "
+            "(…ForCausalLM or …LMHeadModel)"
+        )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=DTYPES[config.dtype], attn_implementation=config.attn_implementation, local_files_only=True
+        )
+    except Exception as exc:  # missing weights or tokenizer files surface as OSError/ValueError
+        raise ModelError(f"--model {path}: cannot load model or tokenizer ({exc})".replace("\n", " ")) from None
+    if not getattr(tokenizer, "is_fast", False):
+        raise ModelError(f"--model {path}: a fast (Rust) tokenizer is needed to map completion tokens")
+    model.to(resolve_device(config.device)).eval()
+    return model, tokenizer
+
+
+def pad_token_id(tokenizer) -> int:
+    """Any id works for padding (padded positions are masked); prefer the tokenizer's own."""
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
+def find_blocks(model: nn.Module) -> tuple[nn.Module, str, nn.ModuleList]:
+    """Return `(owner, attribute, blocks)` of the decoder-block list inside the model's backbone."""
+    backbone = model.base_model
+    for path in BLOCK_PATHS:
+        owner, *rest = [backbone, *path.split(".")]
+        for name in rest[:-1]:
+            owner = getattr(owner, name, None)
+        blocks = getattr(owner, rest[-1], None) if owner is not None else None
+        if isinstance(blocks, nn.ModuleList) and len(blocks) > 0:
+            return owner, rest[-1], blocks
+    raise ModelError(
+        f"cannot find the decoder blocks of {type(model).__name__}: looked for {', '.join(BLOCK_PATHS)} under "
+        f"{type(backbone).__name__}; this architecture is not supported yet"
+    )
+
+
+def truncated_backbone(model: nn.Module, num_blocks: int) -> nn.Module:
+    """A copy of the backbone (embeddings, first `num_blocks` blocks, final norm; no LM head), in eager attention.
+
+    The copy's forward returns the final-normed hidden states after block K, as in the paper's JVP embeddings.
+    """
+    owner, name, blocks = find_blocks(model)
+    if not 1 <= num_blocks <= len(blocks):
+        raise ConfigError(f"--num-blocks must be between 1 and {len(blocks)} for this model, got {num_blocks}")
+    backbone = model.base_model
+    setattr(owner, name, nn.ModuleList(list(blocks)[:num_blocks]))
+    try:
+        truncated = copy.deepcopy(backbone)
+    finally:
+        setattr(owner, name, blocks)
+    config = truncated.config
+    config.num_hidden_layers = num_blocks
+    if isinstance(getattr(config, "layer_types", None), list):
+        config.layer_types = config.layer_types[:num_blocks]
+    if hasattr(truncated, "set_attn_implementation"):
+        truncated.set_attn_implementation("eager")
+    else:  # pragma: no cover - older transformers
+        config._attn_implementation = "eager"
+    truncated.eval()
+    for parameter in truncated.parameters():
+        parameter.requires_grad_(False)
+    return truncated

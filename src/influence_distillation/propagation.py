@@ -1,0 +1,62 @@
+"""Kernel ridge regression from landmarks to the whole pool (paper §5.2).
+
+k(x, y) = exp(−‖x − y‖² / 2σ²) on the embeddings, σ from the median heuristic over (at most 1000) landmarks. The fit
+solves (K_LL + δ·mean(diag K_LL)·I) V = P_L once for all target columns (one Cholesky factorisation, t right-hand
+sides); the prediction k(E, E_L) V streams over the pool in row chunks, so memory is O(chunk × l).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+def squared_distances(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """‖x_i − y_j‖² for rows of x (n, d) and y (m, d), clamped at 0 against round-off."""
+    return (x.square().sum(1, keepdim=True) + y.square().sum(1) - 2 * x @ y.T).clamp_min(0)
+
+
+def median_bandwidth(points: torch.Tensor, max_points: int = 1000, seed: int = 0) -> float:
+    """sqrt of the median pairwise squared distance among at most `max_points` seeded-random points (≥ 1e-6)."""
+    if points.shape[0] > max_points:
+        keep = torch.randperm(points.shape[0], generator=torch.Generator().manual_seed(seed))[:max_points]
+        points = points[keep]
+    distances = squared_distances(points.double(), points.double())
+    upper = distances[torch.triu_indices(*distances.shape, offset=1).unbind()]
+    if upper.numel() == 0:
+        return 1.0
+    return max(upper.median().sqrt().item(), 1e-6)
+
+
+def rbf_kernel(x: torch.Tensor, y: torch.Tensor, bandwidth: float) -> torch.Tensor:
+    return torch.exp(-squared_distances(x, y) / (2 * bandwidth**2))
+
+
+@dataclass
+class KernelRidge:
+    """A fitted KRR: predictions are rbf(x, landmarks) @ coef."""
+
+    landmarks: torch.Tensor  # (l, d_e)
+    coef: torch.Tensor  # (l, t)
+    bandwidth: float
+
+    def predict(self, points: torch.Tensor, chunk_size: int = 4096) -> torch.Tensor:
+        """(N, d_e) → (N, t) float64, computed `chunk_size` rows at a time."""
+        out = torch.empty(points.shape[0], self.coef.shape[1], dtype=torch.float64)
+        landmarks = self.landmarks.float()
+        for start in range(0, points.shape[0], chunk_size):
+            block = points[start : start + chunk_size].float()
+            out[start : start + chunk_size] = rbf_kernel(block, landmarks, self.bandwidth).double() @ self.coef
+        return out
+
+
+def fit_kernel_ridge(
+    landmarks: torch.Tensor, values: torch.Tensor, ridge: float = 0.01, bandwidth: float | None = None, seed: int = 0
+) -> KernelRidge:
+    """Fit KRR from landmark embeddings (l, d_e) to values (l, t); `ridge` is relative to mean(diag K)."""
+    sigma = bandwidth if bandwidth is not None else median_bandwidth(landmarks, seed=seed)
+    kernel = rbf_kernel(landmarks.double(), landmarks.double(), sigma)
+    kernel += ridge * kernel.diagonal().mean() * torch.eye(kernel.shape[0], dtype=kernel.dtype)
+    coef = torch.cholesky_solve(values.double().reshape(kernel.shape[0], -1), torch.linalg.cholesky(kernel))
+    return KernelRidge(landmarks=landmarks, coef=coef, bandwidth=sigma)

@@ -1,0 +1,175 @@
+"""Rendering samples to token ids with completion-only labels, and padding them into batches.
+
+Chat samples are rendered with the tokenizer's chat template. The loss spans are found by rendering each assistant
+turn's prefix with ``add_generation_prompt=True``: the characters between that prefix and the rendering up to and
+including the turn are the turn (content plus the template's end-of-turn marker). Tokens whose first character falls
+in a loss span get labels; every other label is -100. When a tokenizer has no chat template, `FALLBACK_TEMPLATE`
+("User: …", "Assistant: …<eos>") is used, unless the fallback is disabled.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from .data import Sample
+from .errors import DataError, ModelError
+
+IGNORE_INDEX = -100
+
+FALLBACK_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ message['role'] | capitalize }}: {{ message['content'] }}"
+    "{% if message['role'] == 'assistant' %}{{ eos_token }}{% endif %}\n\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}Assistant: {% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class Example:
+    """A tokenized sample. `labels[j]` is the target of position j (HF convention: shifted inside the loss)."""
+
+    id: str
+    input_ids: torch.Tensor  # (T,) int64
+    labels: torch.Tensor  # (T,) int64, IGNORE_INDEX where no loss
+    truncated: bool
+
+    def __len__(self) -> int:
+        return self.input_ids.numel()
+
+
+@dataclass
+class TokenizedSet:
+    """Tokenized samples that can be trained on, plus what was dropped and why."""
+
+    examples: list[Example]
+    excluded: list[tuple[str, str]] = field(default_factory=list)  # (id, reason)
+    num_truncated: int = 0
+
+    @property
+    def ids(self) -> list[str]:
+        return [example.id for example in self.examples]
+
+    def counts(self) -> dict[str, object]:
+        reasons = Counter(reason for _, reason in self.excluded)
+        return {
+            "kept": len(self.examples),
+            "truncated": self.num_truncated,
+            "excluded": len(self.excluded),
+            "excluded_by_reason": dict(reasons),
+        }
+
+
+def tokenize_samples(
+    samples: list[Sample], tokenizer, max_length: int, template_fallback: bool = True, desc: str = "tokenize"
+) -> TokenizedSet:
+    """Tokenize samples, truncate them to `max_length` tokens, and drop those left with no trainable token."""
+    template = chat_template(tokenizer, template_fallback) if any(s.messages for s in samples) else None
+    result = TokenizedSet(examples=[])
+    for sample in tqdm(samples, desc=desc, unit="sample", disable=len(samples) < 2000, leave=False):
+        if sample.messages is not None:
+            input_ids, labels = _encode_chat(sample.messages, tokenizer, template)
+        else:
+            input_ids = tokenizer(sample.text, add_special_tokens=True)["input_ids"]
+            labels = list(input_ids)
+        truncated = len(input_ids) > max_length
+        input_ids, labels = input_ids[:max_length], labels[:max_length]
+        # Position 0 is never predicted, so its label cannot carry loss.
+        if not any(label != IGNORE_INDEX for label in labels[1:]):
+            reason = "no trainable token after truncation" if truncated else "no trainable token"
+            result.excluded.append((sample.id, reason))
+            continue
+        result.num_truncated += truncated
+        result.examples.append(
+            Example(sample.id, torch.tensor(input_ids, dtype=torch.long), torch.tensor(labels, dtype=torch.long), truncated)
+        )
+    return result
+
+
+def chat_template(tokenizer, template_fallback: bool) -> str:
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.chat_template
+    if not template_fallback:
+        raise ModelError(
+            "the tokenizer has no chat template; add one to tokenizer_config.json or allow the built-in "
+            "fallback (drop --no-template-fallback)"
+        )
+    return FALLBACK_TEMPLATE
+
+
+def render_chat(messages: tuple[tuple[str, str], ...], tokenizer, template: str) -> tuple[str, list[tuple[int, int]]]:
+    """Render a conversation; return the text and the character spans of its assistant turns."""
+
+    def render(turns, generation_prompt=False) -> str:
+        if not turns and not generation_prompt:
+            return ""
+        conversation = [{"role": role, "content": content} for role, content in turns]
+        return tokenizer.apply_chat_template(
+            conversation, chat_template=template, tokenize=False, add_generation_prompt=generation_prompt
+        )
+
+    text = render(messages)
+    spans = []
+    for i, (role, content) in enumerate(messages):
+        if role != "assistant":
+            continue
+        before, through = render(messages[:i], True), render(messages[: i + 1])
+        if through.startswith(before) and text.startswith(through) and len(through) > len(before):
+            spans.append((len(before), len(through)))
+            continue
+        # Templates that rewrite earlier turns break the prefix property; fall back to locating the content.
+        start = text.find(content, spans[-1][1] if spans else 0)
+        if start < 0:
+            raise DataError(f"cannot locate assistant turn {i} in the chat-template rendering")
+        spans.append((start, start + len(content)))
+    return text, spans
+
+
+def _encode_chat(messages, tokenizer, template) -> tuple[list[int], list[int]]:
+    text, spans = render_chat(messages, tokenizer, template)
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    input_ids = encoded["input_ids"]
+    labels = [IGNORE_INDEX] * len(input_ids)
+    for j, (start, end) in enumerate(encoded["offset_mapping"]):
+        if end > start and any(lo <= start < hi for lo, hi in spans):
+            labels[j] = input_ids[j]
+    return input_ids, labels
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # (B, T)
+    attention_mask: torch.Tensor  # (B, T)
+    position_ids: torch.Tensor  # (B, T): positions count real tokens only, so left padding changes nothing
+    labels: torch.Tensor  # (B, T)
+    last_index: torch.Tensor  # (B,): position of each row's last real token
+
+    def to(self, device) -> Batch:
+        return Batch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.position_ids, self.labels,
+                                               self.last_index)))
+
+
+def collate(examples: list[Example], pad_id: int, padding_side: str = "right") -> Batch:
+    """Pad examples into one batch. Position ids ignore padding, so either side gives the same outputs."""
+    width = max(len(example) for example in examples)
+    shape = (len(examples), width)
+    input_ids = torch.full(shape, pad_id, dtype=torch.long)
+    labels = torch.full(shape, IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros(shape, dtype=torch.long)
+    for row, example in enumerate(examples):
+        n = len(example)
+        cols = slice(0, n) if padding_side == "right" else slice(width - n, width)
+        input_ids[row, cols], labels[row, cols], mask[row, cols] = example.input_ids, example.labels, 1
+    position_ids = (mask.cumsum(dim=1) - 1).clamp(min=0)
+    last_index = torch.where(mask.bool(), torch.arange(width), -1).max(dim=1).values
+    return Batch(input_ids, mask, position_ids, labels, last_index)
+
+
+def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Group indices of similar length into batches (stable order), so padding wastes little compute."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
