@@ -133,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         import transformers
 
         transformers.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()  # our own bars cover every stage
         return {"select": _select}[args.command](args)
     except InfDistError as exc:
         if args.debug:

@@ -40,7 +40,8 @@ class ModelConfig:
     dtype: str = option("float32", "Parameter dtype.", choices=("float32", "bfloat16", "float16"))
     device: str = option("auto", "Device: auto (CUDA if available), cpu, cuda, cuda:N.")
     attn_implementation: str = option(
-        "eager", "Attention kernel; forward-mode AD on CPU needs eager.", choices=("eager", "sdpa")
+        "eager", "Attention kernel for the gradient passes; the JVP stage always uses eager (forward-mode AD needs it).",
+        choices=("eager", "sdpa"),
     )
 
 

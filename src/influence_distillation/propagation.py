@@ -42,11 +42,12 @@ class KernelRidge:
     bandwidth: float
 
     def predict(self, points: torch.Tensor, chunk_size: int = 4096) -> torch.Tensor:
-        """(N, d_e) → (N, t) float64, computed `chunk_size` rows at a time."""
+        """(N, d_e) → (N, t) float64, `chunk_size` rows at a time; kernels in float32 unless `points` are float64."""
         out = torch.empty(points.shape[0], self.coef.shape[1], dtype=torch.float64)
-        landmarks = self.landmarks.float()
+        dtype = torch.promote_types(points.dtype, torch.float32)
+        landmarks = self.landmarks.to(dtype)
         for start in range(0, points.shape[0], chunk_size):
-            block = points[start : start + chunk_size].float()
+            block = points[start : start + chunk_size].to(dtype)
             out[start : start + chunk_size] = rbf_kernel(block, landmarks, self.bandwidth).double() @ self.coef
         return out
 

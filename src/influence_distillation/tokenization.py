@@ -20,10 +20,11 @@ from .errors import DataError, ModelError
 
 IGNORE_INDEX = -100
 
+# Newlines are written as string literals: transformers renders templates with trim_blocks=True.
 FALLBACK_TEMPLATE = (
     "{% for message in messages %}"
     "{{ message['role'] | capitalize }}: {{ message['content'] }}"
-    "{% if message['role'] == 'assistant' %}{{ eos_token }}{% endif %}\n\n"
+    "{% if message['role'] == 'assistant' %}{{ eos_token }}{% endif %}{{ '\\n\\n' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}Assistant: {% endif %}"
 )

@@ -1,0 +1,175 @@
+"""End-to-end runs through the command line on tiny models and synthetic JSONL fixtures."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+
+from influence_distillation.cli import main
+
+from conftest import make_model, synthetic_pool, write_jsonl
+
+FAST = ["--landmarks", "12", "--num-blocks", "2", "--grad-dim", "256", "--quiet"]
+
+
+def select_args(pool, target, model, out, budget=8, *extra):
+    return ["select", "--pool", str(pool), "--target", str(target), "--model", str(model), "--out", str(out),
+            "--budget", str(budget), *FAST, *extra]
+
+
+@pytest.mark.parametrize("kind, chat_template", [("llama", True), ("gpt2", False), ("qwen2", True)])
+def test_select_writes_every_output(kind, chat_template, model_dir, data_files, tmp_path):
+    pool, target = data_files
+    out = tmp_path / "run"
+    assert main(select_args(pool, target, model_dir(kind, chat_template), out, 8)) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "complete"
+    assert manifest["counts"]["pool"]["kept"] == 36 and manifest["counts"]["landmarks"] == 12
+    assert manifest["config"]["selection"]["budget"] == 8
+    assert set(manifest["stages"]) >= {"embeddings", "landmark_gradients", "target_gradients", "propagation"}
+    selected = [json.loads(line) for line in (out / "selected.jsonl").read_text().splitlines()]
+    pool_records = [json.loads(line) for line in pool.read_text().splitlines()]
+    assert len(selected) == 8 and len({row["id"] for row in selected}) == 8
+    for row in selected:
+        original = pool_records[int(row["id"])]
+        assert {k: row[k] for k in original} == original and isinstance(row["score"], float)
+    scores = pq.read_table(out / "scores.parquet").to_pydict()
+    assert scores["id"] == [str(i) for i in range(36)]
+    assert sum(scores["selected"]) == 8 and sum(scores["landmark"]) == 12
+    ranked = sorted((r, i) for r, i in zip(scores["rank"], scores["id"]) if r >= 0)
+    assert [i for _, i in ranked] == [row["id"] for row in selected]
+    embeddings = np.load(out / "embeddings.npy")
+    assert embeddings.shape == (36, manifest["dimensions"]["embedding"]) and np.isfinite(embeddings).all()
+    assert np.load(out / "target_scores.npy").shape == (36, 4)
+
+
+def test_same_seed_gives_byte_identical_selection_and_manifest_replays(model_dir, data_files, tmp_path):
+    pool, target = data_files
+    model = model_dir("llama")
+    assert main(select_args(pool, target, model, tmp_path / "a", 10)) == 0
+    assert main(select_args(pool, target, model, tmp_path / "b", 10)) == 0
+    first = (tmp_path / "a" / "selected.jsonl").read_bytes()
+    assert first == (tmp_path / "b" / "selected.jsonl").read_bytes()
+    assert main(["select", "--config", str(tmp_path / "a" / "manifest.json"), "--out", str(tmp_path / "c"),
+                 "--quiet"]) == 0
+    assert (tmp_path / "c" / "selected.jsonl").read_bytes() == first
+    # Re-running the same configuration into its own directory is allowed and reproduces it.
+    assert main(select_args(pool, target, model, tmp_path / "a", 10)) == 0
+    assert (tmp_path / "a" / "selected.jsonl").read_bytes() == first
+
+
+def test_config_file_values_and_flag_overrides(model_dir, data_files, tmp_path):
+    pool, target = data_files
+    config = {"pool": str(pool), "target": str(target), "model": {"path": str(model_dir("llama"))},
+              "selection": {"budget": 5, "strategy": "top-k"}, "landmarks": {"count": 0.5},
+              "embedding": {"num_blocks": 1}, "gradients": {"proj_dim": 128}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    out = tmp_path / "run"
+    assert main(["select", "--config", str(tmp_path / "config.yaml"), "--out", str(out), "--budget", "6",
+                 "--quiet"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["selection"] == {"budget": 6, "strategy": "top-k"}
+    assert manifest["counts"]["landmarks"] == 18 and manifest["config"]["embedding"]["num_blocks"] == 1
+    scores = pq.read_table(out / "scores.parquet").to_pydict()
+    chosen = [s for s, flag in zip(scores["score"], scores["selected"]) if flag]
+    assert min(chosen) >= max(s for s, flag in zip(scores["score"], scores["selected"]) if not flag)
+
+
+def test_adam_preconditioning_end_to_end(model_dir, data_files, tmp_path):
+    pool, target = data_files
+    path = model_dir("llama")
+    model = make_model("llama", 400)
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path)
+    optimizer = torch.optim.AdamW(model.named_parameters(), lr=1e-3)
+    for _ in range(3):
+        for p in model.parameters():
+            p.grad = torch.randn_like(p)
+        optimizer.step()
+    torch.save(optimizer.state_dict(), tmp_path / "optimizer.pt")
+    # The state describes the saved model's parameters; the model itself is reloaded unchanged from `path`.
+    assert main(select_args(pool, target, path, tmp_path / "plain", 6)) == 0
+    assert main(select_args(pool, target, path, tmp_path / "adam", 6, "--optimizer-state",
+                            str(tmp_path / "optimizer.pt"))) == 0
+    manifest = json.loads((tmp_path / "adam" / "manifest.json").read_text())
+    assert manifest["preconditioner"] == "adamw"
+    plain = np.load(tmp_path / "plain" / "target_scores.npy")
+    adam = np.load(tmp_path / "adam" / "target_scores.npy")
+    assert not np.allclose(plain, adam)
+
+
+def test_output_directory_guards(model_dir, data_files, tmp_path, capsys):
+    pool, target = data_files
+    model = model_dir("llama")
+    out = tmp_path / "run"
+    assert main(select_args(pool, target, model, out, 5)) == 0
+    assert main(select_args(pool, target, model, out, 7)) == 2
+    assert "holds a run with a different configuration" in capsys.readouterr().err
+    assert json.loads((out / "manifest.json").read_text())["config"]["selection"]["budget"] == 5
+    assert main(select_args(pool, target, model, out, 7, "--overwrite")) == 0
+    assert len((out / "selected.jsonl").read_text().splitlines()) == 7
+    foreign = tmp_path / "home"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("precious")
+    assert main(select_args(pool, target, model, foreign, 5)) == 2
+    assert "is not an influence-distill run" in capsys.readouterr().err
+
+
+BAD_INPUTS = {
+    "missing pool": (lambda d: {"pool": d / "nope.jsonl"}, "pool file not found"),
+    "malformed line": (lambda d: {"pool": write_bad(d, '{"prompt": "a", "completion": "b"}\n{"prompt": \n')},
+                       r"bad\.jsonl:2: invalid JSON"),
+    "unknown format": (lambda d: {"pool": write_bad(d, '{"question": "a"}\n')}, "unknown record format"),
+    "empty target": (lambda d: {"target": write_bad(d, "")}, "target file .* holds no records"),
+    "budget above pool": (lambda d: {"budget": 37}, "--budget 37 exceeds the 36 selectable pool samples"),
+    "zero budget": (lambda d: {"budget": 0}, "--budget must be positive"),
+    "not a model": (lambda d: {"model": d}, "not a Hugging Face model directory"),
+}
+
+
+def write_bad(directory, text):
+    path = directory / "bad.jsonl"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_inputs_give_one_line_errors_and_no_finished_output(case, model_dir, data_files, tmp_path, capsys):
+    pool, target = data_files
+    values = {"pool": pool, "target": target, "model": model_dir("llama"), "budget": 5}
+    change, message = BAD_INPUTS[case]
+    values.update(change(tmp_path))
+    out = tmp_path / "run"
+    code = main(select_args(values["pool"], values["target"], values["model"], out, values["budget"]))
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and err.startswith("influence-distill: error: ")
+    import re
+
+    assert re.search(message, err), err
+    assert not (out / "manifest.json").exists()
+
+
+def test_console_script_exit_code_and_non_causal_model(tmp_path, data_files):
+    from transformers import BertConfig, BertModel
+
+    BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32)).save_pretrained(tmp_path / "bert")
+    pool, target = data_files
+    result = subprocess.run(
+        [sys.executable, "-m", "influence_distillation", *select_args(pool, target, tmp_path / "bert",
+                                                                     tmp_path / "run", 5)],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"influence-distill: error: --model {tmp_path / 'bert'}: architectures ['BertModel'] do not include a "
+        "causal LM (…ForCausalLM or …LMHeadModel)"
+    ]
+    assert "Traceback" not in result.stderr

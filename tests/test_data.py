@@ -1,0 +1,86 @@
+import json
+
+import pytest
+
+from influence_distillation.data import load_samples
+from influence_distillation.errors import DataError
+
+from conftest import write_jsonl
+
+
+def test_all_record_formats_become_turns_or_text(tmp_path):
+    cases = {
+        "messages": {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                                  {"role": "assistant", "content": "Hello"}]},
+        "prompt": {"prompt": "Hi", "completion": "Hello"},
+        "instruction": {"instruction": "Say hello", "input": "to Bob", "output": "Hello Bob"},
+        "instruction-no-input": {"instruction": "Say hello", "input": "", "output": "Hello"},
+        "text": {"text": "Just text."},
+    }
+    turns = {}
+    for name, record in cases.items():
+        (sample,) = load_samples(write_jsonl(tmp_path / f"{name}.jsonl", [record]))
+        assert sample.record == record and sample.id == "0"
+        turns[name] = sample.messages if sample.messages is not None else sample.text
+    assert turns["messages"][-1] == ("assistant", "Hello")
+    assert turns["prompt"] == (("user", "Hi"), ("assistant", "Hello"))
+    assert turns["instruction"] == (("user", "Say hello\n\nto Bob"), ("assistant", "Hello Bob"))
+    assert turns["instruction-no-input"] == (("user", "Say hello"), ("assistant", "Hello"))
+    assert turns["text"] == "Just text."
+
+
+def test_ids_come_from_the_id_field_or_the_row(tmp_path):
+    rows = [{"id": "a", "text": "x"}, {"id": 7, "text": "y"}]
+    assert [s.id for s in load_samples(write_jsonl(tmp_path / "ids.jsonl", rows))] == ["a", "7"]
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"text": "x"}\n\n{"text": "y"}\n')
+    assert [s.id for s in load_samples(path)] == ["0", "1"]
+
+
+def test_parquet_and_saved_dataset_folders(tmp_path):
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"prompt": f"q{i}", "completion": f"a{i}"} for i in range(3)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "p.parquet")
+    assert [s.messages[1][1] for s in load_samples(tmp_path / "p.parquet")] == ["a0", "a1", "a2"]
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "saved"))
+    assert [s.messages[0][1] for s in load_samples(tmp_path / "saved")] == ["q0", "q1", "q2"]
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(rows)}).save_to_disk(str(tmp_path / "dict"))
+    with pytest.raises(DataError, match="several splits"):
+        load_samples(tmp_path / "dict")
+
+
+@pytest.mark.parametrize(
+    "lines, message",
+    [
+        (['{"text": "ok"}', '{"text": "broken"'], r"bad\.jsonl:2: invalid JSON"),
+        (['{"question": "x", "answer": "y"}'], r"bad\.jsonl:1: unknown record format \(fields: answer, question\)"),
+        (['{"text": "a"}', '{"prompt": "p", "completion": "c"}'], r":2: record is in 'prompt-completion' format"),
+        (['{"prompt": "p", "completion": 3}'], r":1: field 'completion' must be a string"),
+        (['{"prompt": "p", "completion": "  "}'], r":1: field 'completion' is empty"),
+        (['{"messages": "hello"}'], r":1: field 'messages' must be a non-empty list"),
+        (['{"messages": [{"role": "user", "content": 1}]}'], r"messages\[0\]\.content must be a string"),
+        (['{"id": 1, "text": "a"}', '{"id": "1", "text": "b"}'], r":2: duplicate id '1' \(first seen at .*:1\)"),
+        (['{"id": 1, "text": "a"}', '{"text": "b"}'], r":2: some records have an 'id' field"),
+        (['[1, 2]'], r":1: expected a JSON object"),
+        ([], r"holds no records"),
+    ],
+)
+def test_bad_records_name_the_file_line_and_field(tmp_path, lines, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text("".join(line + "\n" for line in lines))
+    with pytest.raises(DataError, match=message):
+        load_samples(path)
+
+
+def test_missing_and_unreadable_files(tmp_path):
+    with pytest.raises(DataError, match="target file not found"):
+        load_samples(tmp_path / "nope.jsonl", "target")
+    (tmp_path / "binary.jsonl").write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(DataError, match="not UTF-8"):
+        load_samples(tmp_path / "binary.jsonl")
+    (tmp_path / "bad.parquet").write_text(json.dumps({"text": "not parquet"}))
+    with pytest.raises(DataError, match="cannot read parquet"):
+        load_samples(tmp_path / "bad.parquet")

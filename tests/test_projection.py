@@ -1,0 +1,57 @@
+import math
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+from influence_distillation.projection import HadamardProjector, IdentityProjector, fwht, make_projector
+
+
+@pytest.mark.parametrize("n", [1, 2, 8, 256, 4096])
+def test_fwht_equals_dense_sylvester_hadamard(n):
+    x = torch.randn(3, n, dtype=torch.float64)
+    dense = torch.from_numpy(scipy.linalg.hadamard(n)).double() / math.sqrt(n)
+    torch.testing.assert_close(fwht(x), x @ dense.T)
+
+
+def test_fwht_is_orthonormal_involution():
+    x = torch.randn(2, 1 << 15, dtype=torch.float64)
+    torch.testing.assert_close(fwht(fwht(x)), x)
+    torch.testing.assert_close(fwht(x).norm(dim=1), x.norm(dim=1))
+
+
+def test_srht_equals_explicit_matrix_built_independently():
+    in_dim, out_dim, seed = 37, 16, 5
+    projector = HadamardProjector(in_dim, out_dim, seed)
+    n = projector.padded_dim
+    assert n == 64
+    # Rebuild S·H·D from its definition with scipy's Hadamard matrix and the projector's seeded choices.
+    rng = np.random.default_rng(seed)
+    signs = rng.integers(0, 2, size=in_dim, dtype=np.int8).astype(np.int64) * 2 - 1
+    rows = np.sort(rng.choice(n, size=out_dim, replace=False))
+    dense = math.sqrt(n / out_dim) * (scipy.linalg.hadamard(n) / math.sqrt(n))[rows][:, :in_dim] * signs
+    x = torch.randn(5, in_dim, dtype=torch.float64)
+    np.testing.assert_allclose(projector(x).numpy(), x.numpy() @ dense.T, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(projector.dense().numpy(), dense, atol=1e-6)
+
+
+def test_srht_preserves_inner_products_within_jl_tolerance():
+    torch.manual_seed(0)
+    in_dim, out_dim, count = 300_000, 8192, 12
+    # Correlated unit vectors, sparse-ish to stress the randomisation.
+    base = torch.randn(count, in_dim) * (torch.rand(count, in_dim) < 0.05)
+    base[1::2] = base[::2] + 0.5 * torch.randn(count // 2, in_dim) * (torch.rand(count // 2, in_dim) < 0.05)
+    x = base / base.norm(dim=1, keepdim=True)
+    y = HadamardProjector(in_dim, out_dim, seed=1)(x)
+    error = (y @ y.T - x @ x.T).abs().max().item()
+    # JL: |<Px,Py> - <x,y>| ~ sqrt(2/k) per pair; allow 4 sigma over 78 pairs.
+    assert error < 4 * math.sqrt(2 / out_dim), error
+
+
+def test_projector_is_seeded_and_identity_when_not_smaller():
+    x = torch.randn(2, 1000)
+    torch.testing.assert_close(HadamardProjector(1000, 64, 3)(x), HadamardProjector(1000, 64, 3)(x))
+    assert not torch.allclose(HadamardProjector(1000, 64, 3)(x), HadamardProjector(1000, 64, 4)(x))
+    assert isinstance(make_projector(1000, 1000, 0), IdentityProjector)
+    assert isinstance(make_projector(1001, 1000, 0), HadamardProjector)

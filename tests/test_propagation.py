@@ -1,0 +1,48 @@
+import math
+
+import pytest
+import torch
+
+from influence_distillation.propagation import fit_kernel_ridge, median_bandwidth, rbf_kernel, squared_distances
+
+
+def test_squared_distances_and_median_match_brute_force():
+    torch.manual_seed(0)
+    x = torch.randn(40, 5, dtype=torch.float64)
+    brute = torch.tensor([[float(((a - b) ** 2).sum()) for b in x] for a in x], dtype=torch.float64)
+    torch.testing.assert_close(squared_distances(x, x), brute)
+    upper = [brute[i, j] for i in range(40) for j in range(i + 1, 40)]
+    assert median_bandwidth(x) == pytest.approx(math.sqrt(torch.tensor(upper).median().item()))
+
+
+def test_krr_reproduces_landmark_values_up_to_the_ridge():
+    torch.manual_seed(0)
+    landmarks = torch.randn(30, 4, dtype=torch.float64)
+    values = torch.randn(30, 3, dtype=torch.float64)
+    errors = []
+    for ridge in (1e-1, 1e-3, 1e-6):
+        krr = fit_kernel_ridge(landmarks, values, ridge=ridge, bandwidth=0.7)
+        errors.append((krr.predict(landmarks) - values).abs().max().item())
+        # The exact identity: K (K + δI)^-1 P = P - δ (K + δI)^-1 P.
+        kernel = rbf_kernel(landmarks, landmarks, krr.bandwidth)
+        residual = ridge * torch.linalg.solve(kernel + ridge * torch.eye(30, dtype=torch.float64), values)
+        torch.testing.assert_close(krr.predict(landmarks), values - residual, rtol=1e-6, atol=1e-6)
+    assert errors[0] > errors[1] > errors[2] and errors[2] < 1e-4
+
+
+def test_krr_interpolates_a_smooth_function():
+    grid = torch.linspace(-3, 3, 121, dtype=torch.float64)[:, None]
+    landmarks = grid[::4]
+    krr = fit_kernel_ridge(landmarks, torch.sin(landmarks), ridge=1e-8, bandwidth=0.5)
+    inside = grid[10:-10]  # away from the ends, where an RBF interpolant bends back towards 0
+    assert (krr.predict(inside) - torch.sin(inside)).abs().max().item() < 1e-3
+
+
+def test_krr_batched_over_targets_equals_per_column_and_chunking_changes_nothing():
+    torch.manual_seed(1)
+    landmarks, points = torch.randn(25, 6), torch.randn(200, 6)
+    values = torch.randn(25, 4, dtype=torch.float64)
+    together = fit_kernel_ridge(landmarks, values).predict(points, chunk_size=7)
+    for j in range(4):
+        alone = fit_kernel_ridge(landmarks, values[:, j]).predict(points, chunk_size=1000)
+        torch.testing.assert_close(together[:, j : j + 1], alone)

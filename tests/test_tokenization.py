@@ -1,0 +1,84 @@
+import pytest
+import torch
+
+from influence_distillation.data import Sample
+from influence_distillation.errors import ModelError
+from influence_distillation.tokenization import (
+    IGNORE_INDEX,
+    Example,
+    collate,
+    length_batches,
+    render_chat,
+    tokenize_samples,
+)
+
+from conftest import make_tokenizer
+
+
+def chat(*turns, sample_id="x"):
+    return Sample(sample_id, {}, tuple(turns), None)
+
+
+def labelled_text(tokenizer, example):
+    keep = example.labels != IGNORE_INDEX
+    assert torch.equal(example.labels[keep], example.input_ids[keep])
+    return tokenizer.decode(example.input_ids[keep])
+
+
+def test_only_assistant_turns_carry_loss(tokenizer):
+    sample = chat(("system", "Be brief."), ("user", "What is 2 plus 2?"), ("assistant", "2 plus 2 is 4."),
+                  ("user", "And 3 plus 3?"), ("assistant", "3 plus 3 is 6."))
+    (example,) = tokenize_samples([sample], tokenizer, max_length=512).examples
+    text = tokenizer.decode(example.input_ids)
+    assert text.startswith("<|im_start|>system\nBe brief.<|im_end|>")
+    assert labelled_text(tokenizer, example) == "2 plus 2 is 4.<|im_end|>\n3 plus 3 is 6.<|im_end|>\n"
+    # Every prompt token is masked: the unmasked positions are exactly the two assistant spans.
+    rendered, spans = render_chat(sample.messages, tokenizer, tokenizer.chat_template)
+    assert [rendered[a:b] for a, b in spans] == ["2 plus 2 is 4.<|im_end|>\n", "3 plus 3 is 6.<|im_end|>\n"]
+
+
+def test_fallback_template_and_refusal_without_it():
+    tokenizer = make_tokenizer(chat_template=False)
+    sample = chat(("user", "Hi"), ("assistant", "Hello there."))
+    (example,) = tokenize_samples([sample], tokenizer, max_length=512).examples
+    assert tokenizer.decode(example.input_ids) == "User: Hi\n\nAssistant: Hello there.<|endoftext|>\n\n"
+    assert labelled_text(tokenizer, example) == "Hello there.<|endoftext|>\n\n"
+    with pytest.raises(ModelError, match="no chat template"):
+        tokenize_samples([sample], tokenizer, max_length=512, template_fallback=False)
+
+
+def test_text_records_train_on_every_token(tokenizer):
+    (example,) = tokenize_samples([Sample("t", {}, None, "The sky looked red today.")], tokenizer, 512).examples
+    assert torch.equal(example.labels, example.input_ids)
+
+
+def test_truncation_is_counted_and_empty_samples_are_excluded(tokenizer):
+    long_prompt = chat(("user", "Write a short sentence about the color red. " * 20), ("assistant", "Red."))
+    fine = chat(("user", "Hi"), ("assistant", "The capital is Paris."), sample_id="fine")
+    fits = len(tokenize_samples([fine], tokenizer, 512).examples[0])
+    result = tokenize_samples([long_prompt, fine], tokenizer, max_length=fits)
+    assert result.ids == ["fine"] and result.num_truncated == 0
+    assert result.excluded == [("x", "no trainable token after truncation")]
+    long_answer = chat(("user", "Hi"), ("assistant", "The capital is Paris. " * 20))
+    result = tokenize_samples([long_answer], tokenizer, max_length=fits)
+    assert result.num_truncated == 1 and len(result.examples[0]) == fits
+    assert result.counts()["excluded"] == 0
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_collate_pads_and_finds_last_real_token(side):
+    examples = [Example(str(n), torch.arange(1, n + 1), torch.arange(1, n + 1), False) for n in (3, 5)]
+    batch = collate(examples, pad_id=0, padding_side=side)
+    assert batch.input_ids.shape == (2, 5)
+    assert batch.attention_mask.sum(1).tolist() == [3, 5]
+    for row, n in enumerate((3, 5)):
+        real = batch.attention_mask[row].bool()
+        assert batch.input_ids[row, real].tolist() == list(range(1, n + 1))
+        assert batch.position_ids[row, real].tolist() == list(range(n))
+        assert batch.input_ids[row, batch.last_index[row]] == n
+        assert (batch.labels[row, ~real] == IGNORE_INDEX).all()
+
+
+def test_length_batches_group_similar_lengths_and_cover_everything():
+    batches = length_batches([5, 1, 9, 2, 5, 7], 2)
+    assert batches == [[1, 3], [0, 4], [5, 2]]
