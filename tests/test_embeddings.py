@@ -61,14 +61,14 @@ def test_batched_equals_one_at_a_time(kind, side):
 def test_embeddings_concatenate_tangents_and_project_reproducibly():
     backbone = truncated_backbone(make_model("llama", 64), 2)
     examples = random_examples(64, [6, 3, 8, 5, 4])
-    exact = jvp_embeddings(backbone, examples, num_tangents=2, dim=4096, seed=1, pad_id=0, batch_size=2,
+    exact = jvp_embeddings(backbone, examples, num_tangents=2, dim=4096, seed=1, batch_size=2,
                            progress=False)
     assert exact.shape == (5, 64)  # m * d_model = 2 * 32 <= d_e: exact coordinates are kept
     tangents = sample_tangents(dict(backbone.named_parameters()), 2, seed=1)
     with torch.no_grad():
         u = jvp_outputs(backbone, tangents, collate([examples[2]], 0))
     torch.testing.assert_close(exact[2], u.reshape(-1), rtol=1e-4, atol=1e-5)
-    projected = jvp_embeddings(backbone, examples, 2, dim=16, seed=1, pad_id=0, batch_size=2, progress=False)
+    projected = jvp_embeddings(backbone, examples, 2, dim=16, seed=1, batch_size=2, progress=False)
     torch.testing.assert_close(projected, HadamardProjector(64, 16, seed=2)(exact), rtol=1e-4, atol=1e-5)
-    again = jvp_embeddings(backbone, examples, 2, dim=16, seed=1, pad_id=0, batch_size=2, progress=False)
+    again = jvp_embeddings(backbone, examples, 2, dim=16, seed=1, batch_size=2, progress=False)
     assert torch.equal(projected, again)

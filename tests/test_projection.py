@@ -55,3 +55,16 @@ def test_projector_is_seeded_and_identity_when_not_smaller():
     assert not torch.allclose(HadamardProjector(1000, 64, 3)(x), HadamardProjector(1000, 64, 4)(x))
     assert isinstance(make_projector(1000, 1000, 0), IdentityProjector)
     assert isinstance(make_projector(1001, 1000, 0), HadamardProjector)
+
+
+def test_diagonal_weights_and_normalisation_are_fused_exactly():
+    torch.manual_seed(0)
+    x, d = torch.randn(3, 500, dtype=torch.float64), torch.rand(500, dtype=torch.float64) + 0.1
+    projector = HadamardProjector(500, 64, seed=9)
+    weighted = x * d
+    torch.testing.assert_close(projector(x, diag=d), projector(weighted))
+    torch.testing.assert_close(projector(x, diag=d, normalize=True),
+                               projector(weighted / weighted.norm(dim=1, keepdim=True)), rtol=1e-5, atol=1e-6)
+    identity = IdentityProjector(500)
+    torch.testing.assert_close(identity(x, diag=d, normalize=True),
+                               (weighted / weighted.norm(dim=1, keepdim=True)).float())

@@ -71,7 +71,7 @@ def projected_gradients(
     params: dict[str, nn.Parameter],
     projector: HadamardProjector | IdentityProjector,
     preconditioner: torch.Tensor | None = None,
-    chunk: int = 4,
+    chunk: int = 1,
     desc: str = "gradients",
     progress: bool = True,
 ) -> torch.Tensor:
@@ -88,12 +88,10 @@ def projected_gradients(
     done = 0
     with only_requires_grad(model, params), tqdm(total=len(examples), desc=desc, unit="sample", disable=not progress) as bar:
         for example in examples:
-            g = flat_gradient(model, params, example)
-            if a is not None:
-                g = g * a
-            pending.append(g / g.norm().clamp_min(torch.finfo(g.dtype).tiny))
+            pending.append(flat_gradient(model, params, example))
             if len(pending) == chunk or done + len(pending) == len(examples):
-                out[done : done + len(pending)] = projector(torch.stack(pending)).cpu()
+                rows = torch.stack(pending) if len(pending) > 1 else pending[0][None]
+                out[done : done + len(pending)] = projector(rows, diag=a, normalize=True).cpu()
                 done += len(pending)
                 bar.update(len(pending))
                 pending.clear()

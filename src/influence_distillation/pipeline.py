@@ -47,13 +47,13 @@ def derive_seed(master: int, stage: str) -> int:
 
 
 def compute_embeddings(
-    model: nn.Module, examples: list[Example], config: EmbeddingConfig, seed: int, pad_id: int, progress: bool = True
+    model: nn.Module, examples: list[Example], config: EmbeddingConfig, seed: int, pad_id: int = 0,
+    progress: bool = True,
 ) -> torch.Tensor:
     """Stage 1: JVP embeddings of every example, (N, d_e) float32."""
     backbone = truncated_backbone(model, config.num_blocks)
-    return jvp_embeddings(
-        backbone, examples, config.num_tangents, config.dim, seed, pad_id, config.batch_size, progress=progress
-    )
+    return jvp_embeddings(backbone, examples, config.num_tangents, config.dim, seed, config.batch_size, pad_id,
+                          progress=progress)
 
 
 @dataclass
@@ -79,7 +79,8 @@ def gradient_space(model: nn.Module, config: GradientConfig, seed: int) -> Gradi
 
 
 def compute_gradients(
-    model: nn.Module, examples: list[Example], space: GradientSpace, precondition: bool, desc: str, progress: bool = True
+    model: nn.Module, examples: list[Example], space: GradientSpace, precondition: bool, desc: str = "gradients",
+    progress: bool = True,
 ) -> torch.Tensor:
     """Stages 2–3: unit-normalised, projected per-sample gradients, (n, k_p); Adam-preconditioned if asked."""
     return projected_gradients(
@@ -147,7 +148,7 @@ def run_selection(config: SelectConfig, overwrite: bool = False, progress: bool 
 
     with timer("embeddings"):
         embeddings = compute_embeddings(model, pool.examples, config.embedding, seeds["tangents"],
-                                        pad_token_id(tokenizer), progress)
+                                        pad_token_id(tokenizer), progress=progress)
     with timer("landmarks"):
         landmarks = choose_landmarks(
             len(pool.examples), config.landmarks.count, seeds["landmarks"], config.landmarks.strategy, embeddings

@@ -28,21 +28,33 @@ def _hadamard(size: int, dtype: torch.dtype, device: torch.device) -> torch.Tens
     return matrix
 
 
+def _factor_bits(log_n: int) -> list[int]:
+    """Split log2(n) into near-equal parts of at most log2(MAX_FACTOR) bits."""
+    parts = -(-log_n // (MAX_FACTOR.bit_length() - 1)) if log_n else 0
+    return [log_n // parts + (1 if i < log_n % parts else 0) for i in range(parts)]
+
+
 def fwht(x: torch.Tensor) -> torch.Tensor:
-    """Orthonormal Walsh–Hadamard transform along the last dimension (a power of two), Sylvester order."""
+    """Orthonormal Walsh–Hadamard transform along the last dimension (a power of two), Sylvester order.
+
+    x is viewed as a tensor with one axis per factor; each factor's Hadamard matrix multiplies its axis. All but the
+    last factor are left-multiplied (batched GEMMs with long rows); the last one, whose rows would be length 1,
+    is applied as one large right-multiplication instead.
+    """
     *lead, n = x.shape
     if n & (n - 1):
         raise ValueError(f"fwht needs a power-of-two length, got {n}")
-    log_n = n.bit_length() - 1
-    factor_bits = []
-    while sum(factor_bits) < log_n:
-        factor_bits.append(min(MAX_FACTOR.bit_length() - 1, log_n - sum(factor_bits)))
+    factor_bits = _factor_bits(n.bit_length() - 1)
     batch = math.prod(lead)
     y = x.reshape(batch, n)
     left = 1
-    for bits in factor_bits:
+    for i, bits in enumerate(factor_bits):
         size = 1 << bits
-        y = torch.matmul(_hadamard(size, y.dtype, y.device), y.reshape(batch * left, size, n // (left * size)))
+        hadamard = _hadamard(size, y.dtype, y.device)
+        if i == len(factor_bits) - 1:
+            y = y.reshape(-1, size) @ hadamard  # Sylvester matrices are symmetric
+        else:
+            y = torch.matmul(hadamard, y.reshape(batch * left, size, n // (left * size)))
         left *= size
     return (y / math.sqrt(n)).reshape(*lead, n)
 
@@ -63,12 +75,28 @@ class HadamardProjector:
         self.rows = torch.from_numpy(np.sort(rng.choice(self.padded_dim, size=out_dim, replace=False)))
         self.scale = math.sqrt(self.padded_dim / out_dim)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """Project rows of x: (B, in_dim) → (B, out_dim), computed in float32."""
-        signs, rows = self.signs.to(x.device), self.rows.to(x.device)
-        padded = torch.zeros(x.shape[0], self.padded_dim, dtype=torch.float32, device=x.device)
-        padded[:, : self.in_dim] = x.float() * signs
-        return fwht(padded)[:, rows] * self.scale
+    def __call__(self, x: torch.Tensor, diag: torch.Tensor | None = None, normalize: bool = False) -> torch.Tensor:
+        """Project rows of x: (B, in_dim) → (B, out_dim), computed in float32.
+
+        Args:
+            diag: optional (in_dim,) weights applied first, i.e. project diag ⊙ x (used for preconditioning).
+            normalize: project (diag ⊙ x)/‖diag ⊙ x‖ instead, without a pass to divide the full-size rows.
+        """
+        signs = self._float_signs(x.device)
+        multiplier = signs if diag is None else signs * diag.to(x.device, torch.float32)
+        padded = torch.empty(x.shape[0], self.padded_dim, dtype=torch.float32, device=x.device)
+        padded[:, self.in_dim :] = 0
+        torch.mul(x, multiplier, out=padded[:, : self.in_dim])
+        scale = self.scale
+        if normalize:
+            scale = self.scale / padded.norm(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+        return fwht(padded)[:, self.rows.to(x.device)] * scale
+
+    def _float_signs(self, device: torch.device) -> torch.Tensor:
+        """float32 signs on `device`, cached: multiplying by int8 signs takes a slow type-promotion path."""
+        if getattr(self, "_signs_cache", (None,))[0] != device:
+            self._signs_cache = (device, self.signs.to(device=device, dtype=torch.float32))
+        return self._signs_cache[1]
 
     def dense(self) -> torch.Tensor:
         """The explicit (out_dim, in_dim) matrix, for tests on small sizes only."""
@@ -81,8 +109,9 @@ class IdentityProjector:
     def __init__(self, in_dim: int):
         self.in_dim = self.out_dim = in_dim
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return x.float()
+    def __call__(self, x: torch.Tensor, diag: torch.Tensor | None = None, normalize: bool = False) -> torch.Tensor:
+        y = x.float() if diag is None else x.float() * diag.to(x.device, torch.float32)
+        return y / y.norm(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny) if normalize else y
 
 
 def make_projector(in_dim: int, out_dim: int, seed: int) -> HadamardProjector | IdentityProjector:

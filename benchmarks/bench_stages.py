@@ -1,0 +1,187 @@
+"""Per-stage costs of the selection pipeline, with the alternatives each design choice was measured against.
+
+Usage:
+    .venv/bin/python benchmarks/bench_stages.py            # SmolLM2-135M shapes, random weights
+    .venv/bin/python benchmarks/bench_stages.py --quick    # smaller sizes, a minute or so
+    .venv/bin/python benchmarks/bench_stages.py --model DIR
+
+Timings depend on tensor shapes, not weight values, so by default the model is a randomly initialised Llama with
+SmolLM2-135M-Instruct's exact configuration (30 blocks, d_model 576, MLP 1536, 9/3 heads, vocabulary 49152).
+Every comparison is run side by side in one process; each number is the median of `--repeats` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import resource
+import statistics
+import time
+
+import torch
+from torch.func import functional_call, jvp
+
+from influence_distillation.embeddings import jvp_outputs, sample_tangents
+from influence_distillation.gradients import flat_gradient, only_requires_grad, select_parameters
+from influence_distillation.models import truncated_backbone
+from influence_distillation.projection import HadamardProjector, fwht
+from influence_distillation.propagation import fit_kernel_ridge
+from influence_distillation.tokenization import Example, collate
+
+
+def smollm2_shaped_model():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+        num_key_value_heads=3, max_position_embeddings=8192, rope_theta=100000.0, tie_word_embeddings=True,
+        attn_implementation="eager",
+    )
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config).eval()
+
+
+def timed(fn, repeats: int) -> float:
+    fn()  # warm-up
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def butterfly_fwht(x: torch.Tensor) -> torch.Tensor:
+    """Radix-2 in-torch Walsh–Hadamard transform: the textbook alternative to the Kronecker-matmul form."""
+    batch, n = x.shape
+    h = 1
+    while h < n:
+        x = x.view(batch, n // (2 * h), 2, h)
+        x = torch.cat((x[:, :, :1] + x[:, :, 1:], x[:, :, :1] - x[:, :, 1:]), dim=2)
+        h *= 2
+    return x.reshape(batch, n) / math.sqrt(n)
+
+
+def random_examples(count: int, length: int, vocab: int) -> list[Example]:
+    g = torch.Generator().manual_seed(0)
+    ids = [torch.randint(0, vocab, (length,), generator=g) for _ in range(count)]
+    labels = [t.clone() for t in ids]
+    for label in labels:
+        label[: length // 2] = -100
+    return [Example(str(i), t, lab, False) for i, (t, lab) in enumerate(zip(ids, labels))]
+
+
+def bench_jvp(model, args, rows):
+    examples = random_examples(args.batch, args.length, model.config.vocab_size)
+    batch = collate(examples, 0)
+    for blocks in args.blocks:
+        backbone = truncated_backbone(model, blocks)
+        params = dict(backbone.named_parameters())
+        tangents = sample_tangents(params, args.tangents, seed=0)
+        inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
+                  "position_ids": batch.position_ids, "use_cache": False}
+
+        def forward_only():
+            with torch.no_grad():
+                backbone(**inputs)
+
+        def vmapped():
+            with torch.no_grad():
+                jvp_outputs(backbone, tangents, batch)
+
+        def loop_over_tangents():  # the same computation, one tangent at a time: the primal is recomputed m times
+            with torch.no_grad():
+                for j in range(args.tangents):
+                    jvp_outputs(backbone, {k: v[j : j + 1] for k, v in tangents.items()}, batch)
+
+        def naive():  # one tangent at a time, tangent on the embedding matrix inside the forward pass
+            with torch.no_grad():
+                for j in range(args.tangents):
+                    jvp(lambda p: functional_call(backbone, p, args=(), kwargs=inputs).last_hidden_state,
+                        (params,), ({k: v[j] for k, v in tangents.items()},))
+
+        per = args.batch
+        base = timed(forward_only, args.repeats) / per
+        ours = timed(vmapped, args.repeats) / per
+        loop = timed(loop_over_tangents, args.repeats) / per
+        textbook = timed(naive, args.repeats) / per
+        rows.append((f"JVP K={blocks} m={args.tangents} B={per} T={args.length}", "vmap over tangents (ours)",
+                     ours, f"loop over tangents {loop:.3f} s ({loop / ours:.2f}x ours); naive loop with the "
+                           f"embedding tangent inside {textbook:.3f} s ({textbook / ours:.2f}x); "
+                           f"plain forward of K blocks {base:.3f} s"))
+
+
+def bench_projection(model, args, rows):
+    params = select_parameters(model, "mlp-down")
+    size = sum(p.numel() for p in params.values())
+    projector = HadamardProjector(size, args.grad_dim, seed=0)
+    x = torch.randn(args.chunk, projector.padded_dim)
+    ours = timed(lambda: fwht(x), args.repeats) / args.chunk
+    naive = timed(lambda: butterfly_fwht(x), args.repeats) / args.chunk
+    rows.append((f"WHT n=2^{projector.padded_dim.bit_length() - 1} (D={size:,}) chunk={args.chunk}",
+                 "Kronecker matmuls (ours)", ours, f"{naive / ours:.1f}x faster than radix-2 butterfly "
+                                                   f"({naive:.3f} s)"))
+    g = torch.randn(args.chunk, size)
+    full = timed(lambda: projector(g), args.repeats) / args.chunk
+    rows.append((f"SRHT D={size:,} -> k_p={args.grad_dim}", "signs + WHT + subsample", full, "per gradient"))
+
+
+def bench_gradients(model, args, rows):
+    params = select_parameters(model, "mlp-down")
+    examples = random_examples(args.grad_samples, args.length, model.config.vocab_size)
+
+    def run():
+        with only_requires_grad(model, params):
+            for example in examples:
+                flat_gradient(model, params, example)
+
+    rows.append((f"per-sample gradient, mlp-down, T={args.length}", "loop, unpadded",
+                 timed(run, max(1, args.repeats // 2)) / len(examples), f"{len(params)} tensors"))
+
+
+def bench_krr(args, rows):
+    torch.manual_seed(0)
+    points = torch.randn(args.pool, args.embedding_dim)
+    landmarks = points[: args.landmarks]
+    values = torch.randn(args.landmarks, args.targets, dtype=torch.float64)
+    fit = timed(lambda: fit_kernel_ridge(landmarks, values), 1)
+    krr = fit_kernel_ridge(landmarks, values)
+    predict = timed(lambda: krr.predict(points), 1)
+    rows.append((f"KRR fit l={args.landmarks} d_e={args.embedding_dim} t={args.targets}", "Cholesky, float64",
+                 fit, "once for all targets"))
+    rows.append((f"KRR predict N={args.pool}", "float32 kernel blocks", predict,
+                 f"{predict / args.pool * 1e6:.1f} us/sample"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="local HF causal LM (default: random SmolLM2-135M-shaped Llama)")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    args.batch, args.length, args.tangents, args.blocks = 8, 128, 2, (1, 4)
+    args.grad_dim, args.chunk, args.grad_samples = 32768, 4, 8
+    args.pool, args.landmarks, args.embedding_dim, args.targets = 50_000, 4096, 1152, 32
+    if args.quick:
+        args.blocks, args.grad_samples, args.pool, args.landmarks, args.repeats = (1,), 2, 5000, 512, 1
+    torch.set_num_threads(torch.get_num_threads())
+    if args.model:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(args.model, attn_implementation="eager").eval()
+    else:
+        model = smollm2_shaped_model()
+    rows: list[tuple[str, str, float, str]] = []
+    bench_jvp(model, args, rows)
+    bench_projection(model, args, rows)
+    bench_gradients(model, args, rows)
+    bench_krr(args, rows)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, peak RSS "
+          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f} GiB\n")
+    print("| stage | implementation | seconds | note |\n|---|---|---|---|")
+    for stage, impl, seconds, note in rows:
+        print(f"| {stage} | {impl} | {seconds:.3f} | {note} |")
+
+
+if __name__ == "__main__":
+    main()
