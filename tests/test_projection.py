@@ -67,4 +67,4 @@ def test_diagonal_weights_and_normalisation_are_fused_exactly():
                                projector(weighted / weighted.norm(dim=1, keepdim=True)), rtol=1e-5, atol=1e-6)
     identity = IdentityProjector(500)
     torch.testing.assert_close(identity(x, diag=d, normalize=True),
-                               (weighted / weighted.norm(dim=1, keepdim=True)).float())
+                               weighted / weighted.norm(dim=1, keepdim=True))

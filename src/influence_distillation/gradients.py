@@ -41,7 +41,8 @@ def sample_loss(model: nn.Module, example: Example) -> torch.Tensor:
     """Mean cross-entropy over the completion tokens of one sample (labels shifted as in HF causal LMs)."""
     device = next(model.parameters()).device
     input_ids = example.input_ids.to(device)[None]
-    logits = model(input_ids=input_ids, use_cache=False).logits[0, :-1].float()
+    logits = model(input_ids=input_ids, use_cache=False).logits[0, :-1]
+    logits = logits.to(working_dtype(logits.dtype))
     return F.cross_entropy(logits, example.labels.to(device)[1:], ignore_index=IGNORE_INDEX)
 
 
@@ -60,9 +61,16 @@ def only_requires_grad(model: nn.Module, params: dict[str, nn.Parameter]) -> Ite
 
 
 def flat_gradient(model: nn.Module, params: dict[str, nn.Parameter], example: Example) -> torch.Tensor:
-    """∇ℓ(θ; x) over `params`, flattened in `params` order, float32. Call inside `only_requires_grad`."""
+    """∇ℓ(θ; x) over `params`, flattened in `params` order, in float32 (float64 for a float64 model).
+
+    Call inside `only_requires_grad`."""
     grads = torch.autograd.grad(sample_loss(model, example), list(params.values()))
-    return torch.cat([g.reshape(-1).float() for g in grads])
+    return torch.cat([g.reshape(-1).to(working_dtype(g.dtype)) for g in grads])
+
+
+def working_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulate in at least float32; keep float64 when the model runs in it."""
+    return torch.promote_types(dtype, torch.float32)
 
 
 def projected_gradients(

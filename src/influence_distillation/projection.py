@@ -110,8 +110,9 @@ class IdentityProjector:
         self.in_dim = self.out_dim = in_dim
 
     def __call__(self, x: torch.Tensor, diag: torch.Tensor | None = None, normalize: bool = False) -> torch.Tensor:
-        y = x.float() if diag is None else x.float() * diag.to(x.device, torch.float32)
-        return y / y.norm(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny) if normalize else y
+        dtype = torch.promote_types(x.dtype, torch.float32)  # float64 stays float64 for exact checks
+        y = x.to(dtype) if diag is None else x.to(dtype) * diag.to(x.device, dtype)
+        return y / y.norm(dim=1, keepdim=True).clamp_min(torch.finfo(dtype).tiny) if normalize else y
 
 
 def make_projector(in_dim: int, out_dim: int, seed: int) -> HadamardProjector | IdentityProjector:
