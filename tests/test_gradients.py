@@ -37,8 +37,10 @@ def test_per_sample_gradient_equals_hf_loss_backward_on_that_sample_alone(kind, 
         reference = model(input_ids=example.input_ids[None], labels=example.labels[None]).loss
         reference.backward()
         expected = torch.cat([p.grad.reshape(-1) for p in params.values()])
-        torch.testing.assert_close(ours, expected, rtol=1e-10, atol=1e-13)
-        assert sample_loss(model, example).item() == pytest.approx(reference.item(), rel=1e-10)
+        # HF's loss upcasts logits to float32 (ours stays float64), hence float32-level agreement.
+        torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-8)
+        assert (ours - expected).norm() / expected.norm() < 1e-6
+        assert sample_loss(model, example).item() == pytest.approx(reference.item(), rel=1e-6)
 
 
 def test_prompt_tokens_carry_no_loss(tokenizer, examples):
