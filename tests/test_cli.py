@@ -98,7 +98,7 @@ def test_adam_preconditioning_end_to_end(model_dir, data_files, tmp_path):
     assert main(select_args(pool, target, path, tmp_path / "adam", 6, "--optimizer-state",
                             str(tmp_path / "optimizer.pt"))) == 0
     manifest = json.loads((tmp_path / "adam" / "manifest.json").read_text())
-    assert manifest["preconditioner"] == "adamw"
+    assert manifest["influence"]["variant"] == "adamw"
     plain = np.load(tmp_path / "plain" / "target_scores.npy")
     adam = np.load(tmp_path / "adam" / "target_scores.npy")
     assert not np.allclose(plain, adam)

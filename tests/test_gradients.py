@@ -62,14 +62,18 @@ def test_projected_gradients_are_preconditioned_then_normalised(tokenizer, examp
     params = select_parameters(model, "mlp-down")
     size = sum(p.numel() for p in params.values())
     a = torch.rand(size) + 0.5
-    rows = projected_gradients(model, examples, params, IdentityProjector(size), preconditioner=a, chunk=2,
-                               progress=False)
+    rows, norms = projected_gradients(model, examples, params, IdentityProjector(size), preconditioner=a, chunk=2,
+                                      progress=False)
     with only_requires_grad(model, params):
         raw = torch.stack([flat_gradient(model, params, e) for e in examples])
     expected = (raw * a) / (raw * a).norm(dim=1, keepdim=True)
     torch.testing.assert_close(rows, expected)
+    torch.testing.assert_close(norms, (raw * a).norm(dim=1).double())
+    unnormalised, _ = projected_gradients(model, examples, params, IdentityProjector(size), preconditioner=a,
+                                          normalize=False, progress=False)
+    torch.testing.assert_close(unnormalised, raw * a)
     projector = HadamardProjector(size, 512, seed=0)
-    projected = projected_gradients(model, examples, params, projector, progress=False)
+    projected, _ = projected_gradients(model, examples, params, projector, progress=False)
     torch.testing.assert_close(projected, projector(raw / raw.norm(dim=1, keepdim=True)), rtol=1e-4, atol=1e-6)
     assert all(p.requires_grad for p in model.parameters()), "requires_grad flags must be restored"
 

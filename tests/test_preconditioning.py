@@ -98,3 +98,31 @@ def test_mismatched_or_unsafe_states_are_refused(tmp_path):
         load_adamw_state(tmp_path / "notopt.pt", model)
     with pytest.raises(ModelError, match="not found"):
         load_adamw_state(tmp_path / "missing.pt", model)
+
+
+def test_hugging_face_trainer_grouping_and_checkpoint_folders(tmp_path):
+    from conftest import make_model
+    from influence_distillation.preconditioning import state_learning_rate
+
+    model = make_model("llama", 64)
+    named = dict(model.named_parameters())
+    decay = [n for n in named if "norm" not in n and "bias" not in n]
+    no_decay = [n for n in named if n not in decay]
+    assert decay and no_decay
+    groups = [{"params": [named[n] for n in decay], "weight_decay": 0.1},
+              {"params": [named[n] for n in no_decay], "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=3e-4)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.0)  # decays to 0, records initial_lr
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    optimizer.step()
+    scheduler.step()
+    (tmp_path / "checkpoint-1").mkdir()
+    torch.save(optimizer.state_dict(), tmp_path / "checkpoint-1" / "optimizer.pt")
+    states = load_adamw_state(tmp_path / "checkpoint-1", model)
+    assert set(states) == set(named)
+    for name in named:
+        assert states[name].weight_decay == (0.1 if name in decay else 0.0)
+        torch.testing.assert_close(states[name].exp_avg, optimizer.state[named[name]]["exp_avg"])
+    assert states[decay[0]].lr == 0.0
+    assert state_learning_rate(states, decay) == pytest.approx(1.5e-4)  # half the initial rate

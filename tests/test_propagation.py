@@ -46,3 +46,13 @@ def test_krr_batched_over_targets_equals_per_column_and_chunking_changes_nothing
     for j in range(4):
         alone = fit_kernel_ridge(landmarks, values[:, j]).predict(points, chunk_size=1000)
         torch.testing.assert_close(together[:, j : j + 1], alone)
+
+
+def test_coefficient_matrix_reproduces_predictions():
+    torch.manual_seed(2)
+    landmarks, points = torch.randn(20, 5, dtype=torch.float64), torch.randn(70, 5, dtype=torch.float64)
+    values = torch.randn(20, 3, dtype=torch.float64)
+    krr = fit_kernel_ridge(landmarks, values)
+    coefficients = krr.coefficients(points, chunk_size=16)
+    assert coefficients.shape == (70, 20)
+    torch.testing.assert_close(coefficients @ values, krr.predict(points), rtol=1e-9, atol=1e-10)

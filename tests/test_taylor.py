@@ -111,6 +111,8 @@ def test_gd_step_second_order_prediction_is_markedly_better(setup):
             first = predicted_loss_change(p, None, w, eta, N_POOL)
             second = predicted_loss_change(p, q, w, eta, N_POOL)
             errors.append((abs(first - actual), abs(second - actual)))
+            print(f"GD    w#{seed} eta={eta:<6} actual={actual:+.3e} "
+                  f"|err1|={errors[-1][0]:.2e} |err2|={errors[-1][1]:.2e}")
         for first_error, second_error in errors:
             assert second_error < first_error / 10
         # Errors shrink with η: first order like η², second order faster.
@@ -176,6 +178,8 @@ def test_adamw_step_second_order_prediction_is_markedly_better(setup):
             p, q = adam_terms(rows, g_T, hessian_rows, hessian_b, eta, N_POOL)
             second = adam_offset(g_T, b, hessian_b, eta) + predicted_loss_change(p, q, w, eta, N_POOL)
             errors.append((abs(first - actual), abs(second - actual)))
+            print(f"AdamW w#{seed} eta={eta:<6} actual={actual:+.3e} "
+                  f"|err1|={errors[-1][0]:.2e} |err2|={errors[-1][1]:.2e}")
         for first_error, second_error in errors:
             assert second_error < first_error / 5
         assert errors[0][0] > 3 * errors[1][0] > 9 * errors[2][0]  # first-order error ~ η²

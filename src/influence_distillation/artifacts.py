@@ -25,7 +25,8 @@ SCORES = "scores.parquet"
 TARGET_SCORES = "target_scores.npy"
 EMBEDDINGS = "embeddings.npy"
 EXCLUDED = "excluded.jsonl"
-OUTPUT_FILES = (SELECTED, SCORES, TARGET_SCORES, EMBEDDINGS, EXCLUDED, MANIFEST)
+WEIGHTS = "weights.parquet"
+OUTPUT_FILES = (SELECTED, SCORES, TARGET_SCORES, EMBEDDINGS, EXCLUDED, WEIGHTS, MANIFEST)
 
 
 @contextlib.contextmanager

@@ -26,8 +26,9 @@ SECTION_TITLES = {
     "embedding": "stage 1: JVP embeddings",
     "landmarks": "stage 2: landmarks",
     "gradients": "stage 3: landmark and target gradients",
-    "propagation": "stage 4: kernel ridge propagation",
-    "selection": "stage 5: selection",
+    "influence": "stage 4: influence (order, exact mode, step size)",
+    "propagation": "stage 5: kernel ridge propagation",
+    "selection": "stage 6: selection",
 }
 
 
@@ -67,8 +68,18 @@ def _add_fields(parser, cls: type, prefix: str) -> None:
         parser.add_argument(flag, **kwargs)
 
 
+def _add_common(command: argparse.ArgumentParser, cls: type) -> None:
+    command.add_argument("--config", metavar="FILE", help="YAML, TOML or JSON config (a run's manifest.json "
+                         "replays that run); flags override its values")
+    _add_fields(command, cls, "")
+    command.add_argument("--overwrite", action="store_true", help="replace an --out directory holding another run")
+    command.add_argument("--quiet", action="store_true", help="no progress bars or stage logs")
+    command.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .warmup import WarmupConfig
 
     parser = argparse.ArgumentParser(
         prog="influence-distill",
@@ -82,24 +93,30 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Embed the pool with JVP embeddings, take exact gradients of a few landmark samples and of the target "
             "samples, propagate the landmarks' influence to the pool by kernel ridge regression, and select. "
-            "Writes selected.jsonl, scores.parquet, target_scores.npy, embeddings.npy, excluded.jsonl and "
-            "manifest.json into --out."
+            "Writes selected.jsonl, scores.parquet, target_scores.npy, embeddings.npy, excluded.jsonl, "
+            "weights.parquet (when weights are solved) and manifest.json into --out."
         ),
-        epilog="Example: influence-distill select --pool pool.jsonl --target target.jsonl --model ./my-model "
-        "--budget 1000 --out runs/first",
+        epilog="Examples: influence-distill select --pool pool.jsonl --target target.jsonl --model ./my-model "
+        "--budget 1000 --out runs/first;  second order with AdamW state: ... --order 2 --optimizer-state "
+        "runs/warm/optimizer.pt --model runs/warm;  exact reference: ... --exact",
     )
-    select.add_argument("--config", metavar="FILE", help="YAML, TOML or JSON config (a run's manifest.json "
-                        "replays that run); flags override its values")
-    _add_fields(select, SelectConfig, "")
-    select.add_argument("--overwrite", action="store_true", help="replace an --out directory holding another run")
-    select.add_argument("--quiet", action="store_true", help="no progress bars or stage logs")
-    select.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    _add_common(select, SelectConfig)
+    warmup = commands.add_parser(
+        "warmup",
+        help="briefly fine-tune with AdamW and save the model and optimizer state for the Adam variant",
+        description=(
+            "Train the model with AdamW on a seeded random slice of the pool and save into --out the model "
+            "(safetensors), its tokenizer, optimizer.pt and warmup.json. Then run select with "
+            "--model OUT --optimizer-state OUT/optimizer.pt."
+        ),
+    )
+    _add_common(warmup, WarmupConfig)
     return parser
 
 
-def config_from_args(args: argparse.Namespace) -> SelectConfig:
+def config_from_args(args: argparse.Namespace, cls: type = SelectConfig) -> Any:
     values: dict[str, Any] = load_config_file(args.config) if args.config else {}
-    top_level = {f.name for f in dataclasses.fields(SelectConfig)}
+    top_level = {f.name for f in dataclasses.fields(cls)}
     for dest, value in vars(args).items():
         if dest.split(".")[0] not in top_level:
             continue  # command-level flags such as --overwrite
@@ -108,7 +125,7 @@ def config_from_args(args: argparse.Namespace) -> SelectConfig:
         for section in sections:
             node = node.setdefault(section, {})
         node[name] = value
-    return from_dict(SelectConfig, values)
+    return from_dict(cls, values)
 
 
 def _select(args: argparse.Namespace) -> int:
@@ -118,7 +135,19 @@ def _select(args: argparse.Namespace) -> int:
     result = run_selection(config, overwrite=args.overwrite, progress=not args.quiet)
     stages = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in result.manifest["stages"].items())
     print(f"selected {len(result.selected)} of {len(result.pool_ids)} pool samples -> {config.out}/selected.jsonl")
+    if result.weights is not None and not result.weights.exact_k:
+        print(f"note: {result.weights.message}")
     print(f"stage times: {stages}")
+    return 0
+
+
+def _warmup(args: argparse.Namespace) -> int:
+    from .warmup import WarmupConfig, run_warmup
+
+    config = config_from_args(args, WarmupConfig)
+    out = run_warmup(config, overwrite=args.overwrite, progress=not args.quiet)
+    print(f"warmed-up model and optimizer state -> {out}")
+    print(f"next: influence-distill select --model {out} --optimizer-state {out}/optimizer.pt ...")
     return 0
 
 
@@ -134,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
 
         transformers.logging.set_verbosity_error()
         transformers.utils.logging.disable_progress_bar()  # our own bars cover every stage
-        return {"select": _select}[args.command](args)
+        return {"select": _select, "warmup": _warmup}[args.command](args)
     except InfDistError as exc:
         if args.debug:
             raise

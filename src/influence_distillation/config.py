@@ -19,7 +19,7 @@ from typing import Any
 from .errors import ConfigError
 
 
-def option(default: Any, help: str, flag: str | None = None, choices: tuple[str, ...] | None = None) -> Any:
+def option(default: Any, help: str, flag: str | None = None, choices: tuple | None = None) -> Any:
     """A dataclass field that also describes its command-line flag."""
     return field(default=default, metadata={"help": help, "flag": flag, "choices": choices})
 
@@ -77,8 +77,30 @@ class GradientConfig:
     proj_dim: int = option(32768, "k_p: size of the randomized-Hadamard projection of each gradient.", "--grad-dim")
     optimizer_state: str | None = option(
         None,
-        "torch.optim.AdamW state (torch.save file) of a warm-up run; preconditions landmark gradients.",
+        "AdamW state of a warm-up (a torch.save'd optimizer.state_dict(), or a Trainer checkpoint folder holding "
+        "optimizer.pt): switches to the Adam variant of the influence.",
         "--optimizer-state",
+    )
+    normalize: bool = option(
+        True,
+        "Unit-normalise every (preconditioned) gradient, as the official code does; --no-normalize keeps raw "
+        "gradients, for which the Taylor model is exact.",
+    )
+
+
+@dataclass
+class InfluenceConfig:
+    order: int = option(
+        1, "1: first-order influence; 2: add the second-order term (target Hessian-vector products) and choose the "
+        "selection by the optimal weights.", choices=(1, 2),
+    )
+    exact: bool = option(
+        False, "Per-sample gradients for every pool sample: no landmarks, no embeddings, no propagation "
+        "(the reference mode; for small pools).",
+    )
+    learning_rate: float | None = option(
+        None, "eta of the one-step model, used by --order 2 and the Adam b term; default: the optimizer state's "
+        "learning rate (half its initial one if a schedule ended at 0), else 2e-5.",
     )
 
 
@@ -93,12 +115,16 @@ class PropagationConfig:
 class SelectionConfig:
     budget: int = option(0, "k: number of pool samples to select.")
     strategy: str = option(
-        "round-robin",
+        "auto",
         "round-robin: each target sample in turn takes its best unselected pool sample (the paper's default); "
-        "top-k: the k best by mean score over target samples.",
+        "top-k: the k best by mean score over target samples; weights: the k non-zero optimal weights (for the "
+        "mean target), also written to weights.parquet; auto: weights with --order 2, else round-robin.",
         "--selection",
-        choices=("round-robin", "top-k"),
+        choices=("auto", "round-robin", "top-k", "weights"),
     )
+
+    def resolved(self, order: int) -> str:
+        return ("weights" if order == 2 else "round-robin") if self.strategy == "auto" else self.strategy
 
 
 @dataclass
@@ -112,6 +138,7 @@ class SelectConfig:
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
     landmarks: LandmarkConfig = field(default_factory=LandmarkConfig)
     gradients: GradientConfig = field(default_factory=GradientConfig)
+    influence: InfluenceConfig = field(default_factory=InfluenceConfig)
     propagation: PropagationConfig = field(default_factory=PropagationConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
 
@@ -142,6 +169,15 @@ class SelectConfig:
             raise ConfigError(f"--ridge must be positive, got {self.propagation.ridge}")
         if self.propagation.bandwidth is not None and self.propagation.bandwidth <= 0:
             raise ConfigError(f"--bandwidth must be positive, got {self.propagation.bandwidth}")
+        if self.influence.order not in (1, 2):
+            raise ConfigError(f"--order must be 1 or 2, got {self.influence.order}")
+        if self.influence.learning_rate is not None and self.influence.learning_rate <= 0:
+            raise ConfigError(f"--learning-rate must be positive, got {self.influence.learning_rate}")
+        if self.influence.order == 2 and self.selection.resolved(2) != "weights":
+            raise ConfigError(
+                f"--order 2 acts through the optimal weights; use --selection weights (or auto), not "
+                f"{self.selection.strategy}"
+            )
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -73,17 +73,38 @@ def working_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
+def gradient_vectors(
+    model: nn.Module,
+    examples: list[Example],
+    params: dict[str, nn.Parameter],
+    preconditioner: torch.Tensor | None = None,
+    normalize: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Full-size rows a ⊙ ∇ℓ(θ; x) (unit-normalised if asked) for a few examples, and the norms ‖a ⊙ ∇ℓ‖: (r, D), (r,).
+
+    For stages that need the unprojected vectors (Hessian-vector products); call inside `only_requires_grad`.
+    """
+    rows = torch.stack([flat_gradient(model, params, example) for example in examples])
+    if preconditioner is not None:
+        rows *= preconditioner.to(rows)
+    norms = rows.norm(dim=1)
+    if normalize:
+        rows /= norms.clamp_min(torch.finfo(rows.dtype).tiny)[:, None]
+    return rows, norms
+
+
 def projected_gradients(
     model: nn.Module,
     examples: list[Example],
     params: dict[str, nn.Parameter],
     projector: HadamardProjector | IdentityProjector,
     preconditioner: torch.Tensor | None = None,
+    normalize: bool = True,
     chunk: int = 1,
     desc: str = "gradients",
     progress: bool = True,
-) -> torch.Tensor:
-    """Rows P(normalise(a ⊙ ∇ℓ(θ; x))) for each example: (n, k_p) float32 on the CPU.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows P(a ⊙ ∇ℓ(θ; x)), unit-normalised before projection if asked, and the norms ‖a ⊙ ∇ℓ‖: (n, k_p), (n,).
 
     Args:
         preconditioner: the flat Adam vector a (same order as `params`), or None for plain gradients.
@@ -92,6 +113,7 @@ def projected_gradients(
     device = next(model.parameters()).device
     a = preconditioner.to(device) if preconditioner is not None else None
     out = torch.empty(len(examples), projector.out_dim)
+    norms = torch.empty(len(examples), dtype=torch.float64)
     pending: list[torch.Tensor] = []
     done = 0
     with only_requires_grad(model, params), tqdm(total=len(examples), desc=desc, unit="sample", disable=not progress) as bar:
@@ -99,8 +121,10 @@ def projected_gradients(
             pending.append(flat_gradient(model, params, example))
             if len(pending) == chunk or done + len(pending) == len(examples):
                 rows = torch.stack(pending) if len(pending) > 1 else pending[0][None]
-                out[done : done + len(pending)] = projector(rows, diag=a, normalize=True).cpu()
-                done += len(pending)
+                stop = done + len(pending)
+                norms[done:stop] = (rows if a is None else rows * a).norm(dim=1).double().cpu()
+                out[done:stop] = projector(rows, diag=a, normalize=normalize).cpu()
+                done = stop
                 bar.update(len(pending))
                 pending.clear()
-    return out
+    return out, norms

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .gradients import only_requires_grad, sample_loss, working_dtype
+from .gradients import gradient_vectors, only_requires_grad, sample_loss, working_dtype
 from .tokenization import Example
 
 
@@ -50,27 +50,32 @@ def target_hvp(
     return total
 
 
-def projected_hvp_rows(
+def gradient_and_hessian_rows(
     model: nn.Module,
+    examples: list[Example],
     params: dict[str, nn.Parameter],
-    targets: list[Example],
-    vectors_fn,
-    count: int,
     projector,
-    sample_weights: torch.Tensor | None = None,
+    targets: list[Example],
+    target_weights: torch.Tensor,
+    preconditioner: torch.Tensor | None = None,
+    normalize: bool = True,
     block: int = 8,
-    desc: str = "Hessian-vector products",
+    desc: str = "gradients + Hessian-vector products",
     progress: bool = True,
-) -> torch.Tensor:
-    """Rows P(H v_j) for j < count, where `vectors_fn(start, stop)` yields the (stop-start, D) vectors on demand.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each example, u = a ⊙ ∇ℓ (unit-normalised if asked): returns P(u) and P(H u), each (n, k_p).
 
-    Vectors are produced and multiplied `block` at a time, so at most `block` full-size vectors live in memory.
+    Gradients are computed `block` at a time and multiplied by H while still full-size, so no more than `block`
+    full vectors are ever held; projecting both with the same SRHT keeps ⟨P u_i, P H u_j⟩ ≈ u_iᵀ H u_j.
     """
-    out = torch.empty(count, projector.out_dim)
-    with tqdm(total=count, desc=desc, unit="vector", disable=not progress) as bar:
-        for start in range(0, count, block):
-            stop = min(start + block, count)
-            products = target_hvp(model, params, targets, vectors_fn(start, stop), sample_weights)
-            out[start:stop] = projector(products).cpu()
+    rows = torch.empty(len(examples), projector.out_dim)
+    hessian_rows = torch.empty(len(examples), projector.out_dim)
+    with tqdm(total=len(examples), desc=desc, unit="sample", disable=not progress) as bar:
+        for start in range(0, len(examples), block):
+            stop = min(start + block, len(examples))
+            with only_requires_grad(model, params):
+                vectors, _ = gradient_vectors(model, examples[start:stop], params, preconditioner, normalize)
+            rows[start:stop] = projector(vectors).cpu()
+            hessian_rows[start:stop] = projector(target_hvp(model, params, targets, vectors, target_weights)).cpu()
             bar.update(stop - start)
-    return out
+    return rows, hessian_rows

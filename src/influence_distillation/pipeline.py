@@ -1,8 +1,7 @@
-"""The whole first-order selection, stage by stage, and the run directory it writes.
+"""The whole selection, stage by stage, and the run directory it writes.
 
-Each `compute_*` function is one stage that a notebook user can call on their own; `run_selection` chains them,
-times them, and writes `selected.jsonl`, `scores.parquet`, `target_scores.npy`, `embeddings.npy`, `excluded.jsonl`
-and, last, `manifest.json`.
+Each `compute_*` / `propagate` / `solve_*` function is one stage that a notebook user can call on their own;
+`run_selection` chains them, times them, and writes the outputs (see `write_outputs`) with `manifest.json` last.
 """
 
 from __future__ import annotations
@@ -10,8 +9,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import platform
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,18 +24,29 @@ from . import artifacts
 from .config import EmbeddingConfig, GradientConfig, PropagationConfig, SelectConfig, to_dict
 from .data import load_samples
 from .embeddings import jvp_embeddings
-from .errors import DataError
+from .errors import ConfigError, DataError
 from .gradients import projected_gradients, select_parameters
-from .influence import first_order_influence
+from .hessian import gradient_and_hessian_rows, target_hvp
+from .influence import curvature, first_order_influence
 from .landmarks import choose_landmarks
 from .models import load_model, pad_token_id, truncated_backbone
-from .preconditioning import adam_preconditioner, load_adamw_state
+from .preconditioning import (
+    AdamParamState,
+    adam_offset_vector,
+    adam_preconditioner,
+    load_adamw_state,
+    state_learning_rate,
+)
 from .projection import make_projector
-from .propagation import fit_kernel_ridge
+from .propagation import KernelRidge, fit_kernel_ridge
 from .selection import select
 from .tokenization import Example, TokenizedSet, tokenize_samples
+from .weights import DenseQuadraticForm, FactoredQuadraticForm, WeightSolution, kkt_residual, solve_weights
 
 log = logging.getLogger(__name__)
+
+DEFAULT_LEARNING_RATE = 2e-5  # the paper's fine-tuning rate; used when neither a flag nor a state gives one
+MAX_COEFFICIENT_BYTES = 4 << 30  # the dense (N, l) propagation matrix that --order 2 needs
 
 
 def derive_seed(master: int, stage: str) -> int:
@@ -58,45 +66,78 @@ def compute_embeddings(
 
 @dataclass
 class GradientSpace:
-    """The parameters, projection and (optional) Adam preconditioner shared by landmark and target gradients."""
+    """What landmark and target gradients share: parameters, projection, normalisation, optional AdamW state."""
 
     params: dict[str, nn.Parameter]
     projector: Any
-    preconditioner: torch.Tensor | None
+    normalize: bool = True
+    adam_states: dict[str, AdamParamState] | None = None
+    preconditioner: torch.Tensor | None = None  # the flat Adam vector a
 
     @property
     def num_coordinates(self) -> int:
         return sum(p.numel() for p in self.params.values())
 
+    def offset(self) -> torch.Tensor:
+        """The flat Adam vector b (momentum + weight decay part of the next step)."""
+        return adam_offset_vector(self.adam_states, self.params)
+
+    def learning_rate(self, requested: float | None) -> float:
+        if requested is not None:
+            return requested
+        if self.adam_states is not None:
+            return state_learning_rate(self.adam_states, list(self.params))
+        return DEFAULT_LEARNING_RATE
+
 
 def gradient_space(model: nn.Module, config: GradientConfig, seed: int) -> GradientSpace:
     params = select_parameters(model, config.params)
     size = sum(p.numel() for p in params.values())
-    preconditioner = None
+    space = GradientSpace(params, make_projector(size, config.proj_dim, seed), config.normalize)
     if config.optimizer_state:
-        preconditioner = adam_preconditioner(load_adamw_state(config.optimizer_state, model), list(params))
-    return GradientSpace(params, make_projector(size, config.proj_dim, seed), preconditioner)
+        space.adam_states = load_adamw_state(config.optimizer_state, model)
+        space.preconditioner = adam_preconditioner(space.adam_states, list(params))
+    return space
 
 
 def compute_gradients(
     model: nn.Module, examples: list[Example], space: GradientSpace, precondition: bool, desc: str = "gradients",
     progress: bool = True,
 ) -> torch.Tensor:
-    """Stages 2–3: unit-normalised, projected per-sample gradients, (n, k_p); Adam-preconditioned if asked."""
-    return projected_gradients(
-        model, examples, space.params, space.projector,
-        preconditioner=space.preconditioner if precondition else None, desc=desc, progress=progress,
+    """Stages 2–3: projected per-sample gradients (n, k_p), unit-normalised and Adam-preconditioned as configured."""
+    rows, _ = projected_gradients(
+        model, examples, space.params, space.projector, space.preconditioner if precondition else None,
+        space.normalize, desc=desc, progress=progress,
     )
+    return rows
 
 
 def propagate(
     embeddings: torch.Tensor, landmark_rows: np.ndarray, landmark_values: torch.Tensor, config: PropagationConfig,
     seed: int,
-) -> tuple[np.ndarray, float]:
-    """Stage 4: KRR from the landmarks' values (l, t) to every row of `embeddings`; returns ((N, t), bandwidth)."""
+) -> tuple[np.ndarray, KernelRidge]:
+    """Stage 4: KRR from the landmarks' values (l, t) to every row, (N, t); landmark rows keep their exact values."""
     rows = torch.as_tensor(landmark_rows)
     krr = fit_kernel_ridge(embeddings[rows], landmark_values, config.ridge, config.bandwidth, seed)
-    return krr.predict(embeddings, config.chunk_size).numpy(), krr.bandwidth
+    scores = krr.predict(embeddings, config.chunk_size)
+    scores[rows] = landmark_values.double().reshape(len(rows), -1)
+    return scores.numpy(), krr
+
+
+def propagation_matrix(krr: KernelRidge, embeddings: torch.Tensor, landmark_rows: np.ndarray,
+                       chunk_size: int) -> torch.Tensor:
+    """C (N, l) with p̂ = C p_L: KRR coefficients, identity rows at the landmarks (their values are exact)."""
+    size = embeddings.shape[0] * len(landmark_rows) * 8
+    if size > MAX_COEFFICIENT_BYTES:
+        raise ConfigError(
+            f"--order 2 needs the {embeddings.shape[0]}×{len(landmark_rows)} propagation matrix "
+            f"({size / 2**30:.1f} GiB); use fewer --landmarks"
+        )
+    coefficients = krr.coefficients(embeddings, chunk_size)
+    rows = torch.as_tensor(landmark_rows)
+    coefficients[rows] = 0.0
+    coefficients[rows, torch.arange(len(rows))] = 1.0
+    return coefficients
 
 
 @dataclass
@@ -104,11 +145,12 @@ class SelectionResult:
     """Everything a run computed; row i of every pool-sized array is pool sample `pool_ids[i]`."""
 
     pool_ids: list[str]
-    embeddings: torch.Tensor  # (N, d_e)
-    landmarks: np.ndarray  # (l,) row indices
+    embeddings: torch.Tensor | None  # (N, d_e); None in exact mode
+    landmarks: np.ndarray  # (l,) row indices (every row in exact mode)
     landmark_influence: torch.Tensor  # (l, t)
-    scores: np.ndarray  # (N, t)
+    scores: np.ndarray  # (N, t) first-order influence on each target sample
     selected: np.ndarray  # (k,) row indices in selection order
+    weights: WeightSolution | None = None
     manifest: dict[str, Any] = field(default_factory=dict)
 
 
@@ -126,12 +168,14 @@ class StageTimer:
 
 
 def run_selection(config: SelectConfig, overwrite: bool = False, progress: bool = True) -> SelectionResult:
-    """Run every stage of first-order Influence Distillation and write the run directory `config.out`."""
+    """Run every stage of Influence Distillation and write the run directory `config.out`."""
     config.validate()
     out = Path(config.out)
     artifacts.check_output_dir(out, to_dict(config), overwrite)
     timer = StageTimer()
     seeds = {stage: derive_seed(config.seed, stage) for stage in ("tangents", "landmarks", "projection", "kernel", "selection")}
+    order, exact = config.influence.order, config.influence.exact
+    strategy = config.selection.resolved(order)
 
     with timer("load"):
         pool_samples = load_samples(config.pool, "pool")
@@ -139,37 +183,92 @@ def run_selection(config: SelectConfig, overwrite: bool = False, progress: bool 
         model, tokenizer = load_model(config.model)
     with timer("tokenize"):
         pool = tokenize_samples(pool_samples, tokenizer, config.data.max_length, config.data.template_fallback, "pool")
-        target = tokenize_samples(
-            target_samples, tokenizer, config.data.max_length, config.data.template_fallback, "target"
-        )
+        target = tokenize_samples(target_samples, tokenizer, config.data.max_length, config.data.template_fallback,
+                                  "target")
     _check_usable(pool, target, config)
-    _log_counts("pool", pool)
-    _log_counts("target", target)
+    num_pool = len(pool.examples)
 
-    with timer("embeddings"):
-        embeddings = compute_embeddings(model, pool.examples, config.embedding, seeds["tangents"],
-                                        pad_token_id(tokenizer), progress=progress)
+    embeddings = None
+    if not exact:
+        with timer("embeddings"):
+            embeddings = compute_embeddings(model, pool.examples, config.embedding, seeds["tangents"],
+                                            pad_token_id(tokenizer), progress=progress)
     with timer("landmarks"):
-        landmarks = choose_landmarks(
-            len(pool.examples), config.landmarks.count, seeds["landmarks"], config.landmarks.strategy, embeddings
-        )
+        landmarks = (np.arange(num_pool) if exact else choose_landmarks(
+            num_pool, config.landmarks.count, seeds["landmarks"], config.landmarks.strategy, embeddings))
     space = gradient_space(model, config.gradients, seeds["projection"])
-    with timer("landmark_gradients"):
-        landmark_grads = compute_gradients(
-            model, [pool.examples[i] for i in landmarks], space, precondition=True, desc="landmark gradients",
-            progress=progress,
-        )
-    with timer("target_gradients"):
-        target_grads = compute_gradients(model, target.examples, space, precondition=False, desc="target gradients",
-                                         progress=progress)
-    with timer("influence"):
-        landmark_influence = first_order_influence(landmark_grads, target_grads)
-    with timer("propagation"):
-        scores, bandwidth = propagate(embeddings, landmarks, landmark_influence, config.propagation, seeds["kernel"])
-    with timer("selection"):
-        selected = select(scores, config.selection.budget, config.selection.strategy, seeds["selection"])
+    eta = space.learning_rate(config.influence.learning_rate)
+    landmark_examples = [pool.examples[i] for i in landmarks]
 
-    result = SelectionResult(pool.ids, embeddings, landmarks, landmark_influence, scores, selected)
+    with timer("target_gradients"):
+        target_rows, target_norms = projected_gradients(
+            model, target.examples, space.params, space.projector, None, space.normalize, desc="target gradients",
+            progress=progress)
+    # The target loss whose gradient the mean target row is: Σ ω_i ℓ_i (ω_i = 1/(t‖g_i‖) when normalising).
+    target_weights = (1 / target_norms if space.normalize else torch.ones_like(target_norms)) / len(target_norms)
+    hessian_rows = None
+    with timer("landmark_gradients"):
+        if order == 2:
+            landmark_rows, hessian_rows = gradient_and_hessian_rows(
+                model, landmark_examples, space.params, space.projector, target.examples, target_weights,
+                space.preconditioner, space.normalize, progress=progress)
+        else:
+            landmark_rows = compute_gradients(model, landmark_examples, space, precondition=True,
+                                              desc="landmark gradients", progress=progress)
+    with timer("influence"):
+        landmark_influence = first_order_influence(landmark_rows, target_rows)
+        target_direction = target_rows.double().mean(0)
+        if order == 2 and space.adam_states is not None:  # p_Adam = U (g_T − η H b)
+            offset = space.offset()
+            target_direction -= eta * space.projector(target_hvp(model, space.params, target.examples,
+                                                                 offset[None], target_weights))[0].double()
+        mean_influence = landmark_rows.double() @ target_direction  # (l,)
+        landmark_q = curvature(landmark_rows, hessian_rows, num_pool) if order == 2 else None
+
+    with timer("propagation"):
+        bandwidth, coefficients, mean_scores = None, None, mean_influence
+        if exact:
+            scores = landmark_influence.numpy()
+        else:
+            scores, krr = propagate(embeddings, landmarks, landmark_influence, config.propagation, seeds["kernel"])
+            bandwidth = krr.bandwidth
+            if strategy == "weights":
+                coefficients = propagation_matrix(krr, embeddings, landmarks, config.propagation.chunk_size)
+                mean_scores = coefficients @ mean_influence
+    solution, form = None, None
+    with timer("selection"):
+        if strategy == "weights":
+            if landmark_q is not None:
+                form = DenseQuadraticForm(landmark_q) if exact else FactoredQuadraticForm(coefficients, landmark_q)
+            solution = solve_weights(mean_scores, config.selection.budget, eta if order == 2 else 0.0, form)
+            if not solution.exact_k:
+                log.warning("%s; taking the %d largest weights", solution.message, config.selection.budget)
+            selected = _largest_weights(solution, mean_scores, config.selection.budget)
+        else:
+            selected = select(scores, config.selection.budget, strategy, seeds["selection"])
+
+    result = SelectionResult(pool.ids, embeddings, landmarks, landmark_influence, scores, selected, solution)
+    manifest = _manifest(config, seeds, model, pool, target, result, space, timer, strategy, eta, bandwidth, form,
+                         mean_scores)
+    with timer("write"):
+        write_outputs(out, result, pool_samples, pool, target)
+    manifest["stages"] = timer.seconds
+    artifacts.write_json(out / artifacts.MANIFEST, {**manifest, "outputs": _output_files(result),
+                                                    "status": "complete"})
+    result.manifest = manifest
+    return result
+
+
+def _largest_weights(solution: WeightSolution, scores: torch.Tensor, budget: int) -> np.ndarray:
+    """The support by decreasing weight; if no λ gave exactly k, the k largest weights (ties by score, index)."""
+    if solution.exact_k:
+        return solution.support()
+    w, p = solution.weights.numpy(), np.asarray(scores)
+    return np.lexsort((np.arange(len(w)), -p, -w))[:budget]
+
+
+def _manifest(config, seeds, model, pool, target, result, space, timer, strategy, eta, bandwidth, form,
+              mean_scores) -> dict[str, Any]:
     manifest = {
         "tool": "influence-distillation",
         "version": _version(),
@@ -179,34 +278,44 @@ def run_selection(config: SelectConfig, overwrite: bool = False, progress: bool 
         "seeds": seeds,
         "environment": _environment(model),
         "model": {"class": type(model).__name__, "parameters": sum(p.numel() for p in model.parameters())},
-        "counts": {
-            "pool": pool.counts(),
-            "target": target.counts(),
-            "landmarks": len(landmarks),
-            "selected": len(selected),
-        },
+        "counts": {"pool": pool.counts(), "target": target.counts(), "landmarks": len(result.landmarks),
+                   "selected": len(result.selected)},
         "dimensions": {
-            "embedding": int(embeddings.shape[1]),
+            "embedding": None if result.embeddings is None else int(result.embeddings.shape[1]),
             "gradient_parameters": len(space.params),
             "gradient_coordinates": space.num_coordinates,
             "gradient_projected": space.projector.out_dim,
         },
+        "influence": {
+            "order": config.influence.order,
+            "exact": config.influence.exact,
+            "variant": "adamw" if space.adam_states is not None else "gd",
+            "learning_rate": eta,
+            "normalized_gradients": space.normalize,
+        },
+        "selection": {"strategy": strategy},
         "propagation": {"bandwidth": bandwidth},
-        "preconditioner": "adamw" if space.preconditioner is not None else "identity",
-        "order": 1,
         "stages": timer.seconds,
     }
-    with timer("write"):
-        write_outputs(out, result, pool_samples, pool, target, manifest)
-    manifest["stages"] = timer.seconds
-    artifacts.write_json(out / artifacts.MANIFEST, {**manifest, "outputs": list(artifacts.OUTPUT_FILES),
-                                                    "status": "complete"})
-    result.manifest = manifest
-    return result
+    if result.weights is not None:
+        solution = result.weights
+        manifest["weights"] = {
+            "lambda": solution.lam, "nonzero": solution.num_nonzero, "exact_k": solution.exact_k,
+            "message": solution.message, "solver_iterations": solution.iterations,
+            "kkt_residual": kkt_residual(mean_scores, form, eta if config.influence.order == 2 else 0.0,
+                                         solution.lam, solution.weights),
+        }
+    return manifest
 
 
-def write_outputs(out: Path, result: SelectionResult, samples, pool: TokenizedSet, target: TokenizedSet,
-                  manifest: dict[str, Any]) -> None:
+def _output_files(result: SelectionResult) -> list[str]:
+    files = [artifacts.SELECTED, artifacts.SCORES, artifacts.TARGET_SCORES, artifacts.EXCLUDED]
+    files += [artifacts.EMBEDDINGS] if result.embeddings is not None else []
+    files += [artifacts.WEIGHTS] if result.weights is not None else []
+    return files + [artifacts.MANIFEST]
+
+
+def write_outputs(out: Path, result: SelectionResult, samples, pool: TokenizedSet, target: TokenizedSet) -> None:
     """Every output except the manifest, each written atomically."""
     artifacts.begin_writing(out)
     mean_score = result.scores.mean(axis=1)
@@ -214,53 +323,46 @@ def write_outputs(out: Path, result: SelectionResult, samples, pool: TokenizedSe
     rank[result.selected] = np.arange(len(result.selected))
     is_landmark = np.zeros(len(result.pool_ids), dtype=bool)
     is_landmark[result.landmarks] = True
+    weights = result.weights.weights.numpy() if result.weights is not None else None
     records = {sample.id: sample.record for sample in samples}
     selected_rows = []
     for row in result.selected:
         sample_id = result.pool_ids[row]
+        extra = {"weight": float(weights[row])} if weights is not None else {}
         selected_rows.append({**records[sample_id], "id": records[sample_id].get("id", sample_id),
-                              "score": float(mean_score[row])})
+                              "score": float(mean_score[row]), **extra})
     artifacts.write_jsonl(out / artifacts.SELECTED, selected_rows)
-    artifacts.write_parquet(
-        out / artifacts.SCORES,
-        {
-            "id": result.pool_ids,
-            "score": mean_score,
-            "selected": rank >= 0,
-            "rank": rank,
-            "landmark": is_landmark,
-        },
-        metadata={"method": "influence-distillation", "score": "mean first-order influence over target samples"},
-    )
+    columns = {"id": result.pool_ids, "score": mean_score, "selected": rank >= 0, "rank": rank,
+               "landmark": is_landmark}
+    artifacts.write_parquet(out / artifacts.SCORES, columns | ({"weight": weights} if weights is not None else {}),
+                            metadata={"method": "influence-distillation",
+                                      "score": "mean first-order influence over target samples"})
+    if weights is not None:
+        artifacts.write_parquet(out / artifacts.WEIGHTS, {"id": result.pool_ids, "weight": weights})
     artifacts.write_npy(out / artifacts.TARGET_SCORES, result.scores.astype(np.float32))
-    artifacts.write_npy(out / artifacts.EMBEDDINGS, result.embeddings.numpy())
+    if result.embeddings is not None:
+        artifacts.write_npy(out / artifacts.EMBEDDINGS, result.embeddings.numpy())
     excluded = [{"id": i, "set": "pool", "reason": r} for i, r in pool.excluded]
     excluded += [{"id": i, "set": "target", "reason": r} for i, r in target.excluded]
     artifacts.write_jsonl(out / artifacts.EXCLUDED, excluded)
 
 
 def _check_usable(pool: TokenizedSet, target: TokenizedSet, config: SelectConfig) -> None:
-    if not target.examples:
-        raise DataError(
-            f"target {config.target}: none of its {len(target.excluded)} samples has a trainable token within "
-            f"--max-length {config.data.max_length}"
-        )
-    if not pool.examples:
-        raise DataError(
-            f"pool {config.pool}: none of its {len(pool.excluded)} samples has a trainable token within "
-            f"--max-length {config.data.max_length}"
-        )
+    for name, tokenized, path in (("target", target, config.target), ("pool", pool, config.pool)):
+        if not tokenized.examples:
+            raise DataError(
+                f"{name} {path}: none of its {len(tokenized.excluded)} samples has a trainable token within "
+                f"--max-length {config.data.max_length}"
+            )
     if config.selection.budget > len(pool.examples):
         raise DataError(
             f"--budget {config.selection.budget} exceeds the {len(pool.examples)} selectable pool samples "
             f"({len(pool.excluded)} excluded for having no trainable token)"
         )
-
-
-def _log_counts(name: str, tokenized: TokenizedSet) -> None:
-    counts = tokenized.counts()
-    log.info("%s: %d samples kept, %d truncated, %d excluded %s", name, counts["kept"], counts["truncated"],
-             counts["excluded"], counts["excluded_by_reason"] or "")
+    for name, tokenized in (("pool", pool), ("target", target)):
+        counts = tokenized.counts()
+        log.info("%s: %d samples kept, %d truncated, %d excluded %s", name, counts["kept"], counts["truncated"],
+                 counts["excluded"], counts["excluded_by_reason"] or "")
 
 
 def _version() -> str:
@@ -270,6 +372,9 @@ def _version() -> str:
 
 
 def _environment(model: nn.Module) -> dict[str, str]:
+    import platform
+    import sys
+
     import transformers
 
     return {

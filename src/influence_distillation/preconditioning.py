@@ -32,16 +32,24 @@ class AdamParamState:
     beta2: float
     eps: float
     weight_decay: float
+    initial_lr: float | None = None  # set when a scheduler drove the run
+
+
+# Hugging Face Trainer puts these parameters in its no-weight-decay group (transformers.Trainer.get_decay_parameter_names).
+_NO_DECAY_PATTERNS = (r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)")
 
 
 def load_adamw_state(path: str | Path, model: nn.Module) -> dict[str, AdamParamState]:
     """Read a `torch.optim.AdamW(...).state_dict()` saved with `torch.save`, keyed by the model's parameter names.
 
-    Parameter names come from the state's `param_names` (present when the optimizer was built from
-    `model.named_parameters()`); otherwise states are matched in `model.named_parameters()` order (trainable ones),
-    and every shape must agree.
+    `path` may be the file or a folder holding `optimizer.pt` (a Hugging Face Trainer checkpoint). Parameter names
+    come from the state's `param_names` (an optimizer built from `model.named_parameters()`); otherwise the states
+    are matched to trainable parameters in model order, then in the Trainer's decay/no-decay grouping, and the first
+    order under which every shape agrees is used.
     """
     path = Path(path)
+    if path.is_dir():
+        path = path / "optimizer.pt"
     if not path.is_file():
         raise ModelError(f"--optimizer-state: file not found: {path}")
     try:
@@ -52,28 +60,64 @@ def load_adamw_state(path: str | Path, model: nn.Module) -> dict[str, AdamParamS
         state_dict = state_dict["optimizer"]
     if not isinstance(state_dict, dict) or not {"state", "param_groups"} <= set(state_dict):
         raise ModelError(f"--optimizer-state {path}: not an optimizer state_dict (needs 'state' and 'param_groups')")
-    named = dict(model.named_parameters())
-    fallback_names = [name for name, p in named.items() if p.requires_grad]
-    states: dict[str, AdamParamState] = {}
     for group in state_dict["param_groups"]:
         _check_group(group, path)
-        names = group.get("param_names") or [fallback_names[i] if i < len(fallback_names) else None for i in group["params"]]
-        for index, name in zip(group["params"], names):
+    named = dict(model.named_parameters())
+    indices = [index for group in state_dict["param_groups"] for index in group["params"]]
+    problems = []
+    for order in _candidate_orders(model, state_dict, len(indices)):
+        mismatch = _first_mismatch(order, indices, state_dict["state"], named)
+        if mismatch is None:
+            return _states(order, state_dict)
+        problems.append(mismatch)
+    if not problems:
+        problems.append(f"it holds {len(indices)} parameters, the model has {len(named)}")
+    raise ModelError(
+        f"--optimizer-state {path} does not match the model: {problems[0]}; save the state of an optimizer built "
+        "with torch.optim.AdamW(model.named_parameters()) so parameter names are recorded"
+    )
+
+
+def _candidate_orders(model: nn.Module, state_dict: dict, count: int) -> list[list[str]]:
+    """Possible parameter names of the flattened state indices, most trustworthy first."""
+    groups = state_dict["param_groups"]
+    if all("param_names" in group for group in groups):
+        return [[name for group in groups for name in group["param_names"]]]
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    orders = [trainable]
+    if len(groups) == 2:
+        from transformers.trainer_pt_utils import get_parameter_names
+
+        decay = set(get_parameter_names(model, [nn.LayerNorm], list(_NO_DECAY_PATTERNS)))
+        orders.append([n for n in trainable if n in decay] + [n for n in trainable if n not in decay])
+    return [order for order in orders if len(order) >= count]
+
+
+def _first_mismatch(order, indices, state, named) -> str | None:
+    for position, index in enumerate(indices):
+        entry = state.get(index)
+        if entry is None:  # a parameter that never received a gradient has no state
+            continue
+        name = order[position]
+        if entry["exp_avg"].shape != named[name].shape:
+            return (f"state {index} has shape {tuple(entry['exp_avg'].shape)} but parameter {name} has "
+                    f"{tuple(named[name].shape)}")
+    return None if indices else "the state holds no parameters"
+
+
+def _states(order: list[str], state_dict: dict) -> dict[str, AdamParamState]:
+    states, position = {}, 0
+    for group in state_dict["param_groups"]:
+        for index in group["params"]:
+            name, position = order[position], position + 1
             entry = state_dict["state"].get(index)
-            if entry is None:  # a parameter that never received a gradient has no state
+            if entry is None:
                 continue
-            if name not in named:
-                raise ModelError(f"--optimizer-state {path}: state for parameter {name!r} that the model does not have")
-            if entry["exp_avg"].shape != named[name].shape:
-                raise ModelError(
-                    f"--optimizer-state {path}: state {index} has shape {tuple(entry['exp_avg'].shape)} but "
-                    f"parameter {name} has {tuple(named[name].shape)}; save the state of an optimizer built with "
-                    "torch.optim.AdamW(model.named_parameters()) so parameter names are recorded"
-                )
             states[name] = AdamParamState(
                 exp_avg=entry["exp_avg"], exp_avg_sq=entry["exp_avg_sq"], step=int(entry["step"]),
                 lr=float(group["lr"]), beta1=float(group["betas"][0]), beta2=float(group["betas"][1]),
                 eps=float(group["eps"]), weight_decay=float(group["weight_decay"]),
+                initial_lr=float(group["initial_lr"]) if "initial_lr" in group else None,
             )
     return states
 
@@ -84,6 +128,20 @@ def _check_group(group: dict, path: Path) -> None:
         raise ModelError(f"--optimizer-state {path}: not an Adam(W) state (param group lacks {sorted(missing)})")
     if group.get("amsgrad") or group.get("maximize"):
         raise ModelError(f"--optimizer-state {path}: amsgrad/maximize AdamW states are not supported")
+
+
+def state_learning_rate(states: dict[str, AdamParamState], names: list[str]) -> float:
+    """η of the next step: the state's learning rate, or half its initial one if a schedule decayed it to 0.
+
+    (The official code's fallback: a warm-up that ran a linear schedule to 0 ends with lr = 0.)
+    """
+    rates = {(states[n].lr, states[n].initial_lr) for n in names if n in states}
+    lr, initial = max(rates)
+    if lr > 0:
+        return lr
+    if initial:
+        return initial / 2
+    raise ModelError("--optimizer-state has learning rate 0 and no initial_lr; pass --learning-rate")
 
 
 def adam_coefficients(state: AdamParamState, param: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,10 +158,20 @@ def adam_coefficients(state: AdamParamState, param: torch.Tensor | None = None) 
 
 def adam_preconditioner(states: dict[str, AdamParamState], names: list[str]) -> torch.Tensor:
     """The flat vector a over the parameters `names` (in that order), for preconditioning flat gradients."""
+    _check_covers(states, names)
+    return torch.cat([adam_coefficients(states[name])[0].reshape(-1).float() for name in names])
+
+
+def adam_offset_vector(states: dict[str, AdamParamState], params: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The flat vector b (momentum and weight-decay part of the next step) over `params`, in their order."""
+    _check_covers(states, list(params))
+    return torch.cat([adam_coefficients(states[name], p)[1].reshape(-1).float() for name, p in params.items()])
+
+
+def _check_covers(states: dict[str, AdamParamState], names: list[str]) -> None:
     missing = [name for name in names if name not in states]
     if missing:
         raise ModelError(
             f"--optimizer-state has no Adam state for {len(missing)} gradient parameter(s), e.g. {missing[0]}; "
             "the warm-up must train every parameter selected by --grad-params"
         )
-    return torch.cat([adam_coefficients(states[name])[0].reshape(-1).float() for name in names])

@@ -40,6 +40,7 @@ class KernelRidge:
     landmarks: torch.Tensor  # (l, d_e)
     coef: torch.Tensor  # (l, t)
     bandwidth: float
+    cholesky: torch.Tensor  # (l, l) lower factor of K_LL + δI, float64
 
     def predict(self, points: torch.Tensor, chunk_size: int = 4096) -> torch.Tensor:
         """(N, d_e) → (N, t) float64, `chunk_size` rows at a time; kernels in float32 unless `points` are float64."""
@@ -51,6 +52,14 @@ class KernelRidge:
             out[start : start + chunk_size] = rbf_kernel(block, landmarks, self.bandwidth).double() @ self.coef
         return out
 
+    def coefficients(self, points: torch.Tensor, chunk_size: int = 4096) -> torch.Tensor:
+        """C = k(points, L)(K_LL + δI)⁻¹: (N, l) float64, so that predictions are C·values for any values."""
+        out = torch.empty(points.shape[0], self.landmarks.shape[0], dtype=torch.float64)
+        for start in range(0, points.shape[0], chunk_size):
+            kernel = rbf_kernel(points[start : start + chunk_size].double(), self.landmarks.double(), self.bandwidth)
+            out[start : start + chunk_size] = torch.cholesky_solve(kernel.T, self.cholesky).T
+        return out
+
 
 def fit_kernel_ridge(
     landmarks: torch.Tensor, values: torch.Tensor, ridge: float = 0.01, bandwidth: float | None = None, seed: int = 0
@@ -59,5 +68,6 @@ def fit_kernel_ridge(
     sigma = bandwidth if bandwidth is not None else median_bandwidth(landmarks, seed=seed)
     kernel = rbf_kernel(landmarks.double(), landmarks.double(), sigma)
     kernel += ridge * kernel.diagonal().mean() * torch.eye(kernel.shape[0], dtype=kernel.dtype)
-    coef = torch.cholesky_solve(values.double().reshape(kernel.shape[0], -1), torch.linalg.cholesky(kernel))
-    return KernelRidge(landmarks=landmarks, coef=coef, bandwidth=sigma)
+    factor = torch.linalg.cholesky(kernel)
+    coef = torch.cholesky_solve(values.double().reshape(kernel.shape[0], -1), factor)
+    return KernelRidge(landmarks=landmarks, coef=coef, bandwidth=sigma, cholesky=factor)

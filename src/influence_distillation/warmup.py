@@ -1,0 +1,127 @@
+"""Warm-up: a short AdamW fine-tune on a seeded random slice of the pool, saving the model and its optimizer state.
+
+The Adam variant of the influence (paper §3) needs the moments of an optimizer that has been training on data like
+the pool; this stage produces them. The output folder is a Hugging Face model directory (safetensors) plus
+`optimizer.pt` (`torch.optim.AdamW(model.named_parameters()).state_dict()`, loadable with `weights_only=True`, with
+parameter names recorded) and `warmup.json`. It is written to a temporary sibling and renamed into place, so a
+folder named `--out` is always complete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .config import DataConfig, ModelConfig, option, to_dict
+from .data import load_samples
+from .errors import ConfigError, OutputError
+from .gradients import select_parameters
+from .models import load_model, pad_token_id
+from .tokenization import collate, tokenize_samples
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WarmupConfig:
+    pool: str = option("", "Pool file to draw the warm-up samples from (same formats as select).")
+    out: str = option("", "Folder for the warmed-up model, optimizer.pt and warmup.json.")
+    seed: int = option(0, "Seed of the sample slice and the batch order.")
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    size: int = option(256, "Samples in the warm-up slice (capped at the pool size).")
+    steps: int = option(50, "Optimizer steps.")
+    batch_size: int = option(8, "Samples per step.")
+    learning_rate: float = option(1e-4, "AdamW learning rate (constant).")
+    weight_decay: float = option(0.0, "AdamW weight decay.")
+    params: str = option("all", "Parameters to train: 'all', 'mlp-down', or a regex on parameter names. The Adam "
+                         "variant needs state for every parameter used by select's --grad-params.", "--train-params")
+
+    def validate(self) -> None:
+        for name, flag in (("pool", "--pool"), ("out", "--out")):
+            if not getattr(self, name):
+                raise ConfigError(f"{flag} is required")
+        if not self.model.path:
+            raise ConfigError("--model is required (a local Hugging Face model directory)")
+        for flag, value in {"--size": self.size, "--steps": self.steps, "--batch-size": self.batch_size,
+                            "--learning-rate": self.learning_rate, "--max-length": self.data.max_length}.items():
+            if value <= 0:
+                raise ConfigError(f"{flag} must be positive, got {value}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"--weight-decay must be non-negative, got {self.weight_decay}")
+
+
+def run_warmup(config: WarmupConfig, overwrite: bool = False, progress: bool = True) -> Path:
+    """Train, then write the model, `optimizer.pt` and `warmup.json` into `config.out`; returns that path."""
+    config.validate()
+    out = Path(config.out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise OutputError(f"--out {out} is not empty; choose another folder or pass --overwrite")
+    started = time.perf_counter()
+    model, tokenizer = load_model(config.model)
+    samples = load_samples(config.pool, "pool")
+    rng = np.random.default_rng(config.seed)
+    chosen = np.sort(rng.choice(len(samples), size=min(config.size, len(samples)), replace=False))
+    tokenized = tokenize_samples([samples[i] for i in chosen], tokenizer, config.data.max_length,
+                                 config.data.template_fallback, "warm-up")
+    if not tokenized.examples:
+        raise ConfigError("no warm-up sample has a trainable token within --max-length")
+    trained = select_parameters(model, config.params)
+    for name, p in model.named_parameters():
+        p.requires_grad_(name in trained)
+    optimizer = torch.optim.AdamW(list(trained.items()), lr=config.learning_rate,
+                                  weight_decay=config.weight_decay)
+    losses = _train(model, tokenized.examples, optimizer, config, rng, pad_token_id(tokenizer), progress)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        for p in model.parameters():
+            p.requires_grad_(True)
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        torch.save(optimizer.state_dict(), staging / "optimizer.pt")
+        summary = {"config": to_dict(config), "samples": len(tokenized.examples), "steps": config.steps,
+                   "trained_parameters": len(trained), "losses": losses,
+                   "seconds": round(time.perf_counter() - started, 3), "status": "complete"}
+        (staging / "warmup.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def _train(model, examples, optimizer, config: WarmupConfig, rng, pad_id: int, progress: bool) -> list[float]:
+    """`steps` AdamW steps on batches drawn by reshuffling the slice each epoch; returns the loss of every step."""
+    device = next(model.parameters()).device
+    model.train()
+    order: list[int] = []
+    losses = []
+    with tqdm(range(config.steps), desc="warm-up", unit="step", disable=not progress) as bar:
+        for _ in bar:
+            if len(order) < config.batch_size:
+                order += rng.permutation(len(examples)).tolist()
+            batch_indices, order = order[: config.batch_size], order[config.batch_size :]
+            batch = collate([examples[i] for i in batch_indices], pad_id).to(device)
+            optimizer.zero_grad(set_to_none=True)
+            loss = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                         position_ids=batch.position_ids, labels=batch.labels, use_cache=False).loss
+            loss.backward()
+            optimizer.step()
+            losses.append(round(loss.item(), 6))
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+    model.eval()
+    return losses

@@ -1,0 +1,76 @@
+"""Exact mode, the second-order/weights path and the warm-up command, end to end through the CLI."""
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from influence_distillation.cli import main
+
+from test_cli import select_args
+
+
+def read_selected(out):
+    return [json.loads(line) for line in (out / "selected.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("extra", [[], ["--order", "2", "--learning-rate", "0.5"]])
+def test_exact_mode_agrees_with_landmark_mode_when_every_sample_is_a_landmark(extra, model_dir, data_files, tmp_path):
+    pool, target = data_files
+    model = model_dir("llama")
+    assert main(select_args(pool, target, model, tmp_path / "exact", 6, "--exact", *extra)) == 0
+    assert main(select_args(pool, target, model, tmp_path / "all", 6, "--landmarks", "36", *extra)) == 0
+    exact, landmark = np.load(tmp_path / "exact" / "target_scores.npy"), np.load(tmp_path / "all" / "target_scores.npy")
+    np.testing.assert_allclose(exact, landmark, rtol=1e-6, atol=1e-7)
+    assert [r["id"] for r in read_selected(tmp_path / "exact")] == [r["id"] for r in read_selected(tmp_path / "all")]
+    assert not (tmp_path / "exact" / "embeddings.npy").exists() and (tmp_path / "all" / "embeddings.npy").exists()
+    if extra:
+        a = pq.read_table(tmp_path / "exact" / "weights.parquet").to_pydict()["weight"]
+        b = pq.read_table(tmp_path / "all" / "weights.parquet").to_pydict()["weight"]
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_warmup_then_second_order_adam_selection(model_dir, data_files, tmp_path):
+    pool, target = data_files
+    warm = tmp_path / "warm"
+    assert main(["warmup", "--pool", str(pool), "--model", str(model_dir("llama")), "--out", str(warm), "--size",
+                 "16", "--steps", "4", "--batch-size", "4", "--quiet"]) == 0
+    summary = json.loads((warm / "warmup.json").read_text())
+    assert summary["status"] == "complete" and len(summary["losses"]) == 4
+    state = torch.load(warm / "optimizer.pt", weights_only=True)
+    assert "param_names" in state["param_groups"][0]
+    assert (warm / "model.safetensors").is_file() and (warm / "tokenizer.json").is_file()
+
+    out = tmp_path / "run"
+    args = select_args(pool, target, warm, out, 6, "--order", "2", "--optimizer-state", str(warm / "optimizer.pt"))
+    assert main(args) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["influence"] == {"order": 2, "exact": False, "variant": "adamw", "learning_rate": 1e-4,
+                                     "normalized_gradients": True}
+    assert manifest["selection"]["strategy"] == "weights" and "weights.parquet" in manifest["outputs"]
+    weights = np.asarray(pq.read_table(out / "weights.parquet").to_pydict()["weight"])
+    assert weights.shape == (36,) and (weights >= 0).all() and weights.sum() == pytest.approx(36)
+    assert manifest["weights"]["exact_k"] and (weights > 0).sum() == 6
+    assert manifest["weights"]["kkt_residual"] < 1e-6
+    selected = read_selected(out)
+    ids = pq.read_table(out / "weights.parquet").to_pydict()["id"]
+    assert {r["id"] for r in selected} == {i for i, w in zip(ids, weights) if w > 0}
+    assert all(r["weight"] > 0 for r in selected)
+    assert [r["weight"] for r in selected] == sorted((r["weight"] for r in selected), reverse=True)
+
+
+def test_first_order_weights_select_the_top_k_of_the_mean_score(model_dir, data_files, tmp_path):
+    pool, target = data_files
+    model = model_dir("llama")
+    assert main(select_args(pool, target, model, tmp_path / "w", 7, "--selection", "weights")) == 0
+    assert main(select_args(pool, target, model, tmp_path / "k", 7, "--selection", "top-k")) == 0
+    assert {r["id"] for r in read_selected(tmp_path / "w")} == {r["id"] for r in read_selected(tmp_path / "k")}
+
+
+def test_second_order_needs_weight_selection(model_dir, data_files, tmp_path, capsys):
+    pool, target = data_files
+    code = main(select_args(pool, target, model_dir("llama"), tmp_path / "x", 5, "--order", "2", "--selection",
+                            "round-robin"))
+    assert code == 2 and "--order 2 acts through the optimal weights" in capsys.readouterr().err
