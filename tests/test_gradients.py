@@ -103,3 +103,14 @@ def test_parameter_specs_all_regex_and_errors():
         select_parameters(model, "(")
     with pytest.raises(ConfigError, match="matches no parameter"):
         select_parameters(model, "nothing_like_this")
+
+
+def test_batched_losses_equal_single_sample_losses(tokenizer, examples):
+    from influence_distillation.gradients import batch_losses
+    from influence_distillation.tokenization import collate
+
+    model = make_model("llama", len(tokenizer))
+    for side in ("right", "left"):
+        losses = batch_losses(model, collate(examples, pad_id=0, padding_side=side))
+        expected = torch.stack([sample_loss(model, e) for e in examples])
+        torch.testing.assert_close(losses, expected, rtol=1e-5, atol=1e-6)

@@ -56,3 +56,19 @@ def test_coefficient_matrix_reproduces_predictions():
     coefficients = krr.coefficients(points, chunk_size=16)
     assert coefficients.shape == (70, 20)
     torch.testing.assert_close(coefficients @ values, krr.predict(points), rtol=1e-9, atol=1e-10)
+
+
+def test_spearman_and_heldout_fidelity():
+    import scipy.stats
+
+    from influence_distillation.propagation import heldout_fidelity, spearman
+
+    torch.manual_seed(5)
+    x, y = torch.randn(50, dtype=torch.float64), torch.randn(50, dtype=torch.float64)
+    assert spearman(x, y) == pytest.approx(scipy.stats.spearmanr(x, y).statistic)
+    points = torch.randn(200, 3, dtype=torch.float64)
+    smooth = torch.stack([points[:, 0], points[:, 1] ** 2], dim=1)  # a smooth function of the embedding
+    noise = torch.randn(200, 2, dtype=torch.float64)  # unrelated to it
+    assert heldout_fidelity(points, smooth, 1e-3, None) > 0.8
+    assert abs(heldout_fidelity(points, noise, 1e-3, None)) < 0.2
+    assert heldout_fidelity(points[:10], smooth[:10], 1e-3, None) is None

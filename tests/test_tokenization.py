@@ -82,3 +82,17 @@ def test_collate_pads_and_finds_last_real_token(side):
 def test_length_batches_group_similar_lengths_and_cover_everything():
     batches = length_batches([5, 1, 9, 2, 5, 7], 2)
     assert batches == [[1, 3], [0, 4], [5, 2]]
+
+
+def test_training_batches_cover_each_epoch_and_group_lengths():
+    import numpy as np
+
+    from influence_distillation.tokenization import training_batches
+
+    lengths = list(np.random.default_rng(0).integers(1, 500, size=100))
+    batches = list(training_batches(lengths, 4, steps=50, rng=np.random.default_rng(1)))
+    assert len(batches) == 50
+    first_epoch = [i for batch in batches[:25] for i in batch]
+    assert sorted(first_epoch) == list(range(100))
+    spread = np.mean([max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches])
+    assert spread < 100  # random batches of 4 from U(1, 500) would spread by ~300

@@ -8,6 +8,7 @@ and only if it holds a manifest with `"status": "complete"`.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -114,3 +115,52 @@ def begin_writing(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
         (out / MANIFEST).unlink()
+
+
+def user_cache_dir() -> Path:
+    """$INFLUENCE_DISTILLATION_CACHE, else $XDG_CACHE_HOME/influence-distillation, else ~/.cache/influence-distillation."""
+    explicit = os.environ.get("INFLUENCE_DISTILLATION_CACHE")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "influence-distillation"
+
+
+def content_fingerprint(path: str | Path, hash_limit: int = 64 << 20) -> str:
+    """A digest of a file or folder: contents of files up to `hash_limit` bytes, size and mtime of larger ones
+    (model weights), so that fingerprinting a multi-GB model does not cost a full read."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        stat = file.stat()
+        digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
+        if stat.st_size <= hash_limit:
+            digest.update(file.read_bytes())
+        else:
+            digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()
+
+
+def fingerprint(**parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+class StageCache:
+    """Arrays computed by a stage, keyed by a fingerprint of everything they depend on; reused across runs.
+
+    Each entry is one `.npy` written atomically, so a killed run never leaves an entry that looks finished.
+    """
+
+    def __init__(self, root: str | Path | None):
+        self.root = Path(root) if root else None
+
+    def load(self, stage: str, key: str) -> np.ndarray | None:
+        if self.root is None:
+            return None
+        path = self.root / stage / f"{key}.npy"
+        return np.load(path) if path.is_file() else None
+
+    def save(self, stage: str, key: str, array: np.ndarray) -> None:
+        if self.root is not None:
+            write_npy(self.root / stage / f"{key}.npy", array)

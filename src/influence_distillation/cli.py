@@ -79,6 +79,8 @@ def _add_common(command: argparse.ArgumentParser, cls: type) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .demo import DemoConfig
+    from .evaluation import EvalConfig
     from .warmup import WarmupConfig
 
     parser = argparse.ArgumentParser(
@@ -111,6 +113,29 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     _add_common(warmup, WarmupConfig)
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="fine-tune with LoRA on a selection and on a random subset; report target test loss and accuracy",
+        description=(
+            "For each seed, train LoRA adapters from the same model on --train and on a seeded random subset of "
+            "--pool of the same size, and score both and the untrained model on --test: teacher-forced test loss "
+            "on the completions and, for records with 'options', multiple-choice accuracy by log-likelihood. "
+            "Writes OUT/eval.json and prints a table (mean ± std over seeds)."
+        ),
+    )
+    _add_common(evaluate, EvalConfig)
+    demo = commands.add_parser(
+        "demo",
+        help="the end-to-end demo: SmolLM2-135M + BIG-bench, selection vs random, report.html",
+        description=(
+            "Convert SmolLM2-135M-Instruct (once), fetch BIG-bench 1.0.0 (once), build a pool and three targets, "
+            "select for each target, evaluate the selection against a random subset with LoRA fine-tuning, and "
+            "write OUT/report.html, report.md and plots. Finished steps are reused on a second run."
+        ),
+    )
+    _add_fields(demo, DemoConfig, "")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars or stage logs")
+    demo.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     return parser
 
 
@@ -151,6 +176,26 @@ def _warmup(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import EvalConfig, format_table, run_evaluation
+
+    summary = run_evaluation(config_from_args(args, EvalConfig), progress=not args.quiet)
+    print(format_table(summary))
+    print(f"-> {args.out if hasattr(args, 'out') else ''}/eval.json".replace("-> /", "-> "))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import DemoConfig, run_demo
+
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(DemoConfig) if hasattr(args, f.name)}
+    outcome = run_demo(DemoConfig(**values), progress=not args.quiet)
+    print(outcome["table"])
+    print("\n".join(outcome["verdicts"]))
+    print(f"report: {outcome['report']['html']}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -163,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
 
         transformers.logging.set_verbosity_error()
         transformers.utils.logging.disable_progress_bar()  # our own bars cover every stage
-        return {"select": _select, "warmup": _warmup}[args.command](args)
+        return {"select": _select, "warmup": _warmup, "evaluate": _evaluate, "demo": _demo}[args.command](args)
     except InfDistError as exc:
         if args.debug:
             raise

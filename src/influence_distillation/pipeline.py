@@ -38,7 +38,7 @@ from .preconditioning import (
     state_learning_rate,
 )
 from .projection import make_projector
-from .propagation import KernelRidge, fit_kernel_ridge
+from .propagation import KernelRidge, fit_kernel_ridge, heldout_fidelity
 from .selection import select
 from .tokenization import Example, TokenizedSet, tokenize_samples
 from .weights import DenseQuadraticForm, FactoredQuadraticForm, WeightSolution, kkt_residual, solve_weights
@@ -167,8 +167,14 @@ class StageTimer:
         log.info("stage %s: %.1f s", stage, self.seconds[stage])
 
 
-def run_selection(config: SelectConfig, overwrite: bool = False, progress: bool = True) -> SelectionResult:
-    """Run every stage of Influence Distillation and write the run directory `config.out`."""
+def run_selection(config: SelectConfig, overwrite: bool = False, progress: bool = True,
+                  cache_dir: str | Path | None = None) -> SelectionResult:
+    """Run every stage of Influence Distillation and write the run directory `config.out`.
+
+    With `cache_dir`, the JVP embeddings and first-order landmark gradients are stored there under a fingerprint of
+    everything they depend on (model files, pool file, settings, seeds) and reused by later runs, e.g. for other
+    targets on the same pool.
+    """
     config.validate()
     out = Path(config.out)
     artifacts.check_output_dir(out, to_dict(config), overwrite)
@@ -188,11 +194,20 @@ def run_selection(config: SelectConfig, overwrite: bool = False, progress: bool 
     _check_usable(pool, target, config)
     num_pool = len(pool.examples)
 
+    cache, reused = artifacts.StageCache(cache_dir), []
+    base_key = _cache_basis(config, cache_dir)
     embeddings = None
     if not exact:
         with timer("embeddings"):
-            embeddings = compute_embeddings(model, pool.examples, config.embedding, seeds["tangents"],
-                                            pad_token_id(tokenizer), progress=progress)
+            key = artifacts.fingerprint(**base_key, embedding=to_dict(config.embedding), seed=seeds["tangents"])
+            cached = cache.load("embeddings", key)
+            if cached is not None:
+                embeddings = torch.from_numpy(cached)
+                reused.append("embeddings")
+            else:
+                embeddings = compute_embeddings(model, pool.examples, config.embedding, seeds["tangents"],
+                                                pad_token_id(tokenizer), progress=progress)
+                cache.save("embeddings", key, embeddings.numpy())
     with timer("landmarks"):
         landmarks = (np.arange(num_pool) if exact else choose_landmarks(
             num_pool, config.landmarks.count, seeds["landmarks"], config.landmarks.strategy, embeddings))
@@ -213,8 +228,16 @@ def run_selection(config: SelectConfig, overwrite: bool = False, progress: bool 
                 model, landmark_examples, space.params, space.projector, target.examples, target_weights,
                 space.preconditioner, space.normalize, progress=progress)
         else:
-            landmark_rows = compute_gradients(model, landmark_examples, space, precondition=True,
-                                              desc="landmark gradients", progress=progress)
+            key = artifacts.fingerprint(**base_key, landmarks=landmarks.tolist(), gradients=to_dict(config.gradients),
+                                        seed=seeds["projection"])
+            cached = cache.load("landmark_gradients", key)
+            if cached is not None:
+                landmark_rows = torch.from_numpy(cached)
+                reused.append("landmark_gradients")
+            else:
+                landmark_rows = compute_gradients(model, landmark_examples, space, precondition=True,
+                                                  desc="landmark gradients", progress=progress)
+                cache.save("landmark_gradients", key, landmark_rows.numpy())
     with timer("influence"):
         landmark_influence = first_order_influence(landmark_rows, target_rows)
         target_direction = target_rows.double().mean(0)
@@ -226,12 +249,14 @@ def run_selection(config: SelectConfig, overwrite: bool = False, progress: bool 
         landmark_q = curvature(landmark_rows, hessian_rows, num_pool) if order == 2 else None
 
     with timer("propagation"):
-        bandwidth, coefficients, mean_scores = None, None, mean_influence
+        bandwidth, coefficients, mean_scores, fidelity = None, None, mean_influence, None
         if exact:
             scores = landmark_influence.numpy()
         else:
             scores, krr = propagate(embeddings, landmarks, landmark_influence, config.propagation, seeds["kernel"])
             bandwidth = krr.bandwidth
+            fidelity = heldout_fidelity(embeddings[torch.as_tensor(landmarks)], landmark_influence,
+                                        config.propagation.ridge, config.propagation.bandwidth, seeds["kernel"])
             if strategy == "weights":
                 coefficients = propagation_matrix(krr, embeddings, landmarks, config.propagation.chunk_size)
                 mean_scores = coefficients @ mean_influence
@@ -250,6 +275,10 @@ def run_selection(config: SelectConfig, overwrite: bool = False, progress: bool 
     result = SelectionResult(pool.ids, embeddings, landmarks, landmark_influence, scores, selected, solution)
     manifest = _manifest(config, seeds, model, pool, target, result, space, timer, strategy, eta, bandwidth, form,
                          mean_scores)
+    manifest["cache"] = {"dir": str(cache_dir) if cache_dir else None, "reused": reused}
+    manifest["propagation"]["heldout_spearman"] = fidelity
+    if reused:
+        log.info("reused cached %s from %s", " and ".join(reused), cache_dir)
     with timer("write"):
         write_outputs(out, result, pool_samples, pool, target)
     manifest["stages"] = timer.seconds
@@ -257,6 +286,19 @@ def run_selection(config: SelectConfig, overwrite: bool = False, progress: bool 
                                                     "status": "complete"})
     result.manifest = manifest
     return result
+
+
+def _cache_basis(config: SelectConfig, cache_dir) -> dict[str, Any]:
+    """What every cached stage depends on: the model and pool files, tokenisation, dtype and device."""
+    if not cache_dir:
+        return {}
+    from .models import resolve_model_path
+
+    optimizer = config.gradients.optimizer_state
+    return {"model": artifacts.content_fingerprint(resolve_model_path(config.model.path)),
+            "pool": artifacts.content_fingerprint(config.pool), "data": to_dict(config.data),
+            "dtype": config.model.dtype, "device": config.model.device, "version": _version(),
+            "optimizer": artifacts.content_fingerprint(optimizer) if optimizer else None}
 
 
 def _largest_weights(solution: WeightSolution, scores: torch.Tensor, budget: int) -> np.ndarray:

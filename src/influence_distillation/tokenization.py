@@ -10,6 +10,7 @@ in a loss span get labels; every other label is -100. When a tokenizer has no ch
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -165,6 +166,7 @@ def collate(examples: list[Example], pad_id: int, padding_side: str = "right") -
         n = len(example)
         cols = slice(0, n) if padding_side == "right" else slice(width - n, width)
         input_ids[row, cols], labels[row, cols], mask[row, cols] = example.input_ids, example.labels, 1
+        labels[row, cols.start] = IGNORE_INDEX  # a sequence's first token is never predicted, even after left padding
     position_ids = (mask.cumsum(dim=1) - 1).clamp(min=0)
     last_index = torch.where(mask.bool(), torch.arange(width), -1).max(dim=1).values
     return Batch(input_ids, mask, position_ids, labels, last_index)
@@ -174,3 +176,21 @@ def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
     """Group indices of similar length into batches (stable order), so padding wastes little compute."""
     order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
     return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def training_batches(lengths: list[int], batch_size: int, steps: int, rng) -> Iterator[list[int]]:
+    """`steps` batches of indices for training: each epoch is a fresh random permutation, cut into windows of 16
+    batches that are sorted by length before being split, so a batch holds samples of similar length (little
+    padding) while batch order stays random."""
+    produced, window = 0, 16 * batch_size
+    while True:
+        order = rng.permutation(len(lengths)).tolist()
+        batches = []
+        for start in range(0, len(order), window):
+            chunk = sorted(order[start : start + window], key=lambda i: lengths[i])
+            batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+        for index in rng.permutation(len(batches)):
+            yield batches[index]
+            produced += 1
+            if produced == steps:
+                return

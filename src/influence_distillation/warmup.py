@@ -25,9 +25,9 @@ from tqdm.auto import tqdm
 from .config import DataConfig, ModelConfig, option, to_dict
 from .data import load_samples
 from .errors import ConfigError, OutputError
-from .gradients import select_parameters
+from .gradients import batch_losses, select_parameters
 from .models import load_model, pad_token_id
-from .tokenization import collate, tokenize_samples
+from .tokenization import collate, tokenize_samples, training_batches
 
 log = logging.getLogger(__name__)
 
@@ -105,20 +105,16 @@ def run_warmup(config: WarmupConfig, overwrite: bool = False, progress: bool = T
 
 
 def _train(model, examples, optimizer, config: WarmupConfig, rng, pad_id: int, progress: bool) -> list[float]:
-    """`steps` AdamW steps on batches drawn by reshuffling the slice each epoch; returns the loss of every step."""
+    """`steps` AdamW steps on length-bucketed random batches (mean of per-sample losses); returns every step's loss."""
     device = next(model.parameters()).device
     model.train()
-    order: list[int] = []
     losses = []
-    with tqdm(range(config.steps), desc="warm-up", unit="step", disable=not progress) as bar:
-        for _ in bar:
-            if len(order) < config.batch_size:
-                order += rng.permutation(len(examples)).tolist()
-            batch_indices, order = order[: config.batch_size], order[config.batch_size :]
+    batches = training_batches([len(e) for e in examples], config.batch_size, config.steps, rng)
+    with tqdm(batches, total=config.steps, desc="warm-up", unit="step", disable=not progress) as bar:
+        for batch_indices in bar:
             batch = collate([examples[i] for i in batch_indices], pad_id).to(device)
             optimizer.zero_grad(set_to_none=True)
-            loss = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                         position_ids=batch.position_ids, labels=batch.labels, use_cache=False).loss
+            loss = batch_losses(model, batch).mean()
             loss.backward()
             optimizer.step()
             losses.append(round(loss.item(), 6))

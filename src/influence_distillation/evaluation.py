@@ -1,0 +1,241 @@
+"""Does fine-tuning on a selection beat fine-tuning on a random subset of the same size? (`influence-distill evaluate`)
+
+For each seed, LoRA adapters are trained from the same base model on (a) the selection and (b) a seeded random
+subset of the pool of the same size, with the same recipe; the untrained model is the third row. Each model is scored
+on the target's held-out test set by
+
+* test loss: the mean over test samples of the teacher-forced, completion-token cross-entropy (the loss the selection
+  optimises);
+* accuracy, for multiple-choice test records (with `options`): the option with the highest total log-probability of
+  its completion tokens (end-of-turn marker included) given the prompt, compared with the record's `completion`.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .artifacts import write_json
+from .config import ModelConfig, option, to_dict
+from .data import Sample, load_samples
+from .errors import ConfigError, DataError
+from .gradients import backbone_and_head, batch_losses, token_log_likelihoods
+from .models import load_model, pad_token_id
+from .tokenization import IGNORE_INDEX, Example, collate, length_batches, tokenize_samples, training_batches
+
+log = logging.getLogger(__name__)
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "c_attn", "c_proj",
+                "c_fc", "query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]
+
+
+@dataclass
+class EvalConfig:
+    train: str = option("", "The selection to fine-tune on (any JSONL subset of the pool, e.g. selected.jsonl).")
+    test: str = option("", "The target's held-out test set.")
+    pool: str = option("", "The pool the random baseline draws a subset of the same size from.")
+    out: str = option("", "Folder for eval.json.")
+    seed: int = option(0, "First seed; seeds are seed, seed+1, …")
+    seeds: int = option(1, "Number of seeds (each: a new random subset, LoRA init and batch order).")
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(attn_implementation="sdpa"))
+    max_length: int = option(512, "Truncate samples to this many tokens.")
+    steps: int = option(0, "Optimizer steps; 0 means --epochs passes over the subset.")
+    epochs: float = option(2.0, "Passes over the subset when --steps is 0.")
+    batch_size: int = option(8, "Samples per step.", "--train-batch-size")
+    learning_rate: float = option(5e-4, "LoRA learning rate (AdamW, linear decay to 0).")
+    lora_rank: int = option(16, "LoRA rank r (alpha = 2r) on every attention and MLP projection.")
+    bf16: bool = option(False, "Train in bfloat16 autocast (measured slower than float32 on a 2-core CPU; for GPUs).")
+
+    def validate(self) -> None:
+        for name, flag in (("train", "--train"), ("test", "--test"), ("pool", "--pool"), ("out", "--out")):
+            if not getattr(self, name):
+                raise ConfigError(f"{flag} is required")
+        if not self.model.path:
+            raise ConfigError("--model is required")
+        for flag, value in {"--seeds": self.seeds, "--max-length": self.max_length, "--epochs": self.epochs,
+                            "--train-batch-size": self.batch_size, "--learning-rate": self.learning_rate,
+                            "--lora-rank": self.lora_rank}.items():
+            if value <= 0:
+                raise ConfigError(f"{flag} must be positive, got {value}")
+        if self.steps < 0:
+            raise ConfigError(f"--steps must be non-negative, got {self.steps}")
+
+
+def _autocast(enabled: bool):
+    return torch.autocast("cpu" if not torch.cuda.is_available() else "cuda", dtype=torch.bfloat16, enabled=enabled)
+
+
+def finetune_lora(base, examples: list[Example], config: EvalConfig, seed: int, pad_id: int, progress: bool = True):
+    """A LoRA-adapted copy of `base` trained on `examples`; the base model is left untouched."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise ConfigError("evaluation needs peft: pip install 'influence-distillation[demo]'") from None
+    torch.manual_seed(seed)
+    names = {name.rsplit(".", 1)[-1] for name, _ in base.named_modules()}
+    model = get_peft_model(copy.deepcopy(base), LoraConfig(
+        r=config.lora_rank, lora_alpha=2 * config.lora_rank, lora_dropout=0.0,
+        target_modules=[t for t in LORA_TARGETS if t in names]))
+    steps = config.steps or math.ceil(config.epochs * len(examples) / config.batch_size)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / steps)
+    device = next(model.parameters()).device
+    model.train()
+    batches = training_batches([len(e) for e in examples], config.batch_size, steps, np.random.default_rng(seed))
+    with tqdm(batches, total=steps, desc="LoRA fine-tune", unit="step", disable=not progress, leave=False) as bar:
+        for batch in bar:
+            with _autocast(config.bf16):
+                loss = batch_losses(model, collate([examples[i] for i in batch], pad_id).to(device)).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    return model.eval()
+
+
+@torch.no_grad()
+def test_metrics(model, test: list[Example], choices: list[tuple[list[Example], int]] | None, config: EvalConfig,
+                 pad_id: int) -> dict[str, float]:
+    """Test loss; with `choices` (per test record: one example per option and the correct index) also accuracy.
+
+    For multiple-choice records both come from one pass: the prompt once (its KV cache shared by the options),
+    then every option; the loss is the correct option's mean token loss.
+    """
+    device = next(model.parameters()).device
+    if not choices:
+        losses = [batch_losses(model, collate([test[i] for i in indices], pad_id).to(device))
+                  for indices in length_batches([len(e) for e in test], 16)]
+        return {"test_loss": float(torch.cat(losses).double().mean())}
+    losses, correct = [], 0
+    for options, answer in choices:
+        totals, counts = score_options(model, options, pad_id)
+        losses.append(float(-totals[answer] / counts[answer]))
+        correct += int(totals.argmax()) == answer
+    return {"test_loss": float(np.mean(losses)), "accuracy": correct / len(choices)}
+
+
+def score_options(model, options: list[Example], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Total log-likelihood and token count of each option's completion tokens, sharing the common prompt prefix."""
+    device = next(model.parameters()).device
+    parts = backbone_and_head(model)
+    first_label = min(int((e.labels[1:] != IGNORE_INDEX).nonzero()[0]) + 1 for e in options)
+    shared = 0
+    while shared < first_label - 1 and all(len(e) > shared and e.input_ids[shared] == options[0].input_ids[shared]
+                                           for e in options):
+        shared += 1
+    if parts is None or shared < 1:
+        total, count = token_log_likelihoods(model, collate(options, pad_id).to(device))
+        return total.double().cpu(), count.cpu()
+    backbone, head = parts
+    prefix = backbone(input_ids=options[0].input_ids[None, :shared].to(device), use_cache=True)
+    rest = collate([Example(e.id, e.input_ids[shared:], e.labels[shared:], False) for e in options], pad_id).to(device)
+    cache = prefix.cache if hasattr(prefix, "cache") else prefix.past_key_values
+    cache.batch_repeat_interleave(len(options))
+    mask = torch.cat([torch.ones(len(options), shared, dtype=rest.attention_mask.dtype, device=device),
+                      rest.attention_mask], dim=1)
+    key = "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
+    hidden = backbone(input_ids=rest.input_ids, attention_mask=mask, position_ids=rest.position_ids + shared,
+                      use_cache=True, **{key: cache}).last_hidden_state
+    # Token j of the rest is predicted from the position before it: the prefix's last state for j = 0.
+    before = torch.cat([prefix.last_hidden_state[:, -1:].expand(len(options), 1, -1), hidden[:, :-1]], dim=1)
+    labels = torch.stack([torch.cat([e.labels[shared:], torch.full((rest.labels.shape[1] - len(e) + shared,),
+                                                                   IGNORE_INDEX)]) for e in options]).to(device)
+    labelled = labels != IGNORE_INDEX
+    log_probs = F.log_softmax(head(before[labelled]).double(), dim=-1)
+    picked = log_probs.gather(1, labels[labelled][:, None])[:, 0]
+    rows = torch.arange(len(options), device=device)[:, None].expand_as(labels)[labelled]
+    totals = torch.zeros(len(options), dtype=torch.float64, device=device).index_add(0, rows, picked)
+    return totals.cpu(), labelled.sum(dim=1).cpu()
+
+
+def _option_examples(samples: list[Sample], tokenizer, max_length: int, fallback: bool):
+    """For multiple-choice test records: each option rendered as the completion, and the correct option's index."""
+    choices = []
+    for sample in samples:
+        options = sample.record.get("options")
+        if not options:
+            return None
+        variants = [Sample(f"{sample.id}/{i}", {}, (("user", sample.messages[0][1]), ("assistant", str(option))), None)
+                    for i, option in enumerate(options)]
+        tokenized = tokenize_samples(variants, tokenizer, max_length, fallback)
+        if len(tokenized.examples) != len(options):
+            raise DataError(f"test record {sample.id}: an option has no token within --max-length {max_length}")
+        if sample.record["completion"] not in options:
+            raise DataError(f"test record {sample.id}: completion is not one of its options")
+        choices.append((tokenized.examples, options.index(sample.record["completion"])))
+    return choices
+
+
+def run_evaluation(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
+    """Evaluate untrained / random subset / selection; writes and returns the summary (means ± std over seeds)."""
+    config.validate()
+    started = time.perf_counter()
+    model, tokenizer = load_model(config.model)
+    pad_id = pad_token_id(tokenizer)
+    selection_samples = load_samples(config.train, "train")
+    pool_samples = load_samples(config.pool, "pool")
+    test_samples = load_samples(config.test, "test")
+    if any(s.messages is None or len(s.messages) != 2 for s in test_samples):
+        raise DataError(f"{config.test}: evaluation needs prompt/completion (single-turn) test records")
+
+    def tokenize(samples, what):
+        result = tokenize_samples(samples, tokenizer, config.max_length, True, what).examples
+        if not result:
+            raise DataError(f"{what}: no sample has a trainable token within --max-length {config.max_length}")
+        return result
+
+    selection, test = tokenize(selection_samples, "train"), tokenize(test_samples, "test")
+    choices = _option_examples(test_samples, tokenizer, config.max_length, True)
+    rows: dict[str, list[dict[str, float]]] = {"untrained": [test_metrics(model, test, choices, config, pad_id)]}
+    for seed in range(config.seed, config.seed + config.seeds):
+        rng = np.random.default_rng(seed)
+        picked = [pool_samples[i] for i in np.sort(rng.choice(len(pool_samples), size=len(selection_samples),
+                                                              replace=False))]
+        for name, examples in (("random", tokenize(picked, "random subset")), ("selection", selection)):
+            tuned = finetune_lora(model, examples, config, seed, pad_id, progress)
+            rows.setdefault(name, []).append(test_metrics(tuned, test, choices, config, pad_id))
+            log.info("seed %d %s: %s", seed, name, rows[name][-1])
+    summary = {"config": to_dict(config), "subset_size": len(selection_samples), "results": _aggregate(rows),
+               "per_seed": rows, "seconds": round(time.perf_counter() - started, 1)}
+    write_json(Path(config.out) / "eval.json", summary)
+    return summary
+
+
+def _aggregate(rows: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, float]]:
+    out = {}
+    for name, runs in rows.items():
+        out[name] = {}
+        for metric in runs[0]:
+            values = np.array([run[metric] for run in runs])
+            out[name][metric] = float(values.mean())
+            out[name][f"{metric}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    return out
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    """A Markdown table of one evaluation summary."""
+    results = summary["results"]
+    metrics = [m for m in results["untrained"] if not m.endswith("_std")]
+    lines = ["| model | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
+    for name, values in results.items():
+        cells = [f"{values[m]:.4f} ± {values[m + '_std']:.4f}" if name != "untrained" else f"{values[m]:.4f}"
+                 for m in metrics]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def load_summary(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8"))
