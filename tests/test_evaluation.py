@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from influence_distillation.data import Sample
-from influence_distillation.evaluation import EvalConfig, finetune_lora, run_evaluation, score_options
+from influence_distillation.evaluation import EvalConfig, finetune_lora, run_evaluation, score_choices
 from influence_distillation.gradients import batch_losses, token_log_likelihoods
 from influence_distillation.tokenization import collate, tokenize_samples
 
@@ -14,15 +14,21 @@ from conftest import make_model, synthetic_pool, write_jsonl
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])
 def test_shared_prefix_scoring_equals_scoring_each_option_alone(kind, tokenizer):
     model = make_model(kind, len(tokenizer))
-    options = ["1 / 9", "1 / 10", "12", "The capital is Paris."]
-    samples = [Sample(str(i), {}, (("user", "What is 3 plus 4? Pick one."), ("assistant", o)), None)
-               for i, o in enumerate(options)]
-    examples = tokenize_samples(samples, tokenizer, 512).examples
-    totals, counts = score_options(model, examples, pad_id=0)
-    with torch.no_grad():
-        expected_totals, expected_counts = token_log_likelihoods(model, collate(examples, 0))
-    torch.testing.assert_close(totals, expected_totals.double(), rtol=1e-5, atol=1e-5)
-    assert counts.tolist() == expected_counts.tolist()
+    questions = {
+        "What is 3 plus 4? Pick one.": ["1 / 9", "1 / 10", "12", "The capital is Paris."],
+        "Yes or no?": ["Yes", "No"],
+        "Name the capital of Peru, please, in one short sentence.": ["Lima.", "The capital is Lima.", "Rome"],
+    }
+    option_examples = []
+    for prompt, options in questions.items():
+        samples = [Sample(str(i), {}, (("user", prompt), ("assistant", o)), None) for i, o in enumerate(options)]
+        option_examples.append(tokenize_samples(samples, tokenizer, 512).examples)
+    scored = score_choices(model, option_examples, pad_id=0, batch_size=2)
+    for examples, (totals, counts) in zip(option_examples, scored):
+        with torch.no_grad():
+            expected_totals, expected_counts = token_log_likelihoods(model, collate(examples, 0))
+        torch.testing.assert_close(totals, expected_totals.double(), rtol=1e-5, atol=1e-5)
+        assert counts.tolist() == expected_counts.tolist()
 
 
 def test_lora_finetune_learns_and_leaves_the_base_untouched(tokenizer):

@@ -114,3 +114,18 @@ def test_batched_losses_equal_single_sample_losses(tokenizer, examples):
         losses = batch_losses(model, collate(examples, pad_id=0, padding_side=side))
         expected = torch.stack([sample_loss(model, e) for e in examples])
         torch.testing.assert_close(losses, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_micro_batched_backward_equals_one_batch(tokenizer, examples):
+    from influence_distillation.gradients import backward_mean_loss, batch_losses
+    from influence_distillation.tokenization import collate
+
+    model = make_model("llama", len(tokenizer)).double()
+    loss = batch_losses(model, collate(examples, 0)).mean()
+    loss.backward()
+    expected = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    value = backward_mean_loss(model, examples, max_tokens=1)  # one sample per micro-batch
+    assert value == pytest.approx(loss.item())
+    for p, g in zip(model.parameters(), expected):
+        torch.testing.assert_close(p.grad, g)

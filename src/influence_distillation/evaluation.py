@@ -31,7 +31,7 @@ from .artifacts import write_json
 from .config import ModelConfig, option, to_dict
 from .data import Sample, load_samples
 from .errors import ConfigError, DataError
-from .gradients import backbone_and_head, batch_losses, token_log_likelihoods
+from .gradients import backbone_and_head, backward_mean_loss, batch_losses, token_log_likelihoods
 from .models import load_model, pad_token_id
 from .tokenization import IGNORE_INDEX, Example, collate, length_batches, tokenize_samples, training_batches
 
@@ -91,74 +91,100 @@ def finetune_lora(base, examples: list[Example], config: EvalConfig, seed: int, 
     steps = config.steps or math.ceil(config.epochs * len(examples) / config.batch_size)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / steps)
-    device = next(model.parameters()).device
     model.train()
     batches = training_batches([len(e) for e in examples], config.batch_size, steps, np.random.default_rng(seed))
     with tqdm(batches, total=steps, desc="LoRA fine-tune", unit="step", disable=not progress, leave=False) as bar:
         for batch in bar:
-            with _autocast(config.bf16):
-                loss = batch_losses(model, collate([examples[i] for i in batch], pad_id).to(device)).mean()
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss = backward_mean_loss(model, [examples[i] for i in batch], pad_id,
+                                      autocast=lambda: _autocast(config.bf16))
             optimizer.step()
             schedule.step()
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            bar.set_postfix(loss=f"{loss:.3f}")
     return model.eval()
 
 
 @torch.no_grad()
 def test_metrics(model, test: list[Example], choices: list[tuple[list[Example], int]] | None, config: EvalConfig,
-                 pad_id: int) -> dict[str, float]:
+                 pad_id: int, progress: bool = False) -> dict[str, float]:
     """Test loss; with `choices` (per test record: one example per option and the correct index) also accuracy.
 
-    For multiple-choice records both come from one pass: the prompt once (its KV cache shared by the options),
-    then every option; the loss is the correct option's mean token loss.
+    For multiple-choice records both come from one pass (`score_choices`): the loss is the correct option's mean
+    token loss, the prediction the option with the highest total log-likelihood.
     """
     device = next(model.parameters()).device
     if not choices:
+        batches = length_batches([len(e) for e in test], 16)
         losses = [batch_losses(model, collate([test[i] for i in indices], pad_id).to(device))
-                  for indices in length_batches([len(e) for e in test], 16)]
+                  for indices in tqdm(batches, desc="test loss", unit="batch", disable=not progress, leave=False)]
         return {"test_loss": float(torch.cat(losses).double().mean())}
-    losses, correct = [], 0
-    for options, answer in choices:
-        totals, counts = score_options(model, options, pad_id)
-        losses.append(float(-totals[answer] / counts[answer]))
-        correct += int(totals.argmax()) == answer
-    return {"test_loss": float(np.mean(losses)), "accuracy": correct / len(choices)}
+    scored = score_choices(model, [options for options, _ in choices], pad_id, progress=progress)
+    losses = [float(-totals[answer] / counts[answer]) for (totals, counts), (_, answer) in zip(scored, choices)]
+    correct = [int(totals.argmax()) == answer for (totals, _), (_, answer) in zip(scored, choices)]
+    return {"test_loss": float(np.mean(losses)), "accuracy": float(np.mean(correct))}
 
 
-def score_options(model, options: list[Example], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Total log-likelihood and token count of each option's completion tokens, sharing the common prompt prefix."""
+def score_choices(model, questions: list[list[Example]], pad_id: int, batch_size: int = 16,
+                  progress: bool = False) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """For each question (its options rendered as completions of one prompt): every option's total completion
+    log-likelihood and token count, (n_options,) each.
+
+    The prompt is the options' common token prefix (cut before any completion token). Prompts run once, batched
+    `batch_size` at a time, and every option continues from its prompt's KV cache, so the long prompt is not paid
+    once per option. Falls back to scoring whole sequences for architectures without a plain LM head.
+    """
     device = next(model.parameters()).device
     parts = backbone_and_head(model)
+    if parts is None:
+        return [tuple(t.double().cpu() for t in token_log_likelihoods(model, collate(options, pad_id).to(device)))
+                for options in questions]
+    backbone, head = parts
+    cache_key = "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
+    prefixes = [_shared_prefix(options) for options in questions]
+    results: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(questions)
+    groups = length_batches(prefixes, batch_size)
+    for group in tqdm(groups, desc="test loss + accuracy", unit="batch", disable=not progress, leave=False):
+        prompt_batch = collate([Example("", questions[q][0].input_ids[: prefixes[q]],
+                                        torch.full((prefixes[q],), IGNORE_INDEX), False) for q in group],
+                               pad_id).to(device)
+        prompt = backbone(input_ids=prompt_batch.input_ids, attention_mask=prompt_batch.attention_mask,
+                          position_ids=prompt_batch.position_ids, use_cache=True)
+        owner = torch.tensor([row for row, q in enumerate(group) for _ in questions[q]], device=device)
+        rests = [Example("", o.input_ids[prefixes[q]:], o.labels[prefixes[q]:], False) for q in group
+                 for o in questions[q]]
+        rest = collate(rests, pad_id).to(device)
+        rest.labels[:, 0] = torch.stack([r.labels[0] for r in rests]).to(device)  # collate masks position 0
+        cache = getattr(prompt, "cache", None) or prompt.past_key_values
+        cache.batch_select_indices(owner)
+        lengths = torch.tensor([prefixes[q] for q in group], device=device)[owner]
+        hidden = backbone(input_ids=rest.input_ids,
+                          attention_mask=torch.cat([prompt_batch.attention_mask[owner], rest.attention_mask], dim=1),
+                          position_ids=rest.position_ids + lengths[:, None], use_cache=True,
+                          **{cache_key: cache}).last_hidden_state
+        # Token j of an option is predicted from the position before it: the prompt's last state for j = 0.
+        last = prompt.last_hidden_state[owner, lengths - 1]
+        before = torch.cat([last[:, None], hidden[:, :-1]], dim=1)
+        labelled = rest.labels != IGNORE_INDEX
+        log_probs = F.log_softmax(head(before[labelled]).double(), dim=-1)
+        picked = log_probs.gather(1, rest.labels[labelled][:, None])[:, 0]
+        rows = torch.arange(len(rests), device=device)[:, None].expand_as(rest.labels)[labelled]
+        totals = torch.zeros(len(rests), dtype=torch.float64, device=device).index_add(0, rows, picked).cpu()
+        counts = labelled.sum(dim=1).cpu()
+        start = 0
+        for q in group:
+            stop = start + len(questions[q])
+            results[q] = (totals[start:stop], counts[start:stop])
+            start = stop
+    return results
+
+
+def _shared_prefix(options: list[Example]) -> int:
+    """Length of the options' common token prefix, cut before the first completion (labelled) token."""
     first_label = min(int((e.labels[1:] != IGNORE_INDEX).nonzero()[0]) + 1 for e in options)
     shared = 0
-    while shared < first_label - 1 and all(len(e) > shared and e.input_ids[shared] == options[0].input_ids[shared]
-                                           for e in options):
+    while shared < first_label - 1 and all(e.input_ids[shared] == options[0].input_ids[shared] for e in options):
         shared += 1
-    if parts is None or shared < 1:
-        total, count = token_log_likelihoods(model, collate(options, pad_id).to(device))
-        return total.double().cpu(), count.cpu()
-    backbone, head = parts
-    prefix = backbone(input_ids=options[0].input_ids[None, :shared].to(device), use_cache=True)
-    rest = collate([Example(e.id, e.input_ids[shared:], e.labels[shared:], False) for e in options], pad_id).to(device)
-    cache = prefix.cache if hasattr(prefix, "cache") else prefix.past_key_values
-    cache.batch_repeat_interleave(len(options))
-    mask = torch.cat([torch.ones(len(options), shared, dtype=rest.attention_mask.dtype, device=device),
-                      rest.attention_mask], dim=1)
-    key = "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
-    hidden = backbone(input_ids=rest.input_ids, attention_mask=mask, position_ids=rest.position_ids + shared,
-                      use_cache=True, **{key: cache}).last_hidden_state
-    # Token j of the rest is predicted from the position before it: the prefix's last state for j = 0.
-    before = torch.cat([prefix.last_hidden_state[:, -1:].expand(len(options), 1, -1), hidden[:, :-1]], dim=1)
-    labels = torch.stack([torch.cat([e.labels[shared:], torch.full((rest.labels.shape[1] - len(e) + shared,),
-                                                                   IGNORE_INDEX)]) for e in options]).to(device)
-    labelled = labels != IGNORE_INDEX
-    log_probs = F.log_softmax(head(before[labelled]).double(), dim=-1)
-    picked = log_probs.gather(1, labels[labelled][:, None])[:, 0]
-    rows = torch.arange(len(options), device=device)[:, None].expand_as(labels)[labelled]
-    totals = torch.zeros(len(options), dtype=torch.float64, device=device).index_add(0, rows, picked)
-    return totals.cpu(), labelled.sum(dim=1).cpu()
+    return max(shared, 1)
 
 
 def _option_examples(samples: list[Sample], tokenizer, max_length: int, fallback: bool):
@@ -199,14 +225,16 @@ def run_evaluation(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
 
     selection, test = tokenize(selection_samples, "train"), tokenize(test_samples, "test")
     choices = _option_examples(test_samples, tokenizer, config.max_length, True)
-    rows: dict[str, list[dict[str, float]]] = {"untrained": [test_metrics(model, test, choices, config, pad_id)]}
+    rows: dict[str, list[dict[str, float]]] = {"untrained": [test_metrics(model, test, choices, config, pad_id,
+                                                                          progress)]}
     for seed in range(config.seed, config.seed + config.seeds):
         rng = np.random.default_rng(seed)
         picked = [pool_samples[i] for i in np.sort(rng.choice(len(pool_samples), size=len(selection_samples),
                                                               replace=False))]
         for name, examples in (("random", tokenize(picked, "random subset")), ("selection", selection)):
             tuned = finetune_lora(model, examples, config, seed, pad_id, progress)
-            rows.setdefault(name, []).append(test_metrics(tuned, test, choices, config, pad_id))
+            rows.setdefault(name, []).append(test_metrics(tuned, test, choices, config, pad_id, progress))
+            del tuned  # one adapted copy of the model at a time
             log.info("seed %d %s: %s", seed, name, rows[name][-1])
     summary = {"config": to_dict(config), "subset_size": len(selection_samples), "results": _aggregate(rows),
                "per_seed": rows, "seconds": round(time.perf_counter() - started, 1)}

@@ -167,3 +167,25 @@ def projected_gradients(
                 bar.update(len(pending))
                 pending.clear()
     return out, norms
+
+
+def backward_mean_loss(model: nn.Module, examples: list[Example], pad_id: int = 0, max_tokens: int = 1024,
+                       autocast=contextlib.nullcontext) -> float:
+    """Backpropagate the mean per-sample loss of `examples` in micro-batches of at most `max_tokens` padded tokens.
+
+    Gradients accumulate exactly as for one batch, but activation memory is bounded by the micro-batch: a batch of
+    8 × 300 tokens of a 135M model otherwise holds ~6 GB of activations.
+    """
+    device = next(model.parameters()).device
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i]))
+    total, start = 0.0, 0
+    while start < len(order):
+        stop = start + 1
+        while stop < len(order) and (stop - start + 1) * len(examples[order[stop]]) <= max_tokens:
+            stop += 1
+        with autocast():
+            loss = batch_losses(model, collate([examples[i] for i in order[start:stop]], pad_id).to(device)).sum()
+        (loss / len(examples)).backward()
+        total += loss.item()
+        start = stop
+    return total / len(examples)

@@ -188,9 +188,9 @@ def run_selection(config: SelectConfig, overwrite: bool = False, progress: bool 
         target_samples = load_samples(config.target, "target")
         model, tokenizer = load_model(config.model)
     with timer("tokenize"):
-        pool = tokenize_samples(pool_samples, tokenizer, config.data.max_length, config.data.template_fallback, "pool")
-        target = tokenize_samples(target_samples, tokenizer, config.data.max_length, config.data.template_fallback,
-                                  "target")
+        pool, target = (tokenize_samples(samples, tokenizer, config.data.max_length, config.data.template_fallback,
+                                         name, progress) for name, samples in (("pool", pool_samples),
+                                                                                ("target", target_samples)))
     _check_usable(pool, target, config)
     num_pool = len(pool.examples)
 

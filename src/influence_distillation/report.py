@@ -58,22 +58,17 @@ def _plot_results(results, path: Path) -> None:
     if any("accuracy" in s["results"]["untrained"] for s in results.values()):
         metrics.append(("accuracy", "accuracy (multiple-choice targets)"))
     fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 3.8), squeeze=False)
-    targets = list(results)
     for ax, (metric, title) in zip(axes[0], metrics):
+        targets = [t for t in results if metric in results[t]["results"]["untrained"]]
         for offset, (key, label) in enumerate(ROWS):
-            xs, ys, errs = [], [], []
-            for i, target in enumerate(targets):
-                values = results[target]["results"][key]
-                if metric in values:
-                    xs.append(i + (offset - 1) * 0.27)
-                    ys.append(values[metric])
-                    errs.append(values.get(f"{metric}_std", 0.0))
-            ax.bar(xs, ys, 0.25, yerr=errs, label=label, color=COLORS[key], capsize=3)
+            values = [results[t]["results"][key] for t in targets]
+            ax.bar([i + (offset - 1) * 0.27 for i in range(len(targets))], [v[metric] for v in values], 0.25,
+                   yerr=[v.get(f"{metric}_std", 0.0) for v in values], label=label, color=COLORS[key], capsize=3)
         ax.set_xticks(range(len(targets)), targets)
         ax.set_title(title)
-        lows = [results[t]["results"][k][metric] for t in targets for k, _ in ROWS if metric in results[t]["results"][k]]
-        if lows and metric == "test_loss":
-            ax.set_ylim(min(lows) * 0.9, max(lows) * 1.05)
+        if metric == "test_loss":
+            lows = [results[t]["results"][k][metric] for t in targets for k, _ in ROWS]
+            ax.set_ylim(min(lows) * 0.85, max(lows) * 1.05)
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

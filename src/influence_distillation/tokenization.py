@@ -67,12 +67,13 @@ class TokenizedSet:
 
 
 def tokenize_samples(
-    samples: list[Sample], tokenizer, max_length: int, template_fallback: bool = True, desc: str = "tokenize"
+    samples: list[Sample], tokenizer, max_length: int, template_fallback: bool = True, desc: str = "tokenize",
+    progress: bool = True,
 ) -> TokenizedSet:
     """Tokenize samples, truncate them to `max_length` tokens, and drop those left with no trainable token."""
     template = chat_template(tokenizer, template_fallback) if any(s.messages for s in samples) else None
     result = TokenizedSet(examples=[])
-    for sample in tqdm(samples, desc=desc, unit="sample", disable=len(samples) < 2000, leave=False):
+    for sample in tqdm(samples, desc=desc, unit="sample", disable=not progress or len(samples) < 2000, leave=False):
         if sample.messages is not None:
             input_ids, labels = _encode_chat(sample.messages, tokenizer, template)
         else:

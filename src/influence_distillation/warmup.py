@@ -25,9 +25,9 @@ from tqdm.auto import tqdm
 from .config import DataConfig, ModelConfig, option, to_dict
 from .data import load_samples
 from .errors import ConfigError, OutputError
-from .gradients import batch_losses, select_parameters
+from .gradients import backward_mean_loss, select_parameters
 from .models import load_model, pad_token_id
-from .tokenization import collate, tokenize_samples, training_batches
+from .tokenization import tokenize_samples, training_batches
 
 log = logging.getLogger(__name__)
 
@@ -106,18 +106,15 @@ def run_warmup(config: WarmupConfig, overwrite: bool = False, progress: bool = T
 
 def _train(model, examples, optimizer, config: WarmupConfig, rng, pad_id: int, progress: bool) -> list[float]:
     """`steps` AdamW steps on length-bucketed random batches (mean of per-sample losses); returns every step's loss."""
-    device = next(model.parameters()).device
     model.train()
     losses = []
     batches = training_batches([len(e) for e in examples], config.batch_size, config.steps, rng)
     with tqdm(batches, total=config.steps, desc="warm-up", unit="step", disable=not progress) as bar:
         for batch_indices in bar:
-            batch = collate([examples[i] for i in batch_indices], pad_id).to(device)
             optimizer.zero_grad(set_to_none=True)
-            loss = batch_losses(model, batch).mean()
-            loss.backward()
+            loss = backward_mean_loss(model, [examples[i] for i in batch_indices], pad_id)
             optimizer.step()
-            losses.append(round(loss.item(), 6))
+            losses.append(round(loss, 6))
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
     model.eval()
     return losses

