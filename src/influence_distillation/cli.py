@@ -13,6 +13,7 @@ import os
 import sys
 import types
 import typing
+from pathlib import Path
 from typing import Any
 
 from .config import SelectConfig, from_dict, load_config_file
@@ -179,9 +180,10 @@ def _warmup(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from .evaluation import EvalConfig, format_table, run_evaluation
 
-    summary = run_evaluation(config_from_args(args, EvalConfig), progress=not args.quiet)
+    config = config_from_args(args, EvalConfig)
+    summary = run_evaluation(config, progress=not args.quiet)
     print(format_table(summary))
-    print(f"-> {args.out if hasattr(args, 'out') else ''}/eval.json".replace("-> /", "-> "))
+    print(f"-> {Path(config.out) / 'eval.json'}")
     return 0
 
 

@@ -28,16 +28,20 @@ def _short_task(name: str) -> str:
 
 
 def results_table(results: dict[str, dict[str, Any]]) -> str:
-    """Markdown: one row per target × model, test loss and accuracy (mean ± std over seeds)."""
+    """Markdown: one row per target × model, test loss and accuracy (mean ± std when there are several seeds)."""
     lines = ["| target | model | test loss | accuracy |", "|---|---|---|---|"]
     for target, summary in results.items():
+        spread = summary["config"]["seeds"] > 1
         for key, label in ROWS:
             values = summary["results"][key]
-            loss = f"{values['test_loss']:.4f}" + (f" ± {values['test_loss_std']:.4f}" if key != "untrained" else "")
-            accuracy = "n/a"
-            if "accuracy" in values:
-                accuracy = f"{values['accuracy']:.3f}" + (f" ± {values['accuracy_std']:.3f}" if key != "untrained" else "")
-            lines.append(f"| {target} | {label} | {loss} | {accuracy} |")
+
+            def cell(metric: str, digits: int) -> str:
+                if metric not in values:
+                    return "n/a"
+                text = f"{values[metric]:.{digits}f}"
+                return text + (f" ± {values[metric + '_std']:.{digits}f}" if spread and key != "untrained" else "")
+
+            lines.append(f"| {target} | {label} | {cell('test_loss', 4)} | {cell('accuracy', 3)} |")
     return "\n".join(lines)
 
 
@@ -108,7 +112,7 @@ def _plot_mix(selections: dict[str, Path], pool_tasks: Counter, path: Path) -> N
                 label="selection")
         ax.barh(y - 0.2, [pool_tasks[n] / total for n in names], 0.4, color="#bbbbbb", label="pool")
         ax.set_yticks(y, [_short_task(n) for n in names], fontsize=7)
-        ax.invert_yaxis()
+        ax.set_ylim(max(len(names), 6) - 0.4, -0.6)  # the same bar height in every panel, largest share on top
         ax.set_xlabel("share of samples")
         ax.set_title(f"{target}: where the selection came from", fontsize=10)
     axes[0][0].legend(fontsize=8)
@@ -118,20 +122,18 @@ def _plot_mix(selections: dict[str, Path], pool_tasks: Counter, path: Path) -> N
 
 
 def _stage_table(selections: dict[str, Path], evaluations: dict[str, dict]) -> str:
+    """Markdown: one row per stage, one column per target; the last rows say what came from the cache."""
+    manifests = {t: json.loads((folder / "manifest.json").read_text()) for t, folder in selections.items()}
     stages: list[str] = []
-    rows = {}
-    for target, folder in selections.items():
-        manifest = json.loads((folder / "manifest.json").read_text())
-        rows[target] = manifest["stages"]
-        reused = manifest.get("cache", {}).get("reused", [])
-        rows[target] = {**manifest["stages"], "_reused": ", ".join(reused) or "-"}
+    for manifest in manifests.values():
         stages += [s for s in manifest["stages"] if s not in stages]
-    lines = ["| target | " + " | ".join(stages) + " | evaluation | reused from cache |",
-             "|---|" + "---|" * (len(stages) + 2)]
-    for target, values in rows.items():
-        cells = [f"{values.get(s, 0):.1f}" for s in stages]
-        lines.append(f"| {target} | " + " | ".join(cells) + f" | {evaluations[target].get('seconds', 0):.1f} | "
-                     f"{values['_reused']} |")
+    lines = ["| stage | " + " | ".join(manifests) + " |", "|---|" + "---|" * len(manifests)]
+    for stage in stages:
+        lines.append(f"| {stage} | " + " | ".join(f"{m['stages'].get(stage, 0):.1f}" for m in manifests.values()) + " |")
+    lines.append("| evaluation (fine-tunes + scoring) | "
+                 + " | ".join(f"{evaluations[t].get('seconds', 0):.1f}" for t in manifests) + " |")
+    lines.append("| reused from the stage cache | "
+                 + " | ".join(", ".join(m.get("cache", {}).get("reused", [])) or "-" for m in manifests.values()) + " |")
     return "\n".join(lines)
 
 
