@@ -47,6 +47,24 @@ def atomic_file(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
         raise
 
 
+@contextlib.contextmanager
+def atomic_directory(path: Path) -> Iterator[Path]:
+    """Yield an empty temporary sibling folder; if the block succeeds it replaces `path` (an existing folder there
+    is removed first), otherwise it is deleted. A folder named `path` is therefore always complete."""
+    import shutil
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        yield staging
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(staging, path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
 def write_json(path: Path, value: Any) -> None:
     with atomic_file(path) as handle:
         json.dump(value, handle, indent=2, sort_keys=False)

@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .artifacts import atomic_directory, user_cache_dir
 from .config import ModelConfig
-from .artifacts import user_cache_dir
 from .errors import ConfigError, ModelError
 
 log = logging.getLogger(__name__)
@@ -49,9 +49,6 @@ def ensure_smollm2(cache: Path | None = None) -> Path:
     The GGUF holds a Q4_1 quantisation, so the weights are the dequantised copy of the original bf16 model.
     """
     import importlib.util
-    import os
-    import shutil
-    import tempfile
 
     target = (cache or user_cache_dir()) / "smollm2-135m-instruct"
     if (target / "config.json").is_file():
@@ -66,9 +63,7 @@ def ensure_smollm2(cache: Path | None = None) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log.info("model: converting %s to safetensors in %s (once, about 20 s)", SMOLLM2_GGUF, target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".smollm2-", suffix=".tmp"))
-    try:
+    with atomic_directory(target) as staging:
         tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=SMOLLM2_GGUF)
         model = AutoModelForCausalLM.from_pretrained(source, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
         # A GGUF-loaded model refuses save_pretrained until it forgets it was quantised (it is dequantised already).
@@ -78,10 +73,6 @@ def ensure_smollm2(cache: Path | None = None) -> Path:
         model.is_quantized = False
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return target
 
 

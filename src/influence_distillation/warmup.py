@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .artifacts import atomic_directory
 from .config import DataConfig, ModelConfig, option, to_dict
 from .data import load_samples
 from .errors import ConfigError, OutputError
@@ -83,9 +81,7 @@ def run_warmup(config: WarmupConfig, overwrite: bool = False, progress: bool = T
                                   weight_decay=config.weight_decay)
     losses = _train(model, tokenized.examples, optimizer, config, rng, pad_token_id(tokenizer), progress)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    try:
+    with atomic_directory(out) as staging:
         for p in model.parameters():
             p.requires_grad_(True)
         model.save_pretrained(staging)
@@ -95,12 +91,6 @@ def run_warmup(config: WarmupConfig, overwrite: bool = False, progress: bool = T
                    "trained_parameters": len(trained), "losses": losses,
                    "seconds": round(time.perf_counter() - started, 3), "status": "complete"}
         (staging / "warmup.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out
 
 
