@@ -59,6 +59,9 @@ def atomic_directory(path: Path) -> Iterator[Path]:
         yield staging
         if path.exists():
             shutil.rmtree(path)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary folder
         os.replace(staging, path)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
