@@ -80,6 +80,7 @@ def _add_common(command: argparse.ArgumentParser, cls: type) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .benchmark import BenchmarkConfig
     from .demo import DemoConfig
     from .evaluation import EvalConfig
     from .warmup import WarmupConfig
@@ -134,9 +135,20 @@ def build_parser() -> argparse.ArgumentParser:
             "write OUT/report.html, report.md and plots. Finished steps are reused on a second run."
         ),
     )
-    _add_fields(demo, DemoConfig, "")
-    demo.add_argument("--quiet", action="store_true", help="no progress bars or stage logs")
-    demo.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    benchmark = commands.add_parser(
+        "benchmark",
+        help="all methods side by side: selection quality (LoRA fine-tunes) and selection cost",
+        description=(
+            "Run every --methods selection for every target at the same budget, fine-tune on each with the same "
+            "LoRA recipe and seeds, and write OUT/benchmark.md, benchmark.csv, benchmark.json and "
+            "quality_vs_cost.png: test loss and accuracy, selection wall time (cold), analytic FLOPs, and time "
+            "relative to Influence Distillation."
+        ),
+    )
+    for command, cls in ((demo, DemoConfig), (benchmark, BenchmarkConfig)):
+        _add_fields(command, cls, "")
+        command.add_argument("--quiet", action="store_true", help="no progress bars or stage logs")
+        command.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     return parser
 
 
@@ -198,6 +210,16 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _benchmark(args: argparse.Namespace) -> int:
+    from .benchmark import BenchmarkConfig, format_tables, run_benchmark
+
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(BenchmarkConfig) if hasattr(args, f.name)}
+    config = BenchmarkConfig(**values)
+    print(format_tables(run_benchmark(config, progress=not args.quiet)))
+    print(f"-> {Path(config.out) / 'benchmark.md'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -210,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
 
         transformers.logging.set_verbosity_error()
         transformers.utils.logging.disable_progress_bar()  # our own bars cover every stage
-        return {"select": _select, "warmup": _warmup, "evaluate": _evaluate, "demo": _demo}[args.command](args)
+        return {"select": _select, "warmup": _warmup, "evaluate": _evaluate, "demo": _demo,
+                "benchmark": _benchmark}[args.command](args)
     except InfDistError as exc:
         if args.debug:
             raise

@@ -65,7 +65,9 @@ class LandmarkConfig:
         4096, "Number of landmarks (an integer), or a fraction of the pool when below 1. Capped at the pool size.",
         "--landmarks",
     )
-    strategy: str = option("random", "How landmarks are chosen.", "--landmark-strategy", choices=("random",))
+    strategy: str = option(
+        "random", "How landmarks are chosen: uniformly at random (the paper's), k-means++ seeding or greedy k-center "
+        "in embedding space.", "--landmark-strategy", choices=("random", "kmeans++", "k-center"))
 
 
 @dataclass
@@ -125,8 +127,16 @@ class SelectionConfig:
         choices=("auto", "round-robin", "top-k", "weights"),
     )
 
-    def resolved(self, order: int) -> str:
-        return ("weights" if order == 2 else "round-robin") if self.strategy == "auto" else self.strategy
+    def resolved(self, order: int, method: str = "influence") -> str:
+        """The strategy `auto` stands for: each method's own (its paper's) default."""
+        if self.strategy != "auto":
+            return self.strategy
+        if method in ("influence", "exact"):
+            return "weights" if order == 2 else "round-robin"
+        return {"less": "top-k", "random": "top-k", "mid-ppl": "mid-ppl"}.get(method, "round-robin")
+
+
+METHODS = ("influence", "exact", "random", "mid-ppl", "rds+", "embed-sim", "less")
 
 
 @dataclass
@@ -135,6 +145,9 @@ class SelectConfig:
     target: str = option("", "Target examples, same formats as the pool.")
     out: str = option("", "Run directory for the outputs.")
     seed: int = option(0, "Master seed; every random choice derives from it.")
+    method: str = option(
+        "influence", "Selection method: influence (Influence Distillation), exact (the same with a gradient of every "
+        "pool sample, = --exact), or a baseline: random, mid-ppl, rds+, embed-sim, less.", choices=METHODS)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
@@ -175,6 +188,14 @@ class SelectConfig:
             raise ConfigError(f"--order must be 1 or 2, got {self.influence.order}")
         if self.influence.learning_rate is not None and self.influence.learning_rate <= 0:
             raise ConfigError(f"--learning-rate must be positive, got {self.influence.learning_rate}")
+        if self.method not in METHODS:
+            raise ConfigError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.method in ("random", "mid-ppl") and self.selection.strategy != "auto":
+            raise ConfigError(f"--method {self.method} makes its own selection; drop --selection")
+        if self.method not in ("influence", "exact") and (self.influence.order == 2
+                                                           or self.selection.strategy == "weights"):
+            raise ConfigError(f"--order 2 and --selection weights are Influence Distillation's; not for "
+                              f"--method {self.method}")
         if self.influence.order == 2 and self.selection.resolved(2) != "weights":
             raise ConfigError(
                 f"--order 2 acts through the optimal weights; use --selection weights (or auto), not "

@@ -65,7 +65,7 @@ def run_demo(config: DemoConfig, progress: bool = True) -> dict[str, Any]:
     settings = {**(QUICK if config.quick else FULL), "seeds": config.seeds, "seed": config.seed,
                 "model": config.model}
     model_path = str(resolve_model_path(config.model))
-    data_dir = _demo_data(out, cache, DemoSizes.quick() if config.quick else DemoSizes(), config.seed)
+    data_dir = prepare_demo_data(out, config.quick, config.seed)
     data_summary = json.loads((data_dir / "data.json").read_text())
 
     results, selections = {}, {}
@@ -77,7 +77,9 @@ def run_demo(config: DemoConfig, progress: bool = True) -> dict[str, Any]:
     return {"results": results, "report": paths, "table": results_table(results), "verdicts": verdicts(results)}
 
 
-def _demo_data(out: Path, cache: Path, sizes: DemoSizes, seed: int) -> Path:
+def prepare_demo_data(out: Path, quick: bool, seed: int) -> Path:
+    """`out/data` with the demo's pool and targets, built from BIG-bench unless already there for these settings."""
+    sizes = DemoSizes.quick() if quick else DemoSizes()
     data_dir = out / "data"
     summary_path = data_dir / "data.json"
     if summary_path.is_file():
@@ -85,7 +87,7 @@ def _demo_data(out: Path, cache: Path, sizes: DemoSizes, seed: int) -> Path:
         if summary.get("sizes") == to_dict(sizes) and summary.get("seed") == seed:
             log.info("data: reusing %s", data_dir)
             return data_dir
-    build_demo_data(fetch_bigbench(cache), data_dir, sizes, seed)
+    build_demo_data(fetch_bigbench(artifacts.user_cache_dir()), data_dir, sizes, seed)
     log.info("data: built %s", data_dir)
     return data_dir
 

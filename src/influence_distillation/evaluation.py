@@ -205,17 +205,15 @@ def _option_examples(samples: list[Sample], tokenizer, max_length: int, fallback
     return choices
 
 
-def run_evaluation(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
-    """Evaluate untrained / random subset / selection; writes and returns the summary (means ± std over seeds)."""
-    config.validate()
+def evaluate_subsets(config: EvalConfig, subsets, test_path: str, progress: bool = True) -> dict[str, Any]:
+    """Fine-tune on each subset (name → samples, or name → function of the seed giving samples) for every seed and
+    score on `test_path`; the untrained model is the row `untrained`. Returns mean ± std and per-seed metrics."""
     started = time.perf_counter()
     model, tokenizer = load_model(config.model)
     pad_id = pad_token_id(tokenizer)
-    selection_samples = load_samples(config.train, "train")
-    pool_samples = load_samples(config.pool, "pool")
-    test_samples = load_samples(config.test, "test")
+    test_samples = load_samples(test_path, "test")
     if any(s.messages is None or len(s.messages) != 2 for s in test_samples):
-        raise DataError(f"{config.test}: evaluation needs prompt/completion (single-turn) test records")
+        raise DataError(f"{test_path}: evaluation needs prompt/completion (single-turn) test records")
 
     def tokenize(samples, what):
         result = tokenize_samples(samples, tokenizer, config.max_length, True, what).examples
@@ -223,21 +221,34 @@ def run_evaluation(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
             raise DataError(f"{what}: no sample has a trainable token within --max-length {config.max_length}")
         return result
 
-    selection, test = tokenize(selection_samples, "train"), tokenize(test_samples, "test")
+    test = tokenize(test_samples, "test")
     choices = _option_examples(test_samples, tokenizer, config.max_length, True)
     rows: dict[str, list[dict[str, float]]] = {"untrained": [test_metrics(model, test, choices, config, pad_id,
                                                                           progress)]}
     for seed in range(config.seed, config.seed + config.seeds):
-        rng = np.random.default_rng(seed)
-        picked = [pool_samples[i] for i in np.sort(rng.choice(len(pool_samples), size=len(selection_samples),
-                                                              replace=False))]
-        for name, examples in (("random", tokenize(picked, "random subset")), ("selection", selection)):
+        for name, subset in subsets.items():
+            examples = tokenize(subset(seed) if callable(subset) else subset, name)
             tuned = finetune_lora(model, examples, config, seed, pad_id, progress)
             rows.setdefault(name, []).append(test_metrics(tuned, test, choices, config, pad_id, progress))
             del tuned  # one adapted copy of the model at a time
             log.info("seed %d %s: %s", seed, name, rows[name][-1])
-    summary = {"config": to_dict(config), "subset_size": len(selection_samples), "results": _aggregate(rows),
-               "per_seed": rows, "seconds": round(time.perf_counter() - started, 1)}
+    return {"results": _aggregate(rows), "per_seed": rows, "seconds": round(time.perf_counter() - started, 1)}
+
+
+def run_evaluation(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
+    """Evaluate untrained / random subset / selection; writes and returns the summary (means ± std over seeds)."""
+    config.validate()
+    selection = load_samples(config.train, "train")
+    pool = load_samples(config.pool, "pool")
+    if len(selection) > len(pool):
+        raise DataError(f"--train has {len(selection)} samples, more than the {len(pool)} of --pool")
+
+    def random_subset(seed: int):
+        picked = np.random.default_rng(seed).choice(len(pool), size=len(selection), replace=False)
+        return [pool[i] for i in np.sort(picked)]
+
+    outcome = evaluate_subsets(config, {"random": random_subset, "selection": selection}, config.test, progress)
+    summary = {"config": to_dict(config), "subset_size": len(selection), **outcome}
     write_json(Path(config.out) / "eval.json", summary)
     return summary
 

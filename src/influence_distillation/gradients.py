@@ -142,12 +142,14 @@ def projected_gradients(
     chunk: int = 1,
     desc: str = "gradients",
     progress: bool = True,
+    transform=None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows P(a ⊙ ∇ℓ(θ; x)), unit-normalised before projection if asked, and the norms ‖a ⊙ ∇ℓ‖: (n, k_p), (n,).
 
     Args:
         preconditioner: the flat Adam vector a (same order as `params`), or None for plain gradients.
         chunk: gradients projected together; trades memory (chunk × D floats) for fewer transform calls.
+        transform: an optional map applied to each flat gradient first (e.g. LESS's Adam update direction).
     """
     device = next(model.parameters()).device
     a = preconditioner.to(device) if preconditioner is not None else None
@@ -157,7 +159,8 @@ def projected_gradients(
     done = 0
     with only_requires_grad(model, params), tqdm(total=len(examples), desc=desc, unit="sample", disable=not progress) as bar:
         for example in examples:
-            pending.append(flat_gradient(model, params, example))
+            gradient = flat_gradient(model, params, example)
+            pending.append(gradient if transform is None else transform(gradient))
             if len(pending) == chunk or done + len(pending) == len(examples):
                 rows = torch.stack(pending) if len(pending) > 1 else pending[0][None]
                 stop = done + len(pending)

@@ -1,7 +1,7 @@
 """Choosing the landmark samples that get exact gradients (paper §5.3).
 
 Strategies are functions `(num_samples, count, seed, embeddings) -> sorted indices`, registered in `STRATEGIES`
-by the name used on the command line; smarter strategies (k-means++, k-center) take the embeddings.
+by the name used on the command line: `random` (the paper's), and `kmeans++` / `k-center` in embedding space.
 """
 
 from __future__ import annotations
@@ -21,7 +21,48 @@ def random_landmarks(num_samples: int, count: int, seed: int, embeddings: torch.
     return np.sort(np.random.default_rng(seed).choice(num_samples, size=count, replace=False))
 
 
-STRATEGIES: dict[str, Strategy] = {"random": random_landmarks}
+def _needs_embeddings(name: str, embeddings: torch.Tensor | None) -> torch.Tensor:
+    if embeddings is None:
+        raise ConfigError(f"--landmark-strategy {name} needs embeddings (it is not available with --exact)")
+    return embeddings.double()
+
+
+def kmeanspp_landmarks(num_samples: int, count: int, seed: int, embeddings: torch.Tensor | None = None) -> np.ndarray:
+    """k-means++ seeding in embedding space: each next landmark is drawn with probability ∝ its squared distance to
+    the nearest landmark so far, so dense regions get landmarks and so do outliers, in proportion."""
+    points = _needs_embeddings("kmeans++", embeddings)
+    rng = np.random.default_rng(seed)
+    chosen = [int(rng.integers(num_samples))]
+    nearest = (points - points[chosen[0]]).square().sum(1)
+    for _ in range(count - 1):
+        weights = nearest.clamp_min(0).numpy()
+        total = weights.sum()
+        candidates = np.flatnonzero(weights > 0)
+        if total <= 0 or candidates.size == 0:  # every remaining point coincides with a landmark
+            remaining = np.setdiff1d(np.arange(num_samples), chosen)
+            chosen += rng.choice(remaining, size=count - len(chosen), replace=False).tolist()
+            break
+        pick = int(rng.choice(num_samples, p=weights / total))
+        chosen.append(pick)
+        nearest = torch.minimum(nearest, (points - points[pick]).square().sum(1))
+    return np.sort(np.asarray(chosen))
+
+
+def kcenter_landmarks(num_samples: int, count: int, seed: int, embeddings: torch.Tensor | None = None) -> np.ndarray:
+    """Greedy k-center (farthest-point) in embedding space: each next landmark is the sample farthest from all
+    landmarks so far, which bounds the distance from any sample to its nearest landmark."""
+    points = _needs_embeddings("k-center", embeddings)
+    chosen = [int(np.random.default_rng(seed).integers(num_samples))]
+    nearest = (points - points[chosen[0]]).square().sum(1)
+    for _ in range(count - 1):
+        pick = int(nearest.argmax())
+        chosen.append(pick)
+        nearest = torch.minimum(nearest, (points - points[pick]).square().sum(1))
+    return np.sort(np.asarray(chosen))
+
+
+STRATEGIES: dict[str, Strategy] = {"random": random_landmarks, "kmeans++": kmeanspp_landmarks,
+                                   "k-center": kcenter_landmarks}
 
 
 def landmark_count(requested: float, num_samples: int) -> int:

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import artifacts
+from . import artifacts, baselines, cost
+from .baselines import BASELINES
 from .config import EmbeddingConfig, GradientConfig, PropagationConfig, SelectConfig, to_dict
 from .data import load_samples
 from .embeddings import jvp_embeddings
@@ -167,47 +168,87 @@ class StageTimer:
         log.info("stage %s: %.1f s", stage, self.seconds[stage])
 
 
+@dataclass
+class _Run:
+    """What every selection method shares: config, loaded data and model, timer, seeds and the stage cache."""
+
+    config: SelectConfig
+    progress: bool
+    cache_dir: Path | None
+    timer: StageTimer = field(default_factory=StageTimer)
+    seeds: dict[str, int] = field(default_factory=dict)
+    reused: list[str] = field(default_factory=list)
+    model: Any = None
+    tokenizer: Any = None
+    pool_samples: list = field(default_factory=list)
+    target_samples: list = field(default_factory=list)
+    pool: TokenizedSet | None = None
+    target: TokenizedSet | None = None
+    details: dict[str, Any] = field(default_factory=dict)  # method-specific manifest entries
+
+    def cached(self, stage: str, compute, **key_parts) -> torch.Tensor:
+        """A stage's array from the cache when its fingerprint matches, else computed and stored."""
+        cache = artifacts.StageCache(self.cache_dir)
+        key = artifacts.fingerprint(**_cache_basis(self.config, self.cache_dir), **key_parts)
+        found = cache.load(stage, key)
+        if found is not None:
+            self.reused.append(stage)
+            return torch.from_numpy(found)
+        value = compute()
+        cache.save(stage, key, value.numpy())
+        return value
+
+
 def run_selection(config: SelectConfig, overwrite: bool = False, progress: bool = True,
                   cache_dir: str | Path | None = None) -> SelectionResult:
-    """Run every stage of Influence Distillation and write the run directory `config.out`.
+    """Run the selection method `config.method` and write the run directory `config.out`.
 
-    With `cache_dir`, the JVP embeddings and first-order landmark gradients are stored there under a fingerprint of
-    everything they depend on (model files, pool file, settings, seeds) and reused by later runs, e.g. for other
-    targets on the same pool.
+    With `cache_dir`, pool-wide arrays that do not depend on the target (JVP embeddings, first-order landmark and
+    exact gradients, baseline embeddings and losses) are stored there under a fingerprint of everything they depend
+    on (model files, pool file, settings, seeds) and reused by later runs, e.g. for other targets on the same pool.
     """
     config.validate()
     out = Path(config.out)
     artifacts.check_output_dir(out, to_dict(config), overwrite)
-    timer = StageTimer()
-    seeds = {stage: derive_seed(config.seed, stage) for stage in ("tangents", "landmarks", "projection", "kernel", "selection")}
-    order, exact = config.influence.order, config.influence.exact
-    strategy = config.selection.resolved(order)
+    run = _Run(config, progress, Path(cache_dir) if cache_dir else None)
+    run.seeds = {stage: derive_seed(config.seed, stage)
+                 for stage in ("tangents", "landmarks", "projection", "kernel", "selection")}
+    with run.timer("load"):
+        run.pool_samples = load_samples(config.pool, "pool")
+        run.target_samples = load_samples(config.target, "target")
+        run.model, run.tokenizer = load_model(config.model)
+    with run.timer("tokenize"):
+        run.pool, run.target = (
+            tokenize_samples(samples, run.tokenizer, config.data.max_length, config.data.template_fallback, name,
+                             progress)
+            for name, samples in (("pool", run.pool_samples), ("target", run.target_samples)))
+    _check_usable(run.pool, run.target, config)
+    result = _select_baseline(run) if config.method in BASELINES else _select_influence(run)
+    manifest = _manifest(run, result)
+    if run.reused:
+        log.info("reused cached %s from %s", " and ".join(run.reused), cache_dir)
+    with run.timer("write"):
+        write_outputs(out, result, run.pool_samples, run.pool, run.target)
+    manifest["stages"] = run.timer.seconds
+    artifacts.write_json(out / artifacts.MANIFEST, {**manifest, "outputs": _output_files(result),
+                                                    "status": "complete"})
+    result.manifest = manifest
+    return result
 
-    with timer("load"):
-        pool_samples = load_samples(config.pool, "pool")
-        target_samples = load_samples(config.target, "target")
-        model, tokenizer = load_model(config.model)
-    with timer("tokenize"):
-        pool, target = (tokenize_samples(samples, tokenizer, config.data.max_length, config.data.template_fallback,
-                                         name, progress) for name, samples in (("pool", pool_samples),
-                                                                                ("target", target_samples)))
-    _check_usable(pool, target, config)
+
+def _select_influence(run: _Run) -> SelectionResult:
+    """Influence Distillation (landmarks + propagation), or exact mode; first or second order; GD or AdamW."""
+    config, timer, seeds, model, pool, target = run.config, run.timer, run.seeds, run.model, run.pool, run.target
+    order, exact = config.influence.order, config.influence.exact or config.method == "exact"
+    strategy = config.selection.resolved(order, config.method)
     num_pool = len(pool.examples)
-
-    cache, reused = artifacts.StageCache(cache_dir), []
-    base_key = _cache_basis(config, cache_dir)
     embeddings = None
     if not exact:
         with timer("embeddings"):
-            key = artifacts.fingerprint(**base_key, embedding=to_dict(config.embedding), seed=seeds["tangents"])
-            cached = cache.load("embeddings", key)
-            if cached is not None:
-                embeddings = torch.from_numpy(cached)
-                reused.append("embeddings")
-            else:
-                embeddings = compute_embeddings(model, pool.examples, config.embedding, seeds["tangents"],
-                                                pad_token_id(tokenizer), progress=progress)
-                cache.save("embeddings", key, embeddings.numpy())
+            embeddings = run.cached(
+                "embeddings", lambda: compute_embeddings(model, pool.examples, config.embedding, seeds["tangents"],
+                                                         pad_token_id(run.tokenizer), progress=run.progress),
+                embedding=to_dict(config.embedding), seed=seeds["tangents"])
     with timer("landmarks"):
         landmarks = (np.arange(num_pool) if exact else choose_landmarks(
             num_pool, config.landmarks.count, seeds["landmarks"], config.landmarks.strategy, embeddings))
@@ -218,7 +259,7 @@ def run_selection(config: SelectConfig, overwrite: bool = False, progress: bool 
     with timer("target_gradients"):
         target_rows, target_norms = projected_gradients(
             model, target.examples, space.params, space.projector, None, space.normalize, desc="target gradients",
-            progress=progress)
+            progress=run.progress)
     # The target loss whose gradient the mean target row is: Σ ω_i ℓ_i (ω_i = 1/(t‖g_i‖) when normalising).
     target_weights = (1 / target_norms if space.normalize else torch.ones_like(target_norms)) / len(target_norms)
     hessian_rows = None
@@ -226,25 +267,18 @@ def run_selection(config: SelectConfig, overwrite: bool = False, progress: bool 
         if order == 2:
             landmark_rows, hessian_rows = gradient_and_hessian_rows(
                 model, landmark_examples, space.params, space.projector, target.examples, target_weights,
-                space.preconditioner, space.normalize, progress=progress)
+                space.preconditioner, space.normalize, progress=run.progress)
         else:
-            key = artifacts.fingerprint(**base_key, landmarks=landmarks.tolist(), gradients=to_dict(config.gradients),
-                                        seed=seeds["projection"])
-            cached = cache.load("landmark_gradients", key)
-            if cached is not None:
-                landmark_rows = torch.from_numpy(cached)
-                reused.append("landmark_gradients")
-            else:
-                landmark_rows = compute_gradients(model, landmark_examples, space, precondition=True,
-                                                  desc="landmark gradients", progress=progress)
-                cache.save("landmark_gradients", key, landmark_rows.numpy())
+            landmark_rows = run.cached(
+                "landmark_gradients", lambda: compute_gradients(model, landmark_examples, space, precondition=True,
+                                                                desc="landmark gradients", progress=run.progress),
+                landmarks=landmarks.tolist(), gradients=to_dict(config.gradients), seed=seeds["projection"])
     with timer("influence"):
         landmark_influence = first_order_influence(landmark_rows, target_rows)
         target_direction = target_rows.double().mean(0)
         if order == 2 and space.adam_states is not None:  # p_Adam = U (g_T − η H b)
-            offset = space.offset()
             target_direction -= eta * space.projector(target_hvp(model, space.params, target.examples,
-                                                                 offset[None], target_weights))[0].double()
+                                                                 space.offset()[None], target_weights))[0].double()
         mean_influence = landmark_rows.double() @ target_direction  # (l,)
         landmark_q = curvature(landmark_rows, hessian_rows, num_pool) if order == 2 else None
 
@@ -272,20 +306,76 @@ def run_selection(config: SelectConfig, overwrite: bool = False, progress: bool 
         else:
             selected = select(scores, config.selection.budget, strategy, seeds["selection"])
 
-    result = SelectionResult(pool.ids, embeddings, landmarks, landmark_influence, scores, selected, solution)
-    manifest = _manifest(config, seeds, model, pool, target, result, space, timer, strategy, eta, bandwidth, form,
-                         mean_scores)
-    manifest["cache"] = {"dir": str(cache_dir) if cache_dir else None, "reused": reused}
-    manifest["propagation"]["heldout_spearman"] = fidelity
-    if reused:
-        log.info("reused cached %s from %s", " and ".join(reused), cache_dir)
-    with timer("write"):
-        write_outputs(out, result, pool_samples, pool, target)
-    manifest["stages"] = timer.seconds
-    artifacts.write_json(out / artifacts.MANIFEST, {**manifest, "outputs": _output_files(result),
-                                                    "status": "complete"})
-    result.manifest = manifest
-    return result
+    run.details = {
+        "dimensions": {
+            "embedding": None if embeddings is None else int(embeddings.shape[1]),
+            "gradient_parameters": len(space.params),
+            "gradient_coordinates": space.num_coordinates,
+            "gradient_projected": space.projector.out_dim,
+        },
+        "influence": {"order": order, "exact": exact, "variant": "adamw" if space.adam_states is not None else "gd",
+                      "learning_rate": eta, "normalized_gradients": space.normalize},
+        "selection": {"strategy": strategy},
+        "propagation": {"bandwidth": bandwidth, "heldout_spearman": fidelity},
+        "cost": cost.influence_flops(model, pool.examples, landmark_examples, target.examples, config, exact,
+                                     space.projector, order),
+    }
+    if solution is not None:
+        run.details["weights"] = {
+            "lambda": solution.lam, "nonzero": solution.num_nonzero, "exact_k": solution.exact_k,
+            "message": solution.message, "solver_iterations": solution.iterations,
+            "kkt_residual": kkt_residual(mean_scores, form, eta if order == 2 else 0.0, solution.lam,
+                                         solution.weights),
+        }
+    return SelectionResult(pool.ids, embeddings, landmarks, landmark_influence, scores, selected, solution)
+
+
+def _select_baseline(run: _Run) -> SelectionResult:
+    """One of the baselines of `baselines.py`, with the same outputs (scores, selection, manifest)."""
+    config, timer, model, pool, target = run.config, run.timer, run.model, run.pool, run.target
+    method, budget, pad_id = config.method, config.selection.budget, pad_token_id(run.tokenizer)
+    strategy = config.selection.resolved(config.influence.order, method)
+    embeddings, selected = None, None
+    with timer("scores"):
+        if method == "random":
+            scores = baselines.random_scores(len(pool.examples), run.seeds["selection"])
+        elif method == "mid-ppl":
+            losses = run.cached("pool_losses", lambda: torch.from_numpy(baselines.pool_losses(
+                model, pool.examples, pad_id, progress=run.progress)))
+            scores = losses.numpy()[:, None]
+            selected = baselines.mid_ppl_selection(losses.numpy(), budget)
+        elif method in ("rds+", "embed-sim"):
+            if method == "rds+":
+                embed = lambda examples: baselines.rds_embeddings(model, examples, pad_id, progress=run.progress)
+                embeddings = run.cached("rds_embeddings", lambda: embed(pool.examples))
+                targets = embed(target.examples)
+            else:
+                embeddings = run.cached("minilm_embeddings", lambda: baselines.minilm_embeddings(
+                    _kept(run.pool_samples, pool), progress=run.progress))
+                targets = baselines.minilm_embeddings(_kept(run.target_samples, target), progress=False)
+            scores = (embeddings.double() @ targets.double().T).numpy()
+        else:  # less
+            space = gradient_space(model, config.gradients, run.seeds["projection"])
+            pool_rows = run.cached("less_gradients", lambda: baselines.less_rows(
+                model, pool.examples, space.params, space.projector, space.adam_states, run.progress),
+                gradients=to_dict(config.gradients), seed=run.seeds["projection"])
+            target_rows = compute_gradients(model, target.examples, space, precondition=False,
+                                            desc="target gradients", progress=run.progress)
+            scores = (pool_rows.double() @ target_rows.double().T).numpy()
+    with timer("selection"):
+        if selected is None:
+            selected = select(scores, budget, strategy, run.seeds["selection"])
+    run.details = {"selection": {"strategy": strategy},
+                   "dimensions": {"embedding": None if embeddings is None else int(embeddings.shape[1])},
+                   "cost": cost.baseline_flops(method, model, pool.examples, target.examples, config)}
+    return SelectionResult(pool.ids, embeddings, np.zeros(0, dtype=np.int64), torch.zeros(0, scores.shape[1]),
+                           scores, np.asarray(selected))
+
+
+def _kept(samples: list, tokenized: TokenizedSet) -> list:
+    """The samples that survived tokenisation, in the order of `tokenized.examples`."""
+    by_id = {sample.id: sample for sample in samples}
+    return [by_id[i] for i in tokenized.ids]
 
 
 def _cache_basis(config: SelectConfig, cache_dir) -> dict[str, Any]:
@@ -309,44 +399,23 @@ def _largest_weights(solution: WeightSolution, scores: torch.Tensor, budget: int
     return np.lexsort((np.arange(len(w)), -p, -w))[:budget]
 
 
-def _manifest(config, seeds, model, pool, target, result, space, timer, strategy, eta, bandwidth, form,
-              mean_scores) -> dict[str, Any]:
+def _manifest(run: _Run, result: SelectionResult) -> dict[str, Any]:
+    model = run.model
     manifest = {
         "tool": "influence-distillation",
         "version": _version(),
         "command": "select",
+        "method": run.config.method,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "config": to_dict(config),
-        "seeds": seeds,
+        "config": to_dict(run.config),
+        "seeds": run.seeds,
         "environment": _environment(model),
         "model": {"class": type(model).__name__, "parameters": sum(p.numel() for p in model.parameters())},
-        "counts": {"pool": pool.counts(), "target": target.counts(), "landmarks": len(result.landmarks),
+        "counts": {"pool": run.pool.counts(), "target": run.target.counts(), "landmarks": len(result.landmarks),
                    "selected": len(result.selected)},
-        "dimensions": {
-            "embedding": None if result.embeddings is None else int(result.embeddings.shape[1]),
-            "gradient_parameters": len(space.params),
-            "gradient_coordinates": space.num_coordinates,
-            "gradient_projected": space.projector.out_dim,
-        },
-        "influence": {
-            "order": config.influence.order,
-            "exact": config.influence.exact,
-            "variant": "adamw" if space.adam_states is not None else "gd",
-            "learning_rate": eta,
-            "normalized_gradients": space.normalize,
-        },
-        "selection": {"strategy": strategy},
-        "propagation": {"bandwidth": bandwidth},
-        "stages": timer.seconds,
+        **run.details,
+        "cache": {"dir": str(run.cache_dir) if run.cache_dir else None, "reused": run.reused},
     }
-    if result.weights is not None:
-        solution = result.weights
-        manifest["weights"] = {
-            "lambda": solution.lam, "nonzero": solution.num_nonzero, "exact_k": solution.exact_k,
-            "message": solution.message, "solver_iterations": solution.iterations,
-            "kkt_residual": kkt_residual(mean_scores, form, eta if config.influence.order == 2 else 0.0,
-                                         solution.lam, solution.weights),
-        }
     return manifest
 
 

@@ -1,0 +1,214 @@
+"""`influence-distill benchmark`: every method on the same pool, model, budget, fine-tuning recipe and seeds.
+
+For each target, each method selects `budget` samples (`<out>/select-<target>-<method>`); LoRA adapters are then
+fine-tuned from the same base model on each selection with the same seeds and scored on the target's test set. The
+table reports test loss and accuracy (mean ± std over seeds), each method's selection wall time (its first, cold
+run: nothing from the stage cache), the analytic FLOP count, and the ratio of each method's time to ours, all
+measured in the same run. Outputs: `benchmark.md`, `benchmark.csv`, `benchmark.json`, `quality_vs_cost.png`.
+
+`less` needs an AdamW state: a short warm-up (`influence-distill warmup`, MLP down-projections) is run first and its
+model and state are used for LESS's gradients; every fine-tune starts from the original model.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import artifacts
+from .config import METHODS, SelectConfig, option, to_dict
+from .data import load_samples
+from .demo import FULL, QUICK, prepare_demo_data
+from .errors import ConfigError
+from .evaluation import EvalConfig, evaluate_subsets
+from .models import SMOLLM2, resolve_model_path
+from .pipeline import run_selection
+from .warmup import WarmupConfig, run_warmup
+
+log = logging.getLogger(__name__)
+OURS = "influence"
+SETUP_STAGES = ("load", "write")  # not part of a method's selection cost
+
+
+@dataclass
+class BenchmarkConfig:
+    out: str = option("runs/benchmark", "Folder for data, runs, tables and the plot.")
+    model: str = option(SMOLLM2, "smollm2-135m or a local Hugging Face model directory.")
+    data: str = option("", "A folder with pool.jsonl and targets/<name>/{target,test}.jsonl; default: the demo's "
+                       "BIG-bench data, built under OUT/data.")
+    methods: str = option(",".join(METHODS), "Comma-separated methods.")
+    targets: str = option("", "Comma-separated targets (default: every folder under the data's targets/).")
+    quick: bool = option(False, "The demo's quick sizes and recipe: a few minutes per method.")
+    seeds: int = option(1, "Fine-tuning seeds per selection.")
+    seed: int = option(0, "Seed of the data, selections and fine-tuning.")
+    budget: int = option(0, "Samples to select (default: the demo's, 5% of its pool).")
+
+
+def run_benchmark(config: BenchmarkConfig, progress: bool = True) -> dict[str, Any]:
+    methods = [m.strip() for m in config.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if not methods or unknown:
+        raise ConfigError(f"--methods: unknown {unknown}; choose from {', '.join(METHODS)}")
+    if config.seeds <= 0:
+        raise ConfigError(f"--seeds must be positive, got {config.seeds}")
+    settings = dict(QUICK if config.quick else FULL)
+    settings["budget"] = config.budget or settings["budget"]
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = Path(config.data) if config.data else prepare_demo_data(out, config.quick, config.seed)
+    targets = [t.strip() for t in config.targets.split(",") if t.strip()] or sorted(
+        p.name for p in (data / "targets").iterdir() if p.is_dir())
+    model = str(resolve_model_path(config.model))
+    warm = _warmup(out, data, model, settings, progress) if "less" in methods else None
+
+    timings = _load(out / "timings.json")
+    rows = []
+    for target in targets:
+        selections = {}
+        for method in methods:
+            folder, manifest = _select(out, data, target, method, model, warm, settings, config.seed, progress)
+            selections[method] = load_samples(folder / "selected.jsonl", "selection")
+            seconds = sum(v for k, v in manifest["stages"].items() if k not in SETUP_STAGES)
+            if not manifest["cache"]["reused"] and method not in timings:
+                timings[method] = seconds  # cold: every pool-wide stage was computed in this run
+            rows.append({"target": target, "method": method, "flops": manifest["cost"]["flops"],
+                         "selection_seconds": seconds})
+        evaluation = _evaluate(out, data, target, model, selections, settings, config, progress)
+        for row in rows:
+            if row["target"] == target:
+                row.update({k: v for k, v in evaluation["results"][row["method"]].items()})
+                row["untrained_test_loss"] = evaluation["results"]["untrained"]["test_loss"]
+    artifacts.write_json(out / "timings.json", timings)
+    summary = _summarize(rows, timings, methods, targets)
+    _write(out, rows, summary, settings, config)
+    return summary
+
+
+def _load(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _warmup(out: Path, data: Path, model: str, settings, progress) -> Path:
+    folder = out / "warmup"
+    config = WarmupConfig(pool=str(data / "pool.jsonl"), out=str(folder), params="mlp-down",
+                          size=64 if settings is QUICK else 256, steps=4 if settings is QUICK else 40)
+    config.model.path, config.data.max_length = model, settings["max_length"]
+    done = _load(folder / "warmup.json")
+    if done.get("status") == "complete" and done.get("config") == to_dict(config):
+        log.info("warm-up: reusing %s", folder)
+        return folder
+    return run_warmup(config, overwrite=True, progress=progress)
+
+
+def _select(out, data, target, method, model, warm, settings, seed, progress):
+    config = SelectConfig(pool=str(data / "pool.jsonl"), target=str(data / "targets" / target / "target.jsonl"),
+                          out=str(out / f"select-{target}-{method}"), seed=seed, method=method)
+    config.model.path = str(warm) if method == "less" else model
+    if method == "less":
+        config.gradients.optimizer_state = str(warm / "optimizer.pt")
+    config.data.max_length = settings["max_length"]
+    config.embedding.num_blocks = settings["num_blocks"]
+    config.landmarks.count = settings["landmarks"]
+    config.selection.budget = settings["budget"]
+    folder = Path(config.out)
+    manifest = artifacts.read_manifest(folder)
+    if not (manifest and manifest.get("status") == "complete" and manifest["config"] == to_dict(config)):
+        manifest = run_selection(config, overwrite=True, progress=progress,
+                                 cache_dir=out / "cache").manifest
+    else:
+        log.info("%s/%s: reusing the finished selection", target, method)
+    return folder, manifest
+
+
+def _evaluate(out, data, target, model, selections, settings, config: BenchmarkConfig, progress):
+    evaluation = EvalConfig(train="-", test=str(data / "targets" / target / "test.jsonl"), pool="-", out="-",
+                            seed=config.seed, seeds=config.seeds, max_length=settings["max_length"],
+                            **settings["eval"])
+    evaluation.model.path = model
+    path = out / f"eval-{target}.json"
+    fingerprint = artifacts.fingerprint(config=to_dict(evaluation),
+                                        selections={m: [s.id for s in v] for m, v in selections.items()})
+    cached = _load(path)
+    if cached.get("fingerprint") == fingerprint:
+        log.info("%s: reusing the finished evaluation", target)
+        return cached
+    result = evaluate_subsets(evaluation, selections, evaluation.test, progress)
+    artifacts.write_json(path, {**result, "fingerprint": fingerprint})
+    return result
+
+
+def _summarize(rows, timings, methods, targets) -> dict[str, Any]:
+    ours = timings.get(OURS)
+    per_method = {}
+    for method in methods:
+        mine = [r for r in rows if r["method"] == method]
+        relative = [r["test_loss"] / next(x for x in rows if x["target"] == r["target"] and x["method"] == "random")[
+            "test_loss"] for r in mine] if any(r["method"] == "random" for r in rows) else []
+        per_method[method] = {
+            "mean_test_loss": float(np.mean([r["test_loss"] for r in mine])),
+            "loss_vs_random": float(np.mean(relative)) if relative else None,
+            "selection_seconds": timings.get(method),
+            "flops": float(np.mean([r["flops"] for r in mine])),
+            "time_vs_ours": (timings[method] / ours) if ours and timings.get(method) else None,
+        }
+    return {"rows": rows, "methods": per_method, "targets": targets}
+
+
+def _write(out: Path, rows, summary, settings, config: BenchmarkConfig) -> None:
+    fields = ["target", "method", "test_loss", "test_loss_std", "accuracy", "accuracy_std", "untrained_test_loss",
+              "selection_seconds", "flops"]
+    with artifacts.atomic_file(out / "benchmark.csv") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    artifacts.write_json(out / "benchmark.json", {**summary, "settings": settings, "config": to_dict(config)})
+    with artifacts.atomic_file(out / "benchmark.md") as handle:
+        handle.write(format_tables(summary) + "\n")
+    _plot(out / "quality_vs_cost.png", summary)
+
+
+def format_tables(summary: dict[str, Any]) -> str:
+    lines = ["| method | " + " | ".join(f"{t} test loss" for t in summary["targets"]) + " | mean loss / random | "
+             "selection s (cold) | × ours | TFLOPs |", "|---|" + "---|" * (len(summary["targets"]) + 4)]
+    for method, values in summary["methods"].items():
+        cells = []
+        for target in summary["targets"]:
+            row = next(r for r in summary["rows"] if r["target"] == target and r["method"] == method)
+            spread = f" ± {row['test_loss_std']:.3f}" if row.get("test_loss_std") else ""
+            accuracy = f" (acc {row['accuracy']:.2f})" if "accuracy" in row else ""
+            cells.append(f"{row['test_loss']:.3f}{spread}{accuracy}")
+        ratio = "n/a" if values["loss_vs_random"] is None else f"{values['loss_vs_random']:.3f}"
+        seconds = "n/a" if values["selection_seconds"] is None else f"{values['selection_seconds']:.0f}"
+        times = "n/a" if values["time_vs_ours"] is None else f"{values['time_vs_ours']:.2f}"
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {ratio} | {seconds} | {times} | "
+                     f"{values['flops'] / 1e12:.1f} |")
+    return "\n".join(lines)
+
+
+def _plot(path: Path, summary) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for method, values in summary["methods"].items():
+        if values["loss_vs_random"] is None:
+            continue
+        x = max(values["flops"], 1e9)
+        ax.scatter(x, values["loss_vs_random"], s=60, color="#4e79a7" if method == OURS else "#f28e2b")
+        ax.annotate(method, (x, values["loss_vs_random"]), textcoords="offset points", xytext=(5, 4), fontsize=9)
+    ax.set_xscale("log")
+    ax.set_xlabel("selection cost (FLOPs, analytic; random drawn at 1e9)")
+    ax.set_ylabel("test loss / random's (mean over targets)")
+    ax.set_title("quality vs selection cost (lower-left is better)")
+    ax.axhline(1.0, color="#999999", lw=0.8, ls="--")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,85 @@
+"""Analytic FLOP counts of each selection method, for comparing selection cost across methods and machines.
+
+Conventions (the usual transformer estimates): a forward pass costs 2 FLOPs per parameter per token through the
+decoder blocks, plus 2·d·V per token where vocabulary logits are computed (we compute them on completion tokens
+only); a backward pass costs twice its forward; a forward-mode JVP along m tangents with the primal shared costs
+(1 + 2m) forwards of the K kept blocks; a Walsh–Hadamard transform of n points costs n·log2(n) additions; an
+RBF-KRR propagation costs 2·N·l·d_e for the kernel. Embedding lookups are free. These are estimates for the
+ratios between methods, not measurements.
+"""
+
+from __future__ import annotations
+
+import math
+
+from torch import nn
+
+from .models import find_blocks
+from .tokenization import IGNORE_INDEX, Example
+
+MINILM_PARAMETERS = 22_700_000  # all-MiniLM-L6-v2
+
+
+def _tokens(examples: list[Example]) -> int:
+    return sum(len(e) for e in examples)
+
+
+def _completion_tokens(examples: list[Example]) -> int:
+    return sum(int((e.labels[1:] != IGNORE_INDEX).sum()) for e in examples)
+
+
+def _block_parameters(model: nn.Module, count: int | None = None) -> int:
+    blocks = find_blocks(model)[2]
+    return sum(p.numel() for block in list(blocks)[:count] for p in block.parameters())
+
+
+def _head_flops(model: nn.Module) -> int:
+    head = model.get_output_embeddings()
+    return 2 * head.weight.numel() if head is not None else 0
+
+
+def forward_flops(model: nn.Module, examples: list[Example], logits: bool) -> float:
+    total = 2 * _block_parameters(model) * _tokens(examples)
+    return total + (_head_flops(model) * _completion_tokens(examples) if logits else 0)
+
+
+def _gradient_flops(model: nn.Module, examples: list[Example], transform_size: int | None) -> float:
+    """Forward + backward per example, plus a Walsh–Hadamard transform of `transform_size` points if projected."""
+    flops = 3 * forward_flops(model, examples, logits=True)
+    if transform_size:
+        flops += len(examples) * transform_size * math.log2(transform_size)
+    return flops
+
+
+def influence_flops(model, pool, landmarks, targets, config, exact: bool, projector, order: int) -> dict[str, float]:
+    padded = getattr(projector, "padded_dim", None)
+    parts = {"gradients": _gradient_flops(model, landmarks + targets, padded)}
+    if not exact:
+        tangents = config.embedding.num_tangents
+        parts["embeddings"] = (1 + 2 * tangents) * 2 * _block_parameters(model, config.embedding.num_blocks) \
+            * _tokens(pool)
+        parts["propagation"] = 2.0 * len(pool) * len(landmarks) * projector.out_dim
+    if order == 2:  # one double-backward (≈ 2 gradients) over every target sample per landmark vector
+        parts["hessian_vector_products"] = 2 * len(landmarks) * _gradient_flops(model, targets, None)
+    return {"flops": float(sum(parts.values())), "parts": parts}
+
+
+def baseline_flops(method: str, model, pool, targets, config) -> dict[str, float]:
+    if method == "random":
+        parts = {}
+    elif method == "mid-ppl":
+        parts = {"forward": forward_flops(model, pool, logits=True)}
+    elif method == "rds+":
+        parts = {"forward": forward_flops(model, pool + targets, logits=False)}
+    elif method == "embed-sim":
+        parts = {"minilm_forward": 2 * MINILM_PARAMETERS * _tokens(pool + targets)}
+    else:  # less
+        padded = 1 << max(0, (sum(p.numel() for p in _grad_params(model, config)) - 1).bit_length())
+        parts = {"gradients": _gradient_flops(model, pool + targets, padded)}
+    return {"flops": float(sum(parts.values())), "parts": parts}
+
+
+def _grad_params(model, config):
+    from .gradients import select_parameters
+
+    return select_parameters(model, config.gradients.params).values()

@@ -1,0 +1,42 @@
+"""The benchmark harness end to end on a tiny model and synthetic data (the real-data run is in BENCHMARKS.md)."""
+
+import csv
+import json
+
+from influence_distillation.cli import main
+
+from conftest import synthetic_pool, synthetic_target, write_jsonl
+
+
+def test_benchmark_compares_every_method_on_the_same_footing(model_dir, tmp_path, capsys):
+    data = tmp_path / "data"
+    (data / "targets" / "math").mkdir(parents=True)
+    pool = [{"id": f"p{i}", "task": "math" if "plus" in r["prompt"] else "other", **r}
+            for i, r in enumerate(synthetic_pool(48))]
+    write_jsonl(data / "pool.jsonl", pool)
+    write_jsonl(data / "targets" / "math" / "target.jsonl", synthetic_target(4))
+    test = [{**r, "options": [r["completion"], "The capital is Rome."]} for r in synthetic_target(6, seed=9)]
+    write_jsonl(data / "targets" / "math" / "test.jsonl", test)
+    out = tmp_path / "bench"
+    methods = "influence,exact,random,mid-ppl,rds+,embed-sim,less"
+    args = ["benchmark", "--model", str(model_dir("llama")), "--data", str(data), "--out", str(out), "--quick",
+            "--budget", "6", "--methods", methods, "--quiet"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("\n| ") >= 7 and "× ours" in printed
+    rows = list(csv.DictReader((out / "benchmark.csv").open()))
+    assert {r["method"] for r in rows} == set(methods.split(",")) and {r["target"] for r in rows} == {"math"}
+    summary = json.loads((out / "benchmark.json").read_text())
+    assert summary["methods"]["influence"]["time_vs_ours"] == 1.0
+    assert summary["methods"]["random"]["loss_vs_random"] == 1.0
+    assert summary["methods"]["random"]["flops"] == 0.0
+    assert summary["methods"]["exact"]["flops"] > summary["methods"]["influence"]["flops"]
+    for method in methods.split(","):
+        selected = (out / f"select-math-{method}" / "selected.jsonl").read_text().splitlines()
+        assert len(selected) == 6
+        assert summary["methods"][method]["selection_seconds"] is not None
+    assert (out / "quality_vs_cost.png").is_file() and (out / "warmup" / "optimizer.pt").is_file()
+    # Everything is reused on a second run, and the cold timings are kept.
+    assert main(args) == 0
+    assert json.loads((out / "benchmark.json").read_text())["methods"]["less"]["selection_seconds"] == \
+        summary["methods"]["less"]["selection_seconds"]
