@@ -1,0 +1,142 @@
+"""Fidelity of landmark propagation against exact influence (the paper's Table 3 / Figure 3 analogue).
+
+Usage (after `influence-distill benchmark --out runs/benchmark`, whose `exact` runs hold the exact first-order
+influence of every pool sample on every target sample):
+
+    .venv/bin/python benchmarks/bench_fidelity.py --bench runs/benchmark [--out runs/fidelity]
+
+Because the exact influence of every pool sample is known, any landmark set's values are rows of it, so each
+(embedding, landmark strategy, landmark count) costs one KRR fit and no gradients. For each combination it reports
+the Spearman correlation between propagated and exact influence over the non-landmark pool samples (per target
+sample, averaged) and the recall of the exact top-k by mean influence (k = the benchmark's budget). Embeddings: JVP
+with K ∈ {1, 2, 4} blocks (m = 2) and m ∈ {1, 4} tangents (K = 2), RDS+ hidden states, MiniLM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from influence_distillation import EmbeddingConfig, ModelConfig, load_model, load_samples, tokenize_samples
+from influence_distillation.artifacts import StageCache, fingerprint
+from influence_distillation.baselines import minilm_embeddings, rds_embeddings
+from influence_distillation.landmarks import choose_landmarks
+from influence_distillation.pipeline import compute_embeddings
+from influence_distillation.propagation import fit_kernel_ridge, spearman
+
+FRACTIONS = (0.01, 0.02, 0.05, 0.1, 0.2)
+STRATEGIES = ("random", "kmeans++", "k-center")
+JVP = ((1, 2), (2, 2), (4, 2), (2, 1), (2, 4))  # (K blocks, m tangents)
+
+
+def embeddings_of(name, model, examples, samples, cache: StageCache, key: str):
+    found = cache.load("fidelity", fingerprint(name=name, key=key))
+    if found is not None:
+        return torch.from_numpy(found), None
+    start = time.perf_counter()
+    if name.startswith("jvp"):
+        blocks, tangents = (int(x) for x in name[4:].split("m"))
+        value = compute_embeddings(model, examples, EmbeddingConfig(num_blocks=blocks, num_tangents=tangents), 7)
+    elif name == "rds+":
+        value = rds_embeddings(model, examples)
+    else:
+        value = minilm_embeddings(samples)
+    seconds = time.perf_counter() - start
+    cache.save("fidelity", fingerprint(name=name, key=key), value.numpy())
+    return value, seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bench", default="runs/benchmark")
+    parser.add_argument("--out", default="runs/fidelity")
+    args = parser.parse_args()
+    bench, out = Path(args.bench), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = json.loads((bench / "benchmark.json").read_text())["settings"]
+    targets = json.loads((bench / "benchmark.json").read_text())["targets"]
+    budget = settings["budget"]
+    exact = {t: np.load(bench / f"select-{t}-exact" / "target_scores.npy").astype(np.float64) for t in targets}
+    ids = pq.read_table(bench / f"select-{targets[0]}-exact" / "scores.parquet").to_pydict()["id"]
+
+    model, tokenizer = load_model(ModelConfig(path=json.loads((bench / f"select-{targets[0]}-exact" /
+                                                               "manifest.json").read_text())["config"]["model"]["path"]))
+    samples = load_samples(bench / "data" / "pool.jsonl")
+    pool = tokenize_samples(samples, tokenizer, settings["max_length"])
+    assert pool.ids == ids, "the pool must be tokenised exactly as in the benchmark's exact runs"
+    kept = {s.id: s for s in samples}
+    kept_samples = [kept[i] for i in pool.ids]
+    cache, key = StageCache(out / "cache"), fingerprint(ids=ids, max_length=settings["max_length"])
+
+    names = [f"jvp-{k}m{m}" for k, m in JVP] + ["rds+", "minilm"]
+    embeddings, seconds = {}, {}
+    for name in names:
+        embeddings[name], seconds[name] = embeddings_of(name, model, pool.examples, kept_samples, cache, key)
+        print(name, tuple(embeddings[name].shape), seconds[name], flush=True)
+
+    rows = []
+    n = len(ids)
+    for name, points in embeddings.items():
+        for strategy in STRATEGIES:
+            for fraction in FRACTIONS if strategy == "random" or name == "jvp-2m2" else (0.05,):
+                landmarks = choose_landmarks(n, fraction, seed=0, strategy=strategy, embeddings=points)
+                others = np.setdiff1d(np.arange(n), landmarks)
+                spearmans, recalls = [], []
+                for target in targets:
+                    values = torch.from_numpy(exact[target])
+                    krr = fit_kernel_ridge(points[landmarks], values[landmarks], ridge=0.01)
+                    predicted = krr.predict(points)
+                    predicted[landmarks] = values[landmarks]
+                    spearmans.append(np.mean([spearman(predicted[others, j], values[others, j])
+                                              for j in range(values.shape[1])]))
+                    top_true = set(np.argsort(-exact[target].mean(1))[:budget])
+                    top_pred = set(np.argsort(-predicted.mean(1).numpy())[:budget])
+                    recalls.append(len(top_true & top_pred) / budget)
+                rows.append({"embedding": name, "strategy": strategy, "fraction": fraction,
+                             "landmarks": len(landmarks), "spearman": float(np.mean(spearmans)),
+                             "recall": float(np.mean(recalls)),
+                             "per_target_spearman": dict(zip(targets, map(float, spearmans)))})
+                print(rows[-1], flush=True)
+    (out / "fidelity.json").write_text(json.dumps({"rows": rows, "embedding_seconds": seconds}, indent=2))
+    report(rows, seconds, out)
+
+
+def report(rows, seconds, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    print("\n| embedding | embedding seconds | " + " | ".join(f"{f:.0%} landmarks" for f in FRACTIONS) + " |")
+    print("|---|---|" + "---|" * len(FRACTIONS))
+    for name in dict.fromkeys(r["embedding"] for r in rows):
+        cells = [next(f"{r['spearman']:.3f} / {r['recall']:.2f}" for r in rows if r["embedding"] == name
+                      and r["strategy"] == "random" and r["fraction"] == f) for f in FRACTIONS]
+        spent = "cached" if seconds.get(name) is None else f"{seconds[name]:.0f}"
+        print(f"| {name} | {spent} | " + " | ".join(cells) + " |")
+    print("\n| embedding | strategy | landmarks | Spearman | top-k recall |\n|---|---|---|---|---|")
+    for r in rows:
+        if r["fraction"] == 0.05:
+            print(f"| {r['embedding']} | {r['strategy']} | {r['landmarks']} | {r['spearman']:.3f} | {r['recall']:.2f} |")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for name in dict.fromkeys(r["embedding"] for r in rows):
+        mine = [r for r in rows if r["embedding"] == name and r["strategy"] == "random"]
+        for ax, metric in zip(axes, ("spearman", "recall")):
+            ax.plot([r["landmarks"] for r in mine], [r[metric] for r in mine], marker="o", label=name)
+    for ax, title in zip(axes, ("Spearman vs exact influence", "recall of the exact top-k")):
+        ax.set_xscale("log")
+        ax.set_xlabel("landmarks (random)")
+        ax.set_title(title)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "fidelity.png", dpi=110)
+
+
+if __name__ == "__main__":
+    main()
