@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import torch
 
 from influence_distillation import EmbeddingConfig, ModelConfig, load_model, load_samples, tokenize_samples
-from influence_distillation.artifacts import StageCache, fingerprint
+from influence_distillation.artifacts import fingerprint, write_npy
 from influence_distillation.baselines import minilm_embeddings, rds_embeddings
 from influence_distillation.landmarks import choose_landmarks
 from influence_distillation.pipeline import compute_embeddings
@@ -35,10 +35,10 @@ STRATEGIES = ("random", "kmeans++", "k-center")
 JVP = ((1, 2), (2, 2), (4, 2), (2, 1), (2, 4))  # (K blocks, m tangents)
 
 
-def embeddings_of(name, model, examples, samples, cache: StageCache, key: str):
-    found = cache.load("fidelity", fingerprint(name=name, key=key))
-    if found is not None:
-        return torch.from_numpy(found), None
+def embeddings_of(name, model, examples, samples, cache: Path, key: str):
+    path = cache / f"{name}-{fingerprint(name=name, key=key)}.npy"
+    if path.is_file():
+        return torch.from_numpy(np.load(path)), None
     start = time.perf_counter()
     if name.startswith("jvp"):
         blocks, tangents = (int(x) for x in name[4:].split("m"))
@@ -48,7 +48,7 @@ def embeddings_of(name, model, examples, samples, cache: StageCache, key: str):
     else:
         value = minilm_embeddings(samples)
     seconds = time.perf_counter() - start
-    cache.save("fidelity", fingerprint(name=name, key=key), value.numpy())
+    write_npy(path, value.numpy())
     return value, seconds
 
 
@@ -72,7 +72,7 @@ def main() -> None:
     assert pool.ids == ids, "the pool must be tokenised exactly as in the benchmark's exact runs"
     kept = {s.id: s for s in samples}
     kept_samples = [kept[i] for i in pool.ids]
-    cache, key = StageCache(out / "cache"), fingerprint(ids=ids, max_length=settings["max_length"])
+    cache, key = out / "cache", fingerprint(ids=ids, max_length=settings["max_length"])
 
     names = [f"jvp-{k}m{m}" for k, m in JVP] + ["rds+", "minilm"]
     embeddings, seconds = {}, {}

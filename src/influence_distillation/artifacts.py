@@ -27,7 +27,8 @@ TARGET_SCORES = "target_scores.npy"
 EMBEDDINGS = "embeddings.npy"
 EXCLUDED = "excluded.jsonl"
 WEIGHTS = "weights.parquet"
-OUTPUT_FILES = (SELECTED, SCORES, TARGET_SCORES, EMBEDDINGS, EXCLUDED, WEIGHTS, MANIFEST)
+STAGES = "stages"  # resumable pool-wide stage shards, unless a shared --cache-dir is given
+OUTPUT_FILES = (SELECTED, SCORES, TARGET_SCORES, EMBEDDINGS, EXCLUDED, WEIGHTS, MANIFEST, STAGES)
 
 
 @contextlib.contextmanager
@@ -165,23 +166,3 @@ def content_fingerprint(path: str | Path, hash_limit: int = 64 << 20) -> str:
 
 def fingerprint(**parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
-
-
-class StageCache:
-    """Arrays computed by a stage, keyed by a fingerprint of everything they depend on; reused across runs.
-
-    Each entry is one `.npy` written atomically, so a killed run never leaves an entry that looks finished.
-    """
-
-    def __init__(self, root: str | Path | None):
-        self.root = Path(root) if root else None
-
-    def load(self, stage: str, key: str) -> np.ndarray | None:
-        if self.root is None:
-            return None
-        path = self.root / stage / f"{key}.npy"
-        return np.load(path) if path.is_file() else None
-
-    def save(self, stage: str, key: str, array: np.ndarray) -> None:
-        if self.root is not None:
-            write_npy(self.root / stage / f"{key}.npy", array)

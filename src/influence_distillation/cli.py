@@ -105,6 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
         "runs/warm/optimizer.pt --model runs/warm;  exact reference: ... --exact",
     )
     _add_common(select, SelectConfig)
+    select.add_argument("--cache-dir", metavar="DIR", help="keep the resumable pool-wide stage shards here (shared "
+                        "by runs on the same pool, e.g. other targets) instead of OUT/stages")
+    select.add_argument("--shard-rows", type=int, metavar="N", help="rows per resumable shard of the pool-wide "
+                        "stages (default: 256 for embeddings and forward passes, 32 for gradients); a killed run "
+                        "loses at most one shard per rank")
     warmup = commands.add_parser(
         "warmup",
         help="briefly fine-tune with AdamW and save the model and optimizer state for the Adam variant",
@@ -167,10 +172,20 @@ def config_from_args(args: argparse.Namespace, cls: type = SelectConfig) -> Any:
 
 
 def _select(args: argparse.Namespace) -> int:
+    from . import distributed
     from .pipeline import run_selection
 
     config = config_from_args(args)
-    result = run_selection(config, overwrite=args.overwrite, progress=not args.quiet)
+    info = distributed.from_environment()
+    distributed.initialize(info)
+    try:
+        config.model.device = distributed.device_for(info, config.model.device)
+        result = run_selection(config, overwrite=args.overwrite, progress=not args.quiet, cache_dir=args.cache_dir,
+                               dist=info, shard_rows=args.shard_rows)
+    finally:
+        distributed.finalize(info)
+    if result is None:  # a rank other than 0: its shards are written, rank 0 reports
+        return 0
     stages = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in result.manifest["stages"].items())
     print(f"selected {len(result.selected)} of {len(result.pool_ids)} pool samples -> {config.out}/selected.jsonl")
     if result.weights is not None and not result.weights.exact_k:

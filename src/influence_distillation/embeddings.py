@@ -56,6 +56,29 @@ def jvp_outputs(backbone: nn.Module, tangents: dict[str, torch.Tensor], batch: B
     return vmap(along)(block_tangents, embed_tangents).transpose(0, 1)
 
 
+class JvpEmbedder:
+    """Embeds batches of examples with fixed tangents and projection, so a sharded stage draws them only once."""
+
+    def __init__(self, backbone: nn.Module, num_tangents: int, dim: int, seed: int, batch_size: int = 8,
+                 pad_id: int = 0):
+        self.backbone, self.batch_size, self.pad_id = backbone, batch_size, pad_id
+        self.tangents = sample_tangents(dict(backbone.named_parameters()), num_tangents, seed)
+        self.width = num_tangents * backbone.config.hidden_size
+        self.projector = make_projector(self.width, dim, seed + 1)
+
+    def __call__(self, examples: list[Example], progress: bool = False) -> torch.Tensor:
+        device = next(self.backbone.parameters()).device
+        out = torch.empty(len(examples), self.projector.out_dim)
+        with tqdm(total=len(examples), desc="JVP embeddings", unit="sample", disable=not progress) as bar:
+            for indices in length_batches([len(e) for e in examples], self.batch_size):
+                batch = collate([examples[i] for i in indices], self.pad_id).to(device)
+                with torch.no_grad():
+                    u = jvp_outputs(self.backbone, self.tangents, batch)
+                out[indices] = self.projector(u.reshape(len(indices), self.width)).cpu()
+                bar.update(len(indices))
+        return out
+
+
 def jvp_embeddings(
     backbone: nn.Module,
     examples: list[Example],
@@ -73,17 +96,4 @@ def jvp_embeddings(
         seed: fixes the tangents and the projection.
         pad_id: any token id; padded positions are masked out.
     """
-    device = next(backbone.parameters()).device
-    tangents = sample_tangents(dict(backbone.named_parameters()), num_tangents, seed)
-    width = num_tangents * backbone.config.hidden_size
-    projector = make_projector(width, dim, seed + 1)
-    out = torch.empty(len(examples), projector.out_dim)
-    batches = length_batches([len(e) for e in examples], batch_size)
-    with tqdm(total=len(examples), desc="JVP embeddings", unit="sample", disable=not progress) as bar:
-        for indices in batches:
-            batch = collate([examples[i] for i in indices], pad_id).to(device)
-            with torch.no_grad():
-                u = jvp_outputs(backbone, tangents, batch)
-            out[indices] = projector(u.reshape(len(indices), width)).cpu()
-            bar.update(len(indices))
-    return out
+    return JvpEmbedder(backbone, num_tangents, dim, seed, batch_size, pad_id)(examples, progress)

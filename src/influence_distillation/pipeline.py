@@ -24,7 +24,9 @@ from . import artifacts, baselines, cost
 from .baselines import BASELINES
 from .config import EmbeddingConfig, GradientConfig, PropagationConfig, SelectConfig, to_dict
 from .data import load_samples
-from .embeddings import jvp_embeddings
+from .distributed import DistInfo
+from .embeddings import JvpEmbedder, jvp_embeddings
+from .shards import ShardedStage
 from .errors import ConfigError, DataError
 from .gradients import projected_gradients, select_parameters
 from .hessian import gradient_and_hessian_rows, target_hvp
@@ -46,6 +48,8 @@ from .weights import DenseQuadraticForm, FactoredQuadraticForm, WeightSolution, 
 
 log = logging.getLogger(__name__)
 
+EMBEDDING_SHARD = 256  # rows per shard of cheap per-sample stages (embeddings, forward passes)
+GRADIENT_SHARD = 32  # rows per shard of per-sample gradients (about 30 s each for a 135M model on a CPU)
 DEFAULT_LEARNING_RATE = 2e-5  # the paper's fine-tuning rate; used when neither a flag nor a state gives one
 MAX_COEFFICIENT_BYTES = 4 << 30  # the dense (N, l) propagation matrix that --order 2 needs
 
@@ -185,32 +189,49 @@ class _Run:
     pool: TokenizedSet | None = None
     target: TokenizedSet | None = None
     details: dict[str, Any] = field(default_factory=dict)  # method-specific manifest entries
+    dist: DistInfo = field(default_factory=DistInfo)
 
-    def cached(self, stage: str, compute, **key_parts) -> torch.Tensor:
-        """A stage's array from the cache when its fingerprint matches, else computed and stored."""
-        cache = artifacts.StageCache(self.cache_dir)
-        key = artifacts.fingerprint(**_cache_basis(self.config, self.cache_dir), **key_parts)
-        found = cache.load(stage, key)
-        if found is not None:
+    shard_rows: int | None = None  # overrides the per-stage shard sizes
+
+    def sharded(self, stage: str, rows: int, compute_rows, shard_rows: int, last: bool = False,
+                **key_parts) -> torch.Tensor:
+        """A pool-wide stage's (rows, width) array: computed in resumable shards shared by the ranks, or reused.
+
+        `last` marks the final sharded stage of a method: after it, ranks other than 0 are done.
+        """
+        root = self.cache_dir or Path(self.config.out) / artifacts.STAGES
+        shard_rows = self.shard_rows or shard_rows
+        key = artifacts.fingerprint(**_cache_basis(self.config), stage=stage, shard_rows=shard_rows, **key_parts)
+        store = ShardedStage(root / f"{stage}-{key[:16]}", rows, shard_rows, {"stage": stage, "key": key})
+        if len(store.finished()) == store.count:
             self.reused.append(stage)
-            return torch.from_numpy(found)
-        value = compute()
-        cache.save(stage, key, value.numpy())
-        return value
+        store.compute(self.dist, compute_rows, stage, self.progress)
+        if last and not self.dist.is_main:
+            raise _OtherRankDone
+        return store.load()
+
+
+class _OtherRankDone(Exception):
+    """Raised on ranks other than 0 once the pool-wide stages they share are written."""
 
 
 def run_selection(config: SelectConfig, overwrite: bool = False, progress: bool = True,
-                  cache_dir: str | Path | None = None) -> SelectionResult:
+                  cache_dir: str | Path | None = None, dist: DistInfo | None = None,
+                  shard_rows: int | None = None) -> SelectionResult | None:
     """Run the selection method `config.method` and write the run directory `config.out`.
 
-    With `cache_dir`, pool-wide arrays that do not depend on the target (JVP embeddings, first-order landmark and
-    exact gradients, baseline embeddings and losses) are stored there under a fingerprint of everything they depend
-    on (model files, pool file, settings, seeds) and reused by later runs, e.g. for other targets on the same pool.
+    Pool-wide stages (JVP embeddings, first-order landmark and exact gradients, baseline passes) are written in
+    resumable shards under `cache_dir` (default `<out>/stages`) with a fingerprint of everything they depend on:
+    a re-run, a killed run, or a run for another target on the same pool reuses them. Under torchrun (`dist`) the
+    ranks share those stages; rank 0 returns the result, the others None.
     """
     config.validate()
     out = Path(config.out)
-    artifacts.check_output_dir(out, to_dict(config), overwrite)
-    run = _Run(config, progress, Path(cache_dir) if cache_dir else None)
+    info = dist or DistInfo()
+    if info.is_main:
+        artifacts.check_output_dir(out, to_dict(config), overwrite)
+    run = _Run(config, progress and info.is_main, Path(cache_dir) if cache_dir else None, dist=info,
+               shard_rows=shard_rows)
     run.seeds = {stage: derive_seed(config.seed, stage)
                  for stage in ("tangents", "landmarks", "projection", "kernel", "selection")}
     with run.timer("load"):
@@ -223,7 +244,10 @@ def run_selection(config: SelectConfig, overwrite: bool = False, progress: bool 
                              progress)
             for name, samples in (("pool", run.pool_samples), ("target", run.target_samples)))
     _check_usable(run.pool, run.target, config)
-    result = _select_baseline(run) if config.method in BASELINES else _select_influence(run)
+    try:
+        result = _select_baseline(run) if config.method in BASELINES else _select_influence(run)
+    except _OtherRankDone:
+        return None
     manifest = _manifest(run, result)
     if run.reused:
         log.info("reused cached %s from %s", " and ".join(run.reused), cache_dir)
@@ -245,10 +269,18 @@ def _select_influence(run: _Run) -> SelectionResult:
     embeddings = None
     if not exact:
         with timer("embeddings"):
-            embeddings = run.cached(
-                "embeddings", lambda: compute_embeddings(model, pool.examples, config.embedding, seeds["tangents"],
-                                                         pad_token_id(run.tokenizer), progress=run.progress),
-                embedding=to_dict(config.embedding), seed=seeds["tangents"])
+            embedder = None
+
+            def embed(rows):
+                nonlocal embedder
+                if embedder is None:  # tangents and projection drawn once per process
+                    embedder = JvpEmbedder(truncated_backbone(model, config.embedding.num_blocks),
+                                           config.embedding.num_tangents, config.embedding.dim, seeds["tangents"],
+                                           config.embedding.batch_size, pad_token_id(run.tokenizer))
+                return embedder([pool.examples[i] for i in rows])
+
+            embeddings = run.sharded("embeddings", num_pool, embed, EMBEDDING_SHARD, last=order == 2,
+                                     embedding=to_dict(config.embedding), seed=seeds["tangents"])
     with timer("landmarks"):
         landmarks = (np.arange(num_pool) if exact else choose_landmarks(
             num_pool, config.landmarks.count, seeds["landmarks"], config.landmarks.strategy, embeddings))
@@ -269,10 +301,12 @@ def _select_influence(run: _Run) -> SelectionResult:
                 model, landmark_examples, space.params, space.projector, target.examples, target_weights,
                 space.preconditioner, space.normalize, progress=run.progress)
         else:
-            landmark_rows = run.cached(
-                "landmark_gradients", lambda: compute_gradients(model, landmark_examples, space, precondition=True,
-                                                                desc="landmark gradients", progress=run.progress),
-                landmarks=landmarks.tolist(), gradients=to_dict(config.gradients), seed=seeds["projection"])
+            landmark_rows = run.sharded(
+                "landmark_gradients", len(landmark_examples),
+                lambda rows: compute_gradients(model, [landmark_examples[i] for i in rows], space, precondition=True,
+                                               progress=False),
+                GRADIENT_SHARD, last=True, landmarks=landmarks.tolist(), gradients=to_dict(config.gradients),
+                seed=seeds["projection"])
     with timer("influence"):
         landmark_influence = first_order_influence(landmark_rows, target_rows)
         target_direction = target_rows.double().mean(0)
@@ -340,25 +374,29 @@ def _select_baseline(run: _Run) -> SelectionResult:
         if method == "random":
             scores = baselines.random_scores(len(pool.examples), run.seeds["selection"])
         elif method == "mid-ppl":
-            losses = run.cached("pool_losses", lambda: torch.from_numpy(baselines.pool_losses(
-                model, pool.examples, pad_id, progress=run.progress)))
+            losses = run.sharded("pool_losses", len(pool.examples), lambda rows: torch.from_numpy(
+                baselines.pool_losses(model, [pool.examples[i] for i in rows], pad_id, progress=False))[:, None],
+                EMBEDDING_SHARD, last=True)[:, 0]
             scores = losses.numpy()[:, None]
             selected = baselines.mid_ppl_selection(losses.numpy(), budget)
         elif method in ("rds+", "embed-sim"):
             if method == "rds+":
-                embed = lambda examples: baselines.rds_embeddings(model, examples, pad_id, progress=run.progress)
-                embeddings = run.cached("rds_embeddings", lambda: embed(pool.examples))
+                embed = lambda examples: baselines.rds_embeddings(model, examples, pad_id, progress=False)
+                embeddings = run.sharded("rds_embeddings", len(pool.examples),
+                                         lambda rows: embed([pool.examples[i] for i in rows]), EMBEDDING_SHARD,
+                                         last=True)
                 targets = embed(target.examples)
             else:
-                embeddings = run.cached("minilm_embeddings", lambda: baselines.minilm_embeddings(
-                    _kept(run.pool_samples, pool), progress=run.progress))
+                kept = _kept(run.pool_samples, pool)
+                embeddings = run.sharded("minilm_embeddings", len(kept), lambda rows: baselines.minilm_embeddings(
+                    [kept[i] for i in rows], progress=False), len(kept), last=True)
                 targets = baselines.minilm_embeddings(_kept(run.target_samples, target), progress=False)
             scores = (embeddings.double() @ targets.double().T).numpy()
         else:  # less
             space = gradient_space(model, config.gradients, run.seeds["projection"])
-            pool_rows = run.cached("less_gradients", lambda: baselines.less_rows(
-                model, pool.examples, space.params, space.projector, space.adam_states, run.progress),
-                gradients=to_dict(config.gradients), seed=run.seeds["projection"])
+            pool_rows = run.sharded("less_gradients", len(pool.examples), lambda rows: baselines.less_rows(
+                model, [pool.examples[i] for i in rows], space.params, space.projector, space.adam_states, False),
+                GRADIENT_SHARD, last=True, gradients=to_dict(config.gradients), seed=run.seeds["projection"])
             target_rows = compute_gradients(model, target.examples, space, precondition=False,
                                             desc="target gradients", progress=run.progress)
             scores = (pool_rows.double() @ target_rows.double().T).numpy()
@@ -378,10 +416,8 @@ def _kept(samples: list, tokenized: TokenizedSet) -> list:
     return [by_id[i] for i in tokenized.ids]
 
 
-def _cache_basis(config: SelectConfig, cache_dir) -> dict[str, Any]:
-    """What every cached stage depends on: the model and pool files, tokenisation, dtype and device."""
-    if not cache_dir:
-        return {}
+def _cache_basis(config: SelectConfig) -> dict[str, Any]:
+    """What every pool-wide stage depends on: the model and pool files, tokenisation, dtype and device."""
     from .models import resolve_model_path
 
     optimizer = config.gradients.optimizer_state

@@ -1,0 +1,64 @@
+"""torchrun support: which process this is, and the process group for pool-wide stages.
+
+`torchrun --nproc_per_node=N -m influence_distillation select …` starts N copies. Every copy loads the data and the
+model; the pool-wide stages (JVP embeddings, landmark / exact / LESS gradients, baseline forward passes) are cut into
+fixed shards that the ranks share round-robin and write to a common stage folder; after a barrier rank 0 reads every
+shard and does the rest (influence, propagation, selection, outputs) alone. gloo on CPU, nccl on CUDA. The single-
+process path is the same code with rank 0 of 1. Multi-node runs use torchrun's usual rendezvous flags and need the
+run folder on a shared filesystem.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def shards(self, count: int) -> list[int]:
+        """The shard indices this rank computes: every world_size-th, starting at its rank."""
+        return list(range(self.rank, count, self.world_size))
+
+
+def from_environment() -> DistInfo:
+    return DistInfo(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+                    int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def initialize(info: DistInfo) -> None:
+    """Join the process group torchrun set up (no-op for a single process)."""
+    if info.world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(info.local_rank)
+        dist.init_process_group(backend, timeout=datetime.timedelta(hours=6))
+
+
+def barrier(info: DistInfo) -> None:
+    if info.world_size > 1 and dist.is_initialized():
+        dist.barrier()
+
+
+def finalize(info: DistInfo) -> None:
+    if info.world_size > 1 and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def device_for(info: DistInfo, requested: str) -> str:
+    """With several ranks on CUDA, each rank uses its own GPU."""
+    if requested == "auto" and torch.cuda.is_available() and info.world_size > 1:
+        return f"cuda:{info.local_rank}"
+    return requested
