@@ -130,7 +130,54 @@ BAD_INPUTS = {
     "budget above pool": (lambda d: {"budget": 37}, "--budget 37 exceeds the 36 selectable pool samples"),
     "zero budget": (lambda d: {"budget": 0}, "--budget must be positive"),
     "not a model": (lambda d: {"model": d}, "not a Hugging Face model directory"),
+    "empty pool file": (lambda d: {"pool": write_bad(d, "\n\n")}, "pool file .* holds no records"),
+    "unreadable pool (a folder that is no dataset)": (lambda d: {"pool": d}, "not a datasets.save_to_disk folder"),
+    "binary pool": (lambda d: {"pool": write_bytes(d, b"\x89PNG\r\n\x1a\n\x00\xff")}, "not UTF-8"),
+    "mixed record formats": (lambda d: {"pool": write_bad(d, '{"text": "a b c"}\n{"prompt": "p", '
+                                                          '"completion": "c"}\n')}, r":2: record is in"),
+    "wrong field type": (lambda d: {"pool": write_bad(d, '{"prompt": ["p"], "completion": "c"}\n')},
+                         "field 'prompt' must be a string"),
+    "empty completion": (lambda d: {"target": write_bad(d, '{"prompt": "p", "completion": ""}\n')},
+                         "field 'completion' is empty"),
+    "duplicate ids": (lambda d: {"pool": write_bad(d, '{"id": 1, "text": "a b"}\n{"id": 1, "text": "c d"}\n')},
+                      "duplicate id '1'"),
+    "target with no trainable token": (lambda d: {"target": write_bad(
+        d, '{"prompt": "' + "word " * 400 + '", "completion": "c"}\n'), "extra": ["--max-length", "64"]},
+        "target .* none of its 1 samples has a trainable token within --max-length 64"),
+    "every pool sample truncated away": (lambda d: {"pool": write_bad(d, "".join(
+        '{"prompt": "' + "word " * 300 + f'{i}", "completion": "c"}}\n' for i in range(3))),
+        "extra": ["--max-length", "64"]}, "pool .* none of its 3 samples has a trainable token"),
+    "no chat template and no fallback": (lambda d: {"model": "gpt2-no-template", "extra": ["--no-template-fallback"]},
+                                         "tokenizer has no chat template"),
+    "optimizer state of another model": (lambda d: {"extra": ["--optimizer-state", str(foreign_state(d))]},
+                                         "does not match the model"),
+    "invalid parameter regex": (lambda d: {"extra": ["--grad-params", "mlp[("]}, "invalid regular expression"),
+    "config file with an unknown key": (lambda d: {"extra": ["--config", str(write_config(d))]},
+                                        "unknown key 'num_block'; did you mean 'num_blocks'"),
 }
+
+
+def write_config(directory):
+    path = directory / "config.yaml"
+    path.write_text("embedding:\n  num_block: 2\n")
+    return path
+
+
+def write_bytes(directory, data):
+    path = directory / "bad.jsonl"
+    path.write_bytes(data)
+    return path
+
+
+def foreign_state(directory):
+    import torch
+
+    layer = torch.nn.Linear(3, 3)
+    optimizer = torch.optim.AdamW(layer.parameters())
+    layer.weight.grad, layer.bias.grad = torch.ones(3, 3), torch.ones(3)
+    optimizer.step()
+    torch.save(optimizer.state_dict(), directory / "optimizer.pt")
+    return directory / "optimizer.pt"
 
 
 def write_bad(directory, text):
@@ -142,11 +189,14 @@ def write_bad(directory, text):
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
 def test_bad_inputs_give_one_line_errors_and_no_finished_output(case, model_dir, data_files, tmp_path, capsys):
     pool, target = data_files
-    values = {"pool": pool, "target": target, "model": model_dir("llama"), "budget": 5}
+    values = {"pool": pool, "target": target, "model": model_dir("llama"), "budget": 5, "extra": []}
     change, message = BAD_INPUTS[case]
     values.update(change(tmp_path))
+    if values["model"] == "gpt2-no-template":
+        values["model"] = model_dir("gpt2", chat_template=False)
     out = tmp_path / "run"
-    code = main(select_args(values["pool"], values["target"], values["model"], out, values["budget"]))
+    code = main(select_args(values["pool"], values["target"], values["model"], out, values["budget"],
+                            *values["extra"]))
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert len(err.splitlines()) == 1 and err.startswith("influence-distill: error: ")
@@ -154,6 +204,33 @@ def test_bad_inputs_give_one_line_errors_and_no_finished_output(case, model_dir,
 
     assert re.search(message, err), err
     assert not (out / "manifest.json").exists()
+
+
+def test_disk_full_while_writing_a_shard(model_dir, data_files, tmp_path, capsys, monkeypatch):
+    import errno
+
+    from influence_distillation import shards
+
+    pool, target = data_files
+    written = []
+
+    def full_after_two(path, array):
+        if len(written) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written.append(path)
+        real_write(path, array)
+
+    real_write = shards.write_npy
+    monkeypatch.setattr(shards, "write_npy", full_after_two)
+    out = tmp_path / "run"
+    code = main(select_args(pool, target, model_dir("llama"), out, 5, "--shard-rows", "5"))
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "the disk is full" in err and "2 finished shards" in err
+    assert not (out / "manifest.json").exists()
+    assert sorted(p.name for p in (out / "stages").glob("*/shard-*.npy")) == ["shard-000000.npy", "shard-000001.npy"]
+    assert not list((out / "stages").glob("*/.*.tmp"))
+    monkeypatch.setattr(shards, "write_npy", real_write)  # space freed: the re-run completes from shard 2
+    assert main(select_args(pool, target, model_dir("llama"), out, 5, "--shard-rows", "5")) == 0
 
 
 def test_console_script_exit_code_and_non_causal_model(tmp_path, data_files):
