@@ -250,3 +250,19 @@ def test_console_script_exit_code_and_non_causal_model(tmp_path, data_files):
         "causal LM (…ForCausalLM or …LMHeadModel)"
     ]
     assert "Traceback" not in result.stderr
+
+
+def test_dry_run_estimates_every_stage_and_refuses_what_cannot_fit(model_dir, data_files, tmp_path, capsys,
+                                                                  monkeypatch):
+    from influence_distillation import preflight
+
+    pool, target = data_files
+    out = tmp_path / "run"
+    assert main(select_args(pool, target, model_dir("llama"), out, 5, "--dry-run")) == 0
+    printed = capsys.readouterr().out
+    for stage in ("embeddings", "target gradients", "landmark gradients", "propagation", "**total**"):
+        assert f"| {stage} |" in printed
+    assert "the run fits this machine" in printed and not out.exists()
+    monkeypatch.setattr(preflight, "available_memory", lambda: 1e6)
+    assert main(select_args(pool, target, model_dir("llama"), out, 5, "--dry-run")) == 2
+    assert "exceeds the 0.0 GiB available" in capsys.readouterr().err

@@ -107,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(select, SelectConfig)
     select.add_argument("--cache-dir", metavar="DIR", help="keep the resumable pool-wide stage shards here (shared "
                         "by runs on the same pool, e.g. other targets) instead of OUT/stages")
+    select.add_argument("--dry-run", action="store_true", help="estimate each stage's time, memory and disk "
+                        "(from a few timed calibration batches) and check they fit; run nothing else")
     select.add_argument("--shard-rows", type=int, metavar="N", help="rows per resumable shard of the pool-wide "
                         "stages (default: 256 for embeddings and forward passes, 32 for gradients); a killed run "
                         "loses at most one shard per rank")
@@ -176,6 +178,15 @@ def _select(args: argparse.Namespace) -> int:
     from .pipeline import run_selection
 
     config = config_from_args(args)
+    if args.dry_run:
+        from .preflight import check_fits, cpu_note, estimate, format_estimates
+
+        estimates = estimate(config)
+        print(format_estimates(estimates))
+        print(cpu_note())
+        check_fits(estimates, Path(config.out))
+        print("the run fits this machine; drop --dry-run to start it")
+        return 0
     info = distributed.from_environment()
     distributed.initialize(info)
     try:

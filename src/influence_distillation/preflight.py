@@ -1,0 +1,161 @@
+"""`select --dry-run`: estimated time, memory and disk of every stage, before any heavy work.
+
+Time comes from timing a few calibration batches on this machine (one JVP batch, two per-sample gradients, one
+forward batch) and scaling by the token counts of the real run. Memory and disk come from the model's size and the
+shapes each stage holds. A run whose peak memory or disk would not fit what is available is refused with a message
+that says which stage and what to change.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .config import SelectConfig
+from .data import load_samples
+from .embeddings import JvpEmbedder
+from .errors import ConfigError
+from .gradients import projected_gradients, select_parameters
+from .landmarks import landmark_count
+from .models import find_blocks, load_model, pad_token_id, truncated_backbone
+from .projection import make_projector
+from .tokenization import tokenize_samples
+
+GIB = 1 << 30
+
+
+@dataclass
+class Estimate:
+    stage: str
+    seconds: float
+    memory: float  # peak bytes while the stage runs (model included)
+    disk: float  # bytes it writes
+
+
+def available_memory() -> float:
+    with open("/proc/meminfo") as handle:
+        for line in handle:
+            if line.startswith("MemAvailable:"):
+                return float(line.split()[1]) * 1024
+    return float("inf")  # pragma: no cover - not Linux
+
+
+def estimate(config: SelectConfig) -> list[Estimate]:
+    """Per-stage estimates for `config` (loads the model and data, times a few batches)."""
+    config.validate()
+    model, tokenizer = load_model(config.model)
+    pool, target = (tokenize_samples(load_samples(path, name), tokenizer, config.data.max_length,
+                                     config.data.template_fallback, name, False).examples
+                    for name, path in (("pool", config.pool), ("target", config.target)))
+    if not pool or not target:
+        raise ConfigError("no pool or target sample has a trainable token within --max-length")
+    tokens = lambda examples: sum(len(e) for e in examples)
+    longest = max(len(e) for e in pool)
+    bytes_per = torch.finfo(next(model.parameters()).dtype).bits // 8
+    model_bytes = sum(p.numel() for p in model.parameters()) * bytes_per
+    hidden, layers = model.config.hidden_size, len(find_blocks(model)[2])
+    exact = config.influence.exact or config.method == "exact"
+    landmarks = len(pool) if exact or config.method == "less" else landmark_count(config.landmarks.count, len(pool))
+    landmark_examples = pool[:: max(1, len(pool) // max(1, landmarks))][:landmarks]
+
+    params = select_parameters(model, config.gradients.params)
+    size = sum(p.numel() for p in params.values())
+    projector = make_projector(size, config.gradients.proj_dim, 0)
+    sample = sorted(pool, key=len)[len(pool) // 2 : len(pool) // 2 + 2]  # two median-length samples
+    start = time.perf_counter()
+    projected_gradients(model, sample, params, projector, progress=False)
+    per_gradient_token = (time.perf_counter() - start) / tokens(sample)
+    padded = getattr(projector, "padded_dim", size)
+    gradient_memory = model_bytes + size * 4 * 2 + padded * 4 * 3 + longest * hidden * layers * 48 * bytes_per
+
+    estimates = [Estimate("load + tokenize", 5.0, model_bytes, 0.0)]
+    if config.method in ("influence", "exact") and not exact:
+        embed = config.embedding
+        backbone = truncated_backbone(model, embed.num_blocks)
+        embedder = JvpEmbedder(backbone, embed.num_tangents, embed.dim, 0, embed.batch_size, pad_token_id(tokenizer))
+        batch = sorted(pool, key=len)[len(pool) // 2 : len(pool) // 2 + embed.batch_size]
+        start = time.perf_counter()
+        embedder(batch)
+        per_token = (time.perf_counter() - start) / tokens(batch)
+        block_bytes = sum(p.numel() for p in backbone.parameters()) * bytes_per
+        width = embedder.projector.out_dim
+        estimates.append(Estimate(
+            "embeddings", per_token * tokens(pool),
+            model_bytes + block_bytes * (1 + embed.num_tangents)
+            + embed.batch_size * longest * hidden * embed.num_blocks * 64 * (1 + embed.num_tangents) * bytes_per
+            + len(pool) * width * 4, len(pool) * width * 4))
+    if config.method in ("influence", "exact", "less"):
+        estimates.append(Estimate("target gradients", per_gradient_token * tokens(target), gradient_memory, 0.0))
+        estimates.append(Estimate("landmark gradients" if config.method != "less" else "pool gradients",
+                                  per_gradient_token * tokens(landmark_examples) * landmarks
+                                  / max(1, len(landmark_examples)),
+                                  gradient_memory + landmarks * projector.out_dim * 4,
+                                  landmarks * projector.out_dim * 4))
+        if config.influence.order == 2:
+            estimates.append(Estimate("Hessian-vector products", 2 * per_gradient_token * tokens(target) * landmarks,
+                                      gradient_memory + 8 * size * 4 * 3, 0.0))
+    if config.method in ("influence",) and not exact:
+        chunk, width = config.propagation.chunk_size, estimates[-3].disk / max(1, len(pool)) / 4
+        flops = 2 * len(pool) * landmarks * width + landmarks**3 / 3 + 2 * landmarks**2 * width
+        estimates.append(Estimate("propagation", flops / _matmul_rate(),
+                                  model_bytes + landmarks**2 * 16 + chunk * landmarks * 8 + len(pool) * len(target) * 8,
+                                  0.0))
+    if config.method in ("mid-ppl", "rds+"):
+        start = time.perf_counter()
+        with torch.no_grad():
+            model(input_ids=sample[0].input_ids[None].to(next(model.parameters()).device))
+        estimates.append(Estimate("pool forward passes", (time.perf_counter() - start) / len(sample[0])
+                                  * tokens(pool), model_bytes + 16 * longest * hidden * 8 * bytes_per, 0.0))
+    estimates.append(Estimate("write outputs", 1.0, model_bytes + len(pool) * len(target) * 16,
+                              len(pool) * (len(target) * 4 + 64)))
+    return estimates
+
+
+def _matmul_rate() -> float:
+    """float32 FLOP/s of this machine, from a few timed matmuls."""
+    a, b = torch.randn(512, 512), torch.randn(512, 1024)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(5):
+        a @ b
+    return 5 * 2 * 512 * 512 * 1024 / max(time.perf_counter() - start, 1e-9)
+
+
+def check_fits(estimates: list[Estimate], out: Path, memory: float | None = None, disk: float | None = None) -> None:
+    """Refuse a run whose peak memory or total disk would not fit."""
+    memory = available_memory() if memory is None else memory
+    peak = max(estimates, key=lambda e: e.memory)
+    if peak.memory > 0.9 * memory:
+        raise ConfigError(
+            f"estimated peak memory {peak.memory / GIB:.1f} GiB (stage {peak.stage}) exceeds the "
+            f"{memory / GIB:.1f} GiB available; lower --embedding-batch-size, --grad-dim, --landmarks or "
+            "--max-length, or use a bigger machine")
+    root = out if out.exists() else next(p for p in out.parents if p.exists())
+    disk = shutil.disk_usage(root).free if disk is None else disk
+    needed = sum(e.disk for e in estimates)
+    if needed > 0.9 * disk:
+        raise ConfigError(f"the run needs about {needed / GIB:.1f} GiB of disk, {root} has {disk / GIB:.1f} GiB free")
+
+
+def format_estimates(estimates: list[Estimate]) -> str:
+    lines = ["| stage | time | peak memory | disk |", "|---|---|---|---|"]
+    for e in estimates:
+        lines.append(f"| {e.stage} | {_duration(e.seconds)} | {e.memory / GIB:.2f} GiB | {e.disk / 2**20:.0f} MiB |")
+    total = sum(e.seconds for e in estimates)
+    peak = max(e.memory for e in estimates)
+    lines.append(f"| **total** | {_duration(total)} | {peak / GIB:.2f} GiB | "
+                 f"{sum(e.disk for e in estimates) / 2**20:.0f} MiB |")
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def cpu_note() -> str:
+    return f"(calibrated on this machine: {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads)"
