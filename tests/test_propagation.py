@@ -72,3 +72,19 @@ def test_spearman_and_heldout_fidelity():
     assert heldout_fidelity(points, smooth, 1e-3, None) > 0.8
     assert abs(heldout_fidelity(points, noise, 1e-3, None)) < 0.2
     assert heldout_fidelity(points[:10], smooth[:10], 1e-3, None) is None
+
+
+def test_prediction_streams_from_a_file_into_a_memmap(tmp_path):
+    import numpy as np
+
+    from influence_distillation.artifacts import NpyRows
+
+    torch.manual_seed(3)
+    points = torch.randn(300, 8)
+    np.save(tmp_path / "points.npy", points.numpy())
+    krr = fit_kernel_ridge(points[:40], torch.randn(40, 2, dtype=torch.float64))
+    out = np.lib.format.open_memmap(tmp_path / "scores.npy", mode="w+", dtype=np.float64, shape=(300, 2))
+    reader = NpyRows(tmp_path / "points.npy")
+    assert reader.shape == (300, 8) and np.array_equal(reader[10:20], points[10:20].numpy())
+    krr.predict(reader, chunk_size=64, out=out)
+    torch.testing.assert_close(torch.from_numpy(np.asarray(out)), krr.predict(points))

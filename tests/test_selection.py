@@ -52,3 +52,40 @@ def test_round_robin_single_target_is_top_k_and_seeds_are_reproducible():
 def test_budget_outside_the_pool_is_a_config_error(budget):
     with pytest.raises(ConfigError, match="--budget"):
         select(np.zeros((5, 2)), budget, "top-k")
+
+
+def reference_round_robin(scores, budget, seed):
+    """The rule written out over full orders, as an independent reference."""
+    orders = [np.argsort(-scores[:, j], kind="stable") for j in range(scores.shape[1])]
+    rng, taken, picked, cursors = np.random.default_rng(seed), set(), [], [0] * scores.shape[1]
+    while len(picked) < budget:
+        for j in rng.permutation(scores.shape[1]):
+            while orders[j][cursors[j]] in taken:
+                cursors[j] += 1
+            taken.add(int(orders[j][cursors[j]]))
+            picked.append(int(orders[j][cursors[j]]))
+            if len(picked) == budget:
+                break
+    return picked
+
+
+@pytest.mark.parametrize("targets, budget", [(1, 40), (3, 100), (8, 500), (5, 999)])
+def test_chunked_selection_equals_full_sorting(targets, budget, tmp_path):
+    from influence_distillation import selection
+
+    rng = np.random.default_rng(targets)
+    scores = np.round(rng.normal(size=(1000, targets)), 1)  # rounding makes many ties
+    path = tmp_path / "scores.npy"
+    np.save(path, scores)
+    on_disk = np.load(path, mmap_mode="r")
+    expected = reference_round_robin(scores, budget, 3)
+    assert round_robin(scores, budget, 3).tolist() == expected
+    original = selection.CHUNK_ROWS
+    selection.CHUNK_ROWS = 37  # many small chunks, candidates carried across them
+    try:
+        assert selection.column_candidates(on_disk, 50, chunk_rows=37)[0].tolist() == \
+            np.lexsort((np.arange(1000), -scores[:, 0]))[:50].tolist()
+        assert round_robin(on_disk, budget, 3).tolist() == expected
+        assert top_k(on_disk, budget).tolist() == np.argsort(-scores.mean(1), kind="stable")[:budget].tolist()
+    finally:
+        selection.CHUNK_ROWS = original

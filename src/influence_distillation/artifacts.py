@@ -166,3 +166,32 @@ def content_fingerprint(path: str | Path, hash_limit: int = 64 << 20) -> str:
 
 def fingerprint(**parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+class NpyRows:
+    """Row-slice access to a 2-D `.npy` file by plain reads: unlike a memmap, rows already read do not stay
+    resident, so streaming over a file larger than memory keeps the footprint at one chunk."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        with self.path.open("rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            self.shape, fortran, self.dtype = read_header(handle)
+            self.offset = handle.tell()
+        if fortran or len(self.shape) != 2:
+            raise ValueError(f"{self.path}: expected a C-ordered 2-D array")
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        start, stop, step = rows.indices(self.shape[0])
+        if step != 1:
+            raise ValueError("only contiguous row slices are supported")
+        width = self.shape[1] * self.dtype.itemsize
+        with self.path.open("rb") as handle:
+            handle.seek(self.offset + start * width)
+            data = np.fromfile(handle, dtype=self.dtype, count=max(0, stop - start) * self.shape[1])
+        return data.reshape(-1, self.shape[1])

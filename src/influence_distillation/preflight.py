@@ -67,6 +67,7 @@ def estimate(config: SelectConfig) -> list[Estimate]:
     size = sum(p.numel() for p in params.values())
     projector = make_projector(size, config.gradients.proj_dim, 0)
     sample = sorted(pool, key=len)[len(pool) // 2 : len(pool) // 2 + 2]  # two median-length samples
+    projected_gradients(model, sample[:1], params, projector, progress=False)  # warm-up: first calls are slow
     start = time.perf_counter()
     projected_gradients(model, sample, params, projector, progress=False)
     per_gradient_token = (time.perf_counter() - start) / tokens(sample)
@@ -79,6 +80,7 @@ def estimate(config: SelectConfig) -> list[Estimate]:
         backbone = truncated_backbone(model, embed.num_blocks)
         embedder = JvpEmbedder(backbone, embed.num_tangents, embed.dim, 0, embed.batch_size, pad_token_id(tokenizer))
         batch = sorted(pool, key=len)[len(pool) // 2 : len(pool) // 2 + embed.batch_size]
+        embedder(batch[:2])  # warm-up
         start = time.perf_counter()
         embedder(batch)
         per_token = (time.perf_counter() - start) / tokens(batch)
@@ -106,9 +108,11 @@ def estimate(config: SelectConfig) -> list[Estimate]:
                                   model_bytes + landmarks**2 * 16 + chunk * landmarks * 8 + len(pool) * len(target) * 8,
                                   0.0))
     if config.method in ("mid-ppl", "rds+"):
-        start = time.perf_counter()
+        device = next(model.parameters()).device
         with torch.no_grad():
-            model(input_ids=sample[0].input_ids[None].to(next(model.parameters()).device))
+            model(input_ids=sample[0].input_ids[None].to(device))  # warm-up
+            start = time.perf_counter()
+            model(input_ids=sample[0].input_ids[None].to(device))
         estimates.append(Estimate("pool forward passes", (time.perf_counter() - start) / len(sample[0])
                                   * tokens(pool), model_bytes + 16 * longest * hidden * 8 * bytes_per, 0.0))
     estimates.append(Estimate("write outputs", 1.0, model_bytes + len(pool) * len(target) * 16,

@@ -43,14 +43,20 @@ class KernelRidge:
     bandwidth: float
     cholesky: torch.Tensor  # (l, l) lower factor of K_LL + δI, float64
 
-    def predict(self, points: torch.Tensor, chunk_size: int = 4096) -> torch.Tensor:
-        """(N, d_e) → (N, t) float64, `chunk_size` rows at a time; kernels in float32 unless `points` are float64."""
-        out = torch.empty(points.shape[0], self.coef.shape[1], dtype=torch.float64)
-        dtype = torch.promote_types(points.dtype, torch.float32)
-        landmarks = self.landmarks.to(dtype)
-        for start in range(0, points.shape[0], chunk_size):
-            block = points[start : start + chunk_size].to(dtype)
-            out[start : start + chunk_size] = rbf_kernel(block, landmarks, self.bandwidth).double() @ self.coef
+    def predict(self, points, chunk_size: int = 4096, out=None):
+        """(N, d_e) → (N, t) float64, `chunk_size` rows at a time; kernels in float32 unless `points` are float64.
+
+        `points` may be a tensor or anything that returns row slices as arrays (`np.memmap`, `artifacts.NpyRows`),
+        and `out` any (N, t) array to write into, so a pool larger than memory streams through one chunk at a time.
+        """
+        num_rows = points.shape[0]
+        if out is None:
+            out = torch.empty(num_rows, self.coef.shape[1], dtype=torch.float64)
+        for start in range(0, num_rows, chunk_size):
+            block = torch.as_tensor(np.asarray(points[start : start + chunk_size]))
+            dtype = torch.promote_types(block.dtype, torch.float32)
+            values = rbf_kernel(block.to(dtype), self.landmarks.to(dtype), self.bandwidth).double() @ self.coef
+            out[start : start + chunk_size] = values if isinstance(out, torch.Tensor) else values.numpy()
         return out
 
     def coefficients(self, points: torch.Tensor, chunk_size: int = 4096) -> torch.Tensor:

@@ -1,50 +1,88 @@
 """Turning an (N, t) score matrix into k distinct pool indices (paper §5.6).
 
-Ties are broken towards the lower index, so the same scores always give the same selection.
+Both strategies read the scores in row chunks and keep only, per target column, the best m = k + ⌈k/t⌉ rows: in
+round-robin a column picks at most ⌈k/t⌉ rows and skips at most k rows taken by other columns, so it never looks
+further down its order than that. Memory is O(t·(k + chunk)), so an N×t matrix that does not fit in memory (a
+`np.memmap`) works as well as an in-memory one. Ties are broken towards the lower index, so the same scores always
+give the same selection.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
 from .errors import ConfigError
 
-
-def descending_order(scores: np.ndarray) -> np.ndarray:
-    """Indices by decreasing score; equal scores keep increasing index order."""
-    return np.argsort(-scores, kind="stable")
+CHUNK_ROWS = 1 << 16
 
 
-def top_k(scores: np.ndarray, budget: int) -> np.ndarray:
+def _ordered(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Positions sorting by decreasing value, then increasing row index."""
+    return np.lexsort((rows, -values))
+
+
+def column_candidates(scores, keep: int, chunk_rows: int | None = None) -> list[np.ndarray]:
+    """For each column of `scores` (N, t), its `keep` best rows in descending order (ties: lower row first)."""
+    num_rows, num_targets = scores.shape
+    chunk_rows = chunk_rows or CHUNK_ROWS
+    best_rows = [np.empty(0, dtype=np.int64) for _ in range(num_targets)]
+    best_values = [np.empty(0) for _ in range(num_targets)]
+    for start in range(0, num_rows, chunk_rows):
+        block = np.asarray(scores[start : start + chunk_rows], dtype=np.float64)
+        if not np.isfinite(block).all():
+            raise ValueError("scores contain NaN or infinity")
+        rows = np.arange(start, start + block.shape[0])
+        for j in range(num_targets):
+            values = np.concatenate([best_values[j], block[:, j]])
+            candidates = np.concatenate([best_rows[j], rows])
+            order = _ordered(values, candidates)[:keep]
+            best_values[j], best_rows[j] = values[order], candidates[order]
+    return best_rows
+
+
+def _as_matrix(scores):
+    return scores[:, None] if scores.ndim == 1 else scores
+
+
+class _RowMeans:
+    """A lazily computed (N, 1) view of the row means of an (N, t) matrix, read chunk by chunk."""
+
+    def __init__(self, scores):
+        self.scores, self.shape = scores, (scores.shape[0], 1)
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        return np.asarray(self.scores[rows], dtype=np.float64).mean(axis=1, keepdims=True)
+
+
+def top_k(scores, budget: int) -> np.ndarray:
     """The `budget` best rows of a score vector (N,) or, for a matrix (N, t), of its row means."""
-    scores = np.asarray(scores, dtype=np.float64)
-    mean = scores.mean(axis=1) if scores.ndim == 2 else scores
-    _check(mean.shape[0], budget, mean)
-    return descending_order(mean)[:budget]
+    scores = _as_matrix(scores)
+    _check(scores.shape[0], budget)
+    return column_candidates(_RowMeans(scores), budget)[0]
 
 
-def round_robin(scores: np.ndarray, budget: int, seed: int) -> np.ndarray:
+def round_robin(scores, budget: int, seed: int) -> np.ndarray:
     """Each round visits the target columns in a fresh seeded random order; each takes its best unselected row.
 
     Returns the selected row indices in the order they were taken.
     """
-    scores = np.asarray(scores, dtype=np.float64)
-    if scores.ndim == 1:
-        scores = scores[:, None]
+    scores = _as_matrix(scores)
     num_rows, num_targets = scores.shape
-    _check(num_rows, budget, scores)
-    orders = [descending_order(scores[:, j]) for j in range(num_targets)]
+    _check(num_rows, budget)
+    orders = column_candidates(scores, min(num_rows, budget + math.ceil(budget / num_targets)))
     cursors = [0] * num_targets
-    taken = np.zeros(num_rows, dtype=bool)
+    taken: set[int] = set()
     picked: list[int] = []
     rng = np.random.default_rng(seed)
     while len(picked) < budget:
         for j in rng.permutation(num_targets):
             order = orders[j]
-            while taken[order[cursors[j]]]:
+            while int(order[cursors[j]]) in taken:
                 cursors[j] += 1
             row = int(order[cursors[j]])
-            taken[row] = True
+            taken.add(row)
             picked.append(row)
             if len(picked) == budget:
                 break
@@ -55,14 +93,12 @@ SELECTORS = {"round-robin": lambda scores, budget, seed: round_robin(scores, bud
              "top-k": lambda scores, budget, seed: top_k(scores, budget)}
 
 
-def select(scores: np.ndarray, budget: int, strategy: str = "round-robin", seed: int = 0) -> np.ndarray:
+def select(scores, budget: int, strategy: str = "round-robin", seed: int = 0) -> np.ndarray:
     if strategy not in SELECTORS:
         raise ConfigError(f"--selection: unknown strategy {strategy!r}; choose from {', '.join(SELECTORS)}")
     return SELECTORS[strategy](scores, budget, seed)
 
 
-def _check(num_rows: int, budget: int, scores: np.ndarray) -> None:
+def _check(num_rows: int, budget: int) -> None:
     if not 0 < budget <= num_rows:
         raise ConfigError(f"--budget must be between 1 and the {num_rows} selectable pool samples, got {budget}")
-    if not np.isfinite(scores).all():
-        raise ValueError("scores contain NaN or infinity")
