@@ -23,7 +23,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from influence_distillation import EmbeddingConfig, ModelConfig, load_model, load_samples, tokenize_samples
+from influence_distillation import (
+    EmbeddingConfig,
+    ModelConfig,
+    load_model,
+    load_samples,
+    tokenize_samples,
+)
 from influence_distillation.artifacts import fingerprint, write_npy
 from influence_distillation.baselines import minilm_embeddings, rds_embeddings
 from influence_distillation.landmarks import choose_landmarks

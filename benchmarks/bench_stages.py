@@ -22,7 +22,11 @@ import torch
 from torch.func import functional_call, jvp
 
 from influence_distillation.embeddings import jvp_outputs, sample_tangents
-from influence_distillation.gradients import flat_gradient, only_requires_grad, select_parameters
+from influence_distillation.gradients import (
+    flat_gradient,
+    only_requires_grad,
+    select_parameters,
+)
 from influence_distillation.models import truncated_backbone
 from influence_distillation.projection import HadamardProjector, fwht
 from influence_distillation.propagation import fit_kernel_ridge

@@ -4,15 +4,14 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import make_model
+from test_cli import select_args
 
 from influence_distillation import baselines
 from influence_distillation.cli import main
 from influence_distillation.data import Sample
 from influence_distillation.preconditioning import AdamParamState
 from influence_distillation.tokenization import tokenize_samples
-
-from conftest import make_model
-from test_cli import select_args
 
 
 def test_mid_ppl_takes_the_band_from_the_33rd_percentile():

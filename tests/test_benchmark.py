@@ -3,9 +3,9 @@
 import csv
 import json
 
-from influence_distillation.cli import main
-
 from conftest import synthetic_pool, synthetic_target, write_jsonl
+
+from influence_distillation.cli import main
 
 
 def test_benchmark_compares_every_method_on_the_same_footing(model_dir, tmp_path, capsys):

@@ -9,10 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
+from conftest import make_model
 
 from influence_distillation.cli import main
-
-from conftest import make_model, synthetic_pool, write_jsonl
 
 FAST = ["--landmarks", "12", "--num-blocks", "2", "--grad-dim", "256", "--quiet"]
 

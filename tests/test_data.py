@@ -1,11 +1,10 @@
 import json
 
 import pytest
+from conftest import write_jsonl
 
 from influence_distillation.data import load_samples
 from influence_distillation.errors import DataError
-
-from conftest import write_jsonl
 
 
 def test_all_record_formats_become_turns_or_text(tmp_path):

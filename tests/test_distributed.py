@@ -7,7 +7,6 @@ import sys
 import time
 
 import pytest
-
 from conftest import synthetic_pool, synthetic_target, write_jsonl
 from test_cli import select_args
 

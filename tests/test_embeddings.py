@@ -1,12 +1,15 @@
 import pytest
 import torch
+from conftest import make_model
 
-from influence_distillation.embeddings import jvp_embeddings, jvp_outputs, sample_tangents
+from influence_distillation.embeddings import (
+    jvp_embeddings,
+    jvp_outputs,
+    sample_tangents,
+)
 from influence_distillation.models import truncated_backbone
 from influence_distillation.projection import HadamardProjector
 from influence_distillation.tokenization import Example, collate
-
-from conftest import make_model
 
 
 def random_examples(vocab, lengths, seed=0):

@@ -2,13 +2,16 @@ import json
 
 import pytest
 import torch
+from conftest import make_model, synthetic_pool, write_jsonl
 
 from influence_distillation.data import Sample
-from influence_distillation.evaluation import EvalConfig, finetune_lora, run_evaluation, score_choices
+from influence_distillation.evaluation import (
+    EvalConfig,
+    finetune_lora,
+    score_choices,
+)
 from influence_distillation.gradients import batch_losses, token_log_likelihoods
 from influence_distillation.tokenization import collate, tokenize_samples
-
-from conftest import make_model, synthetic_pool, write_jsonl
 
 
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from conftest import make_model
 
 from influence_distillation.data import Sample
 from influence_distillation.errors import ConfigError
@@ -12,8 +13,6 @@ from influence_distillation.gradients import (
 )
 from influence_distillation.projection import HadamardProjector, IdentityProjector
 from influence_distillation.tokenization import IGNORE_INDEX, tokenize_samples
-
-from conftest import make_model
 
 
 @pytest.fixture

@@ -1,11 +1,10 @@
 import pytest
 import torch
+from conftest import make_model
 from torch import nn
 
 from influence_distillation.errors import ConfigError, ModelError
 from influence_distillation.models import find_blocks, truncated_backbone
-
-from conftest import make_model
 
 FINAL_NORM = {"llama": "norm", "qwen2": "norm", "gpt2": "ln_f", "neox": "final_layer_norm"}
 

@@ -5,7 +5,11 @@ import torch
 from torch import nn
 
 from influence_distillation.errors import ModelError
-from influence_distillation.preconditioning import adam_coefficients, adam_preconditioner, load_adamw_state
+from influence_distillation.preconditioning import (
+    adam_coefficients,
+    adam_preconditioner,
+    load_adamw_state,
+)
 
 
 def warmed_up(named: bool, steps: int = 5, weight_decay: float = 0.1):
@@ -102,6 +106,7 @@ def test_mismatched_or_unsafe_states_are_refused(tmp_path):
 
 def test_hugging_face_trainer_grouping_and_checkpoint_folders(tmp_path):
     from conftest import make_model
+
     from influence_distillation.preconditioning import state_learning_rate
 
     model = make_model("llama", 64)

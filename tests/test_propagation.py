@@ -3,7 +3,12 @@ import math
 import pytest
 import torch
 
-from influence_distillation.propagation import fit_kernel_ridge, median_bandwidth, rbf_kernel, squared_distances
+from influence_distillation.propagation import (
+    fit_kernel_ridge,
+    median_bandwidth,
+    rbf_kernel,
+    squared_distances,
+)
 
 
 def test_squared_distances_and_median_match_brute_force():

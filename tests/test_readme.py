@@ -3,7 +3,13 @@
 import re
 from pathlib import Path
 
-from conftest import make_model, make_tokenizer, synthetic_pool, synthetic_target, write_jsonl
+from conftest import (
+    make_model,
+    make_tokenizer,
+    synthetic_pool,
+    synthetic_target,
+    write_jsonl,
+)
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -6,10 +6,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from test_cli import select_args
 
 from influence_distillation.cli import main
-
-from test_cli import select_args
 
 
 def read_selected(out):

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from conftest import make_tokenizer
 
 from influence_distillation.data import Sample
 from influence_distillation.errors import ModelError
@@ -11,8 +12,6 @@ from influence_distillation.tokenization import (
     render_chat,
     tokenize_samples,
 )
-
-from conftest import make_tokenizer
 
 
 def chat(*turns, sample_id="x"):

@@ -31,9 +31,21 @@ from .artifacts import write_json
 from .config import ModelConfig, option, to_dict
 from .data import Sample, load_samples
 from .errors import ConfigError, DataError
-from .gradients import backbone_and_head, backward_mean_loss, batch_losses, token_log_likelihoods
+from .gradients import (
+    backbone_and_head,
+    backward_mean_loss,
+    batch_losses,
+    token_log_likelihoods,
+)
 from .models import load_model, pad_token_id
-from .tokenization import IGNORE_INDEX, Example, collate, length_batches, tokenize_samples, training_batches
+from .tokenization import (
+    IGNORE_INDEX,
+    Example,
+    collate,
+    length_batches,
+    tokenize_samples,
+    training_batches,
+)
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,6 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -20,19 +19,25 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import artifacts, baselines, cost
+from . import __version__, artifacts, baselines, cost
 from .baselines import BASELINES
-from .config import EmbeddingConfig, GradientConfig, PropagationConfig, SelectConfig, to_dict
+from .config import (
+    EmbeddingConfig,
+    GradientConfig,
+    PropagationConfig,
+    SelectConfig,
+    to_dict,
+)
 from .data import load_samples
 from .distributed import DistInfo
 from .embeddings import JvpEmbedder, jvp_embeddings
-from .shards import ShardedStage
 from .errors import ConfigError, DataError
 from .gradients import projected_gradients, select_parameters
 from .hessian import gradient_and_hessian_rows, target_hvp
 from .influence import curvature, first_order_influence
 from .landmarks import choose_landmarks
 from .models import load_model, pad_token_id, truncated_backbone
+from .outputs import SelectionResult, manifest_base, output_files, write_outputs
 from .preconditioning import (
     AdamParamState,
     adam_offset_vector,
@@ -43,8 +48,15 @@ from .preconditioning import (
 from .projection import make_projector
 from .propagation import KernelRidge, fit_kernel_ridge, heldout_fidelity
 from .selection import select
+from .shards import ShardedStage
 from .tokenization import Example, TokenizedSet, tokenize_samples
-from .weights import DenseQuadraticForm, FactoredQuadraticForm, WeightSolution, kkt_residual, solve_weights
+from .weights import (
+    DenseQuadraticForm,
+    FactoredQuadraticForm,
+    WeightSolution,
+    kkt_residual,
+    solve_weights,
+)
 
 log = logging.getLogger(__name__)
 
@@ -145,20 +157,6 @@ def propagation_matrix(krr: KernelRidge, embeddings: torch.Tensor, landmark_rows
     return coefficients
 
 
-@dataclass
-class SelectionResult:
-    """Everything a run computed; row i of every pool-sized array is pool sample `pool_ids[i]`."""
-
-    pool_ids: list[str]
-    embeddings: torch.Tensor | None  # (N, d_e); None in exact mode
-    landmarks: np.ndarray  # (l,) row indices (every row in exact mode)
-    landmark_influence: torch.Tensor  # (l, t)
-    scores: np.ndarray  # (N, t) first-order influence on each target sample
-    selected: np.ndarray  # (k,) row indices in selection order
-    weights: WeightSolution | None = None
-    manifest: dict[str, Any] = field(default_factory=dict)
-
-
 class StageTimer:
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
@@ -254,7 +252,7 @@ def run_selection(config: SelectConfig, overwrite: bool = False, progress: bool 
     with run.timer("write"):
         write_outputs(out, result, run.pool_samples, run.pool, run.target)
     manifest["stages"] = run.timer.seconds
-    artifacts.write_json(out / artifacts.MANIFEST, {**manifest, "outputs": _output_files(result),
+    artifacts.write_json(out / artifacts.MANIFEST, {**manifest, "outputs": output_files(result),
                                                     "status": "complete"})
     result.manifest = manifest
     return result
@@ -423,7 +421,7 @@ def _cache_basis(config: SelectConfig) -> dict[str, Any]:
     optimizer = config.gradients.optimizer_state
     return {"model": artifacts.content_fingerprint(resolve_model_path(config.model.path)),
             "pool": artifacts.content_fingerprint(config.pool), "data": to_dict(config.data),
-            "dtype": config.model.dtype, "device": config.model.device, "version": _version(),
+            "dtype": config.model.dtype, "device": config.model.device, "version": __version__,
             "optimizer": artifacts.content_fingerprint(optimizer) if optimizer else None}
 
 
@@ -436,62 +434,8 @@ def _largest_weights(solution: WeightSolution, scores: torch.Tensor, budget: int
 
 
 def _manifest(run: _Run, result: SelectionResult) -> dict[str, Any]:
-    model = run.model
-    manifest = {
-        "tool": "influence-distillation",
-        "version": _version(),
-        "command": "select",
-        "method": run.config.method,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "config": to_dict(run.config),
-        "seeds": run.seeds,
-        "environment": _environment(model),
-        "model": {"class": type(model).__name__, "parameters": sum(p.numel() for p in model.parameters())},
-        "counts": {"pool": run.pool.counts(), "target": run.target.counts(), "landmarks": len(result.landmarks),
-                   "selected": len(result.selected)},
-        **run.details,
-        "cache": {"dir": str(run.cache_dir) if run.cache_dir else None, "reused": run.reused},
-    }
-    return manifest
-
-
-def _output_files(result: SelectionResult) -> list[str]:
-    files = [artifacts.SELECTED, artifacts.SCORES, artifacts.TARGET_SCORES, artifacts.EXCLUDED]
-    files += [artifacts.EMBEDDINGS] if result.embeddings is not None else []
-    files += [artifacts.WEIGHTS] if result.weights is not None else []
-    return files + [artifacts.MANIFEST]
-
-
-def write_outputs(out: Path, result: SelectionResult, samples, pool: TokenizedSet, target: TokenizedSet) -> None:
-    """Every output except the manifest, each written atomically."""
-    artifacts.begin_writing(out)
-    mean_score = result.scores.mean(axis=1)
-    rank = np.full(len(result.pool_ids), -1, dtype=np.int64)
-    rank[result.selected] = np.arange(len(result.selected))
-    is_landmark = np.zeros(len(result.pool_ids), dtype=bool)
-    is_landmark[result.landmarks] = True
-    weights = result.weights.weights.numpy() if result.weights is not None else None
-    records = {sample.id: sample.record for sample in samples}
-    selected_rows = []
-    for row in result.selected:
-        sample_id = result.pool_ids[row]
-        extra = {"weight": float(weights[row])} if weights is not None else {}
-        selected_rows.append({**records[sample_id], "id": records[sample_id].get("id", sample_id),
-                              "score": float(mean_score[row]), **extra})
-    artifacts.write_jsonl(out / artifacts.SELECTED, selected_rows)
-    columns = {"id": result.pool_ids, "score": mean_score, "selected": rank >= 0, "rank": rank,
-               "landmark": is_landmark}
-    artifacts.write_parquet(out / artifacts.SCORES, columns | ({"weight": weights} if weights is not None else {}),
-                            metadata={"method": "influence-distillation",
-                                      "score": "mean first-order influence over target samples"})
-    if weights is not None:
-        artifacts.write_parquet(out / artifacts.WEIGHTS, {"id": result.pool_ids, "weight": weights})
-    artifacts.write_npy(out / artifacts.TARGET_SCORES, result.scores.astype(np.float32))
-    if result.embeddings is not None:
-        artifacts.write_npy(out / artifacts.EMBEDDINGS, result.embeddings.numpy())
-    excluded = [{"id": i, "set": "pool", "reason": r} for i, r in pool.excluded]
-    excluded += [{"id": i, "set": "target", "reason": r} for i, r in target.excluded]
-    artifacts.write_jsonl(out / artifacts.EXCLUDED, excluded)
+    return {**manifest_base(run.config, run.seeds, run.model, run.pool, run.target, result), **run.details,
+            "cache": {"dir": str(run.cache_dir) if run.cache_dir else None, "reused": run.reused}}
 
 
 def _check_usable(pool: TokenizedSet, target: TokenizedSet, config: SelectConfig) -> None:
@@ -510,27 +454,3 @@ def _check_usable(pool: TokenizedSet, target: TokenizedSet, config: SelectConfig
         counts = tokenized.counts()
         log.info("%s: %d samples kept, %d truncated, %d excluded %s", name, counts["kept"], counts["truncated"],
                  counts["excluded"], counts["excluded_by_reason"] or "")
-
-
-def _version() -> str:
-    from . import __version__
-
-    return __version__
-
-
-def _environment(model: nn.Module) -> dict[str, str]:
-    import platform
-    import sys
-
-    import transformers
-
-    return {
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "numpy": np.__version__,
-        "device": str(next(model.parameters()).device),
-        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
-        "threads": str(torch.get_num_threads()),
-    }

@@ -1,0 +1,116 @@
+"""What a selection run returns and writes: `SelectionResult`, the output files and the manifest's common part.
+
+Every output is written atomically (temporary name, then rename) and `manifest.json` last, after the old one was
+removed: a run directory is finished if and only if its manifest says `"status": "complete"`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import artifacts
+from .config import to_dict
+from .tokenization import TokenizedSet
+from .weights import WeightSolution
+
+
+@dataclass
+class SelectionResult:
+    """Everything a run computed; row i of every pool-sized array is pool sample `pool_ids[i]`."""
+
+    pool_ids: list[str]
+    embeddings: torch.Tensor | None  # (N, d_e); None in exact mode
+    landmarks: np.ndarray  # (l,) row indices (every row in exact mode)
+    landmark_influence: torch.Tensor  # (l, t)
+    scores: np.ndarray  # (N, t) first-order influence on each target sample
+    selected: np.ndarray  # (k,) row indices in selection order
+    weights: WeightSolution | None = None
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
+def manifest_base(config, seeds: dict, model: nn.Module, pool: TokenizedSet, target: TokenizedSet,
+                  result: SelectionResult) -> dict[str, Any]:
+    """The manifest entries every method shares: config, seeds, versions, device, counts."""
+    return {
+        "tool": "influence-distillation",
+        "version": _version(),
+        "command": "select",
+        "method": config.method,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config": to_dict(config),
+        "seeds": seeds,
+        "environment": _environment(model),
+        "model": {"class": type(model).__name__, "parameters": sum(p.numel() for p in model.parameters())},
+        "counts": {"pool": pool.counts(), "target": target.counts(), "landmarks": len(result.landmarks),
+                   "selected": len(result.selected)},
+    }
+
+
+def output_files(result: SelectionResult) -> list[str]:
+    files = [artifacts.SELECTED, artifacts.SCORES, artifacts.TARGET_SCORES, artifacts.EXCLUDED]
+    files += [artifacts.EMBEDDINGS] if result.embeddings is not None else []
+    files += [artifacts.WEIGHTS] if result.weights is not None else []
+    return files + [artifacts.MANIFEST]
+
+
+def write_outputs(out: Path, result: SelectionResult, samples, pool: TokenizedSet, target: TokenizedSet) -> None:
+    """Every output except the manifest, each written atomically."""
+    artifacts.begin_writing(out)
+    mean_score = result.scores.mean(axis=1)
+    rank = np.full(len(result.pool_ids), -1, dtype=np.int64)
+    rank[result.selected] = np.arange(len(result.selected))
+    is_landmark = np.zeros(len(result.pool_ids), dtype=bool)
+    is_landmark[result.landmarks] = True
+    weights = result.weights.weights.numpy() if result.weights is not None else None
+    records = {sample.id: sample.record for sample in samples}
+    selected_rows = []
+    for row in result.selected:
+        sample_id = result.pool_ids[row]
+        extra = {"weight": float(weights[row])} if weights is not None else {}
+        selected_rows.append({**records[sample_id], "id": records[sample_id].get("id", sample_id),
+                              "score": float(mean_score[row]), **extra})
+    artifacts.write_jsonl(out / artifacts.SELECTED, selected_rows)
+    columns = {"id": result.pool_ids, "score": mean_score, "selected": rank >= 0, "rank": rank,
+               "landmark": is_landmark}
+    artifacts.write_parquet(out / artifacts.SCORES, columns | ({"weight": weights} if weights is not None else {}),
+                            metadata={"method": "influence-distillation",
+                                      "score": "mean first-order influence over target samples"})
+    if weights is not None:
+        artifacts.write_parquet(out / artifacts.WEIGHTS, {"id": result.pool_ids, "weight": weights})
+    artifacts.write_npy(out / artifacts.TARGET_SCORES, result.scores.astype(np.float32))
+    if result.embeddings is not None:
+        artifacts.write_npy(out / artifacts.EMBEDDINGS, result.embeddings.numpy())
+    excluded = [{"id": i, "set": "pool", "reason": r} for i, r in pool.excluded]
+    excluded += [{"id": i, "set": "target", "reason": r} for i, r in target.excluded]
+    artifacts.write_jsonl(out / artifacts.EXCLUDED, excluded)
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _environment(model: nn.Module) -> dict[str, str]:
+    import platform
+    import sys
+
+    import transformers
+
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "numpy": np.__version__,
+        "device": str(next(model.parameters()).device),
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "threads": str(torch.get_num_threads()),
+    }
