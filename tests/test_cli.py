@@ -265,3 +265,11 @@ def test_dry_run_estimates_every_stage_and_refuses_what_cannot_fit(model_dir, da
     monkeypatch.setattr(preflight, "available_memory", lambda: 1e6)
     assert main(select_args(pool, target, model_dir("llama"), out, 5, "--dry-run")) == 2
     assert "exceeds the 0.0 GiB available" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["select", "warmup", "evaluate", "demo", "benchmark"])
+def test_every_help_page_renders(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: influence-distill " + command in capsys.readouterr().out

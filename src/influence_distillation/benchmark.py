@@ -47,7 +47,7 @@ class BenchmarkConfig:
     quick: bool = option(False, "The demo's quick sizes and recipe: a few minutes per method.")
     seeds: int = option(1, "Fine-tuning seeds per selection.")
     seed: int = option(0, "Seed of the data, selections and fine-tuning.")
-    budget: int = option(0, "Samples to select (default: the demo's, 5% of its pool).")
+    budget: int = option(0, "Samples to select (default: the demo's, 5%% of its pool).")
 
 
 def run_benchmark(config: BenchmarkConfig, progress: bool = True) -> dict[str, Any]:
