@@ -33,6 +33,7 @@ from influence_distillation import (
 )
 from influence_distillation.artifacts import fingerprint, write_npy
 from influence_distillation.baselines import minilm_embeddings, rds_embeddings
+from influence_distillation.demo import FULL
 from influence_distillation.landmarks import choose_landmarks
 from influence_distillation.pipeline import compute_embeddings
 from influence_distillation.propagation import fit_kernel_ridge, spearman
@@ -85,13 +86,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bench", default="runs/benchmark")
     parser.add_argument("--out", default="runs/fidelity")
+    parser.add_argument("--embeddings-only", action="store_true",
+                        help="only compute and cache the embeddings (needs one finished exact run, not the whole "
+                             "benchmark), e.g. while the benchmark's fine-tunes run")
     args = parser.parse_args()
     bench, out = Path(args.bench), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    settings = json.loads((bench / "benchmark.json").read_text())["settings"]
-    targets = json.loads((bench / "benchmark.json").read_text())["targets"]
+    if args.embeddings_only:
+        settings = FULL
+        targets = sorted(p.name[len("select-"):-len("-exact")] for p in bench.glob("select-*-exact")
+                         if (p / "scores.parquet").is_file())
+    else:
+        settings = json.loads((bench / "benchmark.json").read_text())["settings"]
+        targets = json.loads((bench / "benchmark.json").read_text())["targets"]
+        exact = {t: np.load(bench / f"select-{t}-exact" / "target_scores.npy").astype(np.float64) for t in targets}
     budget = settings["budget"]
-    exact = {t: np.load(bench / f"select-{t}-exact" / "target_scores.npy").astype(np.float64) for t in targets}
     ids = pq.read_table(bench / f"select-{targets[0]}-exact" / "scores.parquet").to_pydict()["id"]
 
     model, tokenizer = load_model(ModelConfig(path=json.loads((bench / f"select-{targets[0]}-exact" /
@@ -112,6 +121,8 @@ def main() -> None:
         else:
             embeddings[name], seconds[name] = embeddings_of(name, model, pool.examples, kept_samples, cache, key)
         print(name, tuple(embeddings[name].shape), seconds[name], flush=True)
+    if args.embeddings_only:
+        return
 
     rows = []
     n = len(ids)
