@@ -8,9 +8,10 @@ influence of every pool sample on every target sample):
 Because the exact influence of every pool sample is known, any landmark set's values are rows of it, so each
 (embedding, landmark strategy, landmark count) costs one KRR fit and no gradients. For each combination it reports
 the Spearman correlation between propagated and exact influence over the non-landmark pool samples (per target
-sample, averaged) and the recall of the exact top-k by mean influence (k = the benchmark's budget). Embeddings: JVP
-with K ∈ {1, 2, 4} blocks (m = 2) and m ∈ {1, 4} tangents (K = 2), RDS+ hidden states, MiniLM; the K = 2, m = 2,
-RDS+ and MiniLM embeddings are read from the benchmark's own runs (with their cold times) instead of recomputed.
+sample, averaged, then averaged over `--seeds` landmark draws) and the recall of the exact top-k by mean influence
+(k = the benchmark's budget). Embeddings: JVP with K ∈ {1, 2, 4} blocks and m ∈ {1, 2} tangents, and m = 4 at
+K = 2, RDS+ hidden states, MiniLM; the benchmark's own JVP setting, RDS+ and MiniLM embeddings are read from its runs
+(with their cold times) instead of recomputed.
 """
 
 from __future__ import annotations
@@ -40,13 +41,15 @@ from influence_distillation.propagation import fit_kernel_ridge, spearman
 
 FRACTIONS = (0.01, 0.02, 0.05, 0.1, 0.2)
 STRATEGIES = ("random", "kmeans++", "k-center")
-JVP = ((1, 2), (2, 2), (4, 2), (2, 1), (2, 4))  # (K blocks, m tangents)
+JVP = ((1, 2), (2, 2), (4, 2), (2, 1), (2, 4), (1, 1), (4, 1))  # (K blocks, m tangents)
 
 
 def embeddings_of(name, model, examples, samples, cache: Path, key: str):
+    """The embedding `name` of the pool, from the cache if computed before; with its cold time in seconds."""
     path = cache / f"{name}-{fingerprint(name=name, key=key)}.npy"
+    timing = path.with_suffix(".seconds.json")
     if path.is_file():
-        return torch.from_numpy(np.load(path)), None
+        return torch.from_numpy(np.load(path)), json.loads(timing.read_text()) if timing.is_file() else None
     start = time.perf_counter()
     if name.startswith("jvp"):
         blocks, tangents = (int(x) for x in name[4:].split("m"))
@@ -57,24 +60,24 @@ def embeddings_of(name, model, examples, samples, cache: Path, key: str):
         value = minilm_embeddings(samples)
     seconds = time.perf_counter() - start
     write_npy(path, value.numpy())
+    timing.write_text(json.dumps(seconds))
     return value, seconds
 
 
 # Embeddings the benchmark's own runs already wrote (same pool and model): the method and the manifest stage
-# whose time is the embedding time (for the baselines it includes embedding the 32 target samples).
-FROM_BENCHMARK = {"jvp-2m2": ("influence", "embeddings"), "rds+": ("rds+", "scores"), "minilm": ("embed-sim", "scores")}
+# whose time is the embedding time (for the baselines it includes embedding the 32 target samples). Ours is reused
+# for whichever JVP setting the benchmark ran.
+FROM_BENCHMARK = {"jvp": ("influence", "embeddings"), "rds+": ("rds+", "scores"), "minilm": ("embed-sim", "scores")}
 
 
 def from_benchmark(bench: Path, target: str, name: str, rows: int):
-    if name not in FROM_BENCHMARK:
-        return None
-    method, stage = FROM_BENCHMARK[name]
+    method, stage = FROM_BENCHMARK.get(name.split("-")[0], (None, None))
     folder = bench / f"select-{target}-{method}"
-    if not (folder / "embeddings.npy").is_file():
+    if method is None or not (folder / "embeddings.npy").is_file():
         return None
     manifest = json.loads((folder / "manifest.json").read_text())
-    if name == "jvp-2m2" and (manifest["config"]["embedding"]["num_blocks"], manifest["config"]["embedding"][
-            "num_tangents"]) != (2, 2):
+    embedding = manifest["config"]["embedding"]
+    if name.startswith("jvp") and name != f"jvp-{embedding['num_blocks']}m{embedding['num_tangents']}":
         return None
     value = torch.from_numpy(np.load(folder / "embeddings.npy"))
     if value.shape[0] != rows:
@@ -86,6 +89,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bench", default="runs/benchmark")
     parser.add_argument("--out", default="runs/fidelity")
+    parser.add_argument("--seeds", type=int, default=5,
+                        help="landmark draws per (embedding, strategy, count); the tables report the mean")
     parser.add_argument("--embeddings-only", action="store_true",
                         help="only compute and cache the embeddings (needs one finished exact run, not the whole "
                              "benchmark), e.g. while the benchmark's fine-tunes run")
@@ -126,27 +131,32 @@ def main() -> None:
 
     rows = []
     n = len(ids)
+    top_true = {t: set(np.argsort(-exact[t].mean(1))[:budget].tolist()) for t in targets}
     for name, points in embeddings.items():
         for strategy in STRATEGIES:
-            for fraction in FRACTIONS if strategy == "random" or name == "jvp-2m2" else (0.05,):
-                landmarks = choose_landmarks(n, fraction, seed=0, strategy=strategy, embeddings=points)
-                others = np.setdiff1d(np.arange(n), landmarks)
-                spearmans, recalls = [], []
-                for target in targets:
-                    values = torch.from_numpy(exact[target])
-                    krr = fit_kernel_ridge(points[landmarks], values[landmarks], ridge=0.01)
-                    predicted = krr.predict(points)
-                    predicted[landmarks] = values[landmarks]
-                    spearmans.append(np.mean([spearman(predicted[others, j], values[others, j])
-                                              for j in range(values.shape[1])]))
-                    top_true = set(np.argsort(-exact[target].mean(1))[:budget])
-                    top_pred = set(np.argsort(-predicted.mean(1).numpy())[:budget])
-                    recalls.append(len(top_true & top_pred) / budget)
+            for fraction in FRACTIONS:
+                spearmans, recalls = [], []  # one entry per (seed, target)
+                for seed in range(args.seeds):
+                    landmarks = choose_landmarks(n, fraction, seed=seed, strategy=strategy, embeddings=points)
+                    others = np.setdiff1d(np.arange(n), landmarks)
+                    for target in targets:
+                        values = torch.from_numpy(exact[target])
+                        krr = fit_kernel_ridge(points[landmarks], values[landmarks], ridge=0.01)
+                        predicted = krr.predict(points)
+                        predicted[landmarks] = values[landmarks]
+                        spearmans.append(np.mean([spearman(predicted[others, j], values[others, j])
+                                                  for j in range(values.shape[1])]))
+                        top_pred = set(np.argsort(-predicted.mean(1).numpy())[:budget].tolist())
+                        recalls.append(len(top_true[target] & top_pred) / budget)
+                per_target = np.array(spearmans).reshape(args.seeds, len(targets))
                 rows.append({"embedding": name, "strategy": strategy, "fraction": fraction,
-                             "landmarks": len(landmarks), "spearman": float(np.mean(spearmans)),
+                             "landmarks": len(landmarks), "seeds": args.seeds,
+                             "spearman": float(np.mean(spearmans)),
+                             "spearman_seed_std": float(per_target.mean(1).std()),
                              "recall": float(np.mean(recalls)),
-                             "per_target_spearman": dict(zip(targets, map(float, spearmans)))})
-                print(rows[-1], flush=True)
+                             "recall_seed_std": float(np.array(recalls).reshape(args.seeds, -1).mean(1).std()),
+                             "per_target_spearman": dict(zip(targets, map(float, per_target.mean(0))))})
+                print({k: v for k, v in rows[-1].items() if k != "per_target_spearman"}, flush=True)
     (out / "fidelity.json").write_text(json.dumps({"rows": rows, "embedding_seconds": seconds}, indent=2))
     report(rows, seconds, out)
 
@@ -157,17 +167,22 @@ def report(rows, seconds, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    print("\n| embedding | embedding seconds | " + " | ".join(f"{f:.0%} landmarks" for f in FRACTIONS) + " |")
+    print("\nRandom landmarks (Spearman ± std over landmark draws / top-k recall):\n")
+    print("| embedding | embedding seconds | " + " | ".join(f"{f:.0%} landmarks" for f in FRACTIONS) + " |")
     print("|---|---|" + "---|" * len(FRACTIONS))
     for name in dict.fromkeys(r["embedding"] for r in rows):
-        cells = [next(f"{r['spearman']:.3f} / {r['recall']:.2f}" for r in rows if r["embedding"] == name
+        cells = [next(f"{r['spearman']:.3f}±{r['spearman_seed_std']:.3f} / {r['recall']:.2f}" for r in rows if r["embedding"] == name
                       and r["strategy"] == "random" and r["fraction"] == f) for f in FRACTIONS]
         spent = "cached" if seconds.get(name) is None else f"{seconds[name]:.0f}"
         print(f"| {name} | {spent} | " + " | ".join(cells) + " |")
-    print("\n| embedding | strategy | landmarks | Spearman | top-k recall |\n|---|---|---|---|---|")
-    for r in rows:
-        if r["fraction"] == 0.05:
-            print(f"| {r['embedding']} | {r['strategy']} | {r['landmarks']} | {r['spearman']:.3f} | {r['recall']:.2f} |")
+    print("\nLandmark strategies (Spearman / top-k recall, mean over landmark draws):\n")
+    print("| embedding | strategy | " + " | ".join(f"{f:.0%}" for f in FRACTIONS) + " |")
+    print("|---|---|" + "---|" * len(FRACTIONS))
+    for name in dict.fromkeys(r["embedding"] for r in rows):
+        for strategy in STRATEGIES:
+            cells = [f"{r['spearman']:.3f} / {r['recall']:.2f}" for r in rows
+                     if r["embedding"] == name and r["strategy"] == strategy]
+            print(f"| {name} | {strategy} | " + " | ".join(cells) + " |")
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for name in dict.fromkeys(r["embedding"] for r in rows):
         mine = [r for r in rows if r["embedding"] == name and r["strategy"] == "random"]
@@ -175,7 +190,11 @@ def report(rows, seconds, out: Path) -> None:
             ax.plot([r["landmarks"] for r in mine], [r[metric] for r in mine], marker="o", label=name)
     for ax, title in zip(axes, ("Spearman vs exact influence", "recall of the exact top-k")):
         ax.set_xscale("log")
-        ax.set_xlabel("landmarks (random)")
+        counts = sorted({r["landmarks"] for r in rows})
+        ax.set_xticks(counts, [str(c) for c in counts])
+        ax.minorticks_off()
+        ax.grid(alpha=0.3)
+        ax.set_xlabel("landmarks (random; mean over landmark draws)")
         ax.set_title(title)
     axes[0].legend(fontsize=8)
     fig.tight_layout()

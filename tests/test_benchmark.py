@@ -5,10 +5,11 @@ import json
 
 from conftest import synthetic_pool, synthetic_target, write_jsonl
 
+from influence_distillation import benchmark
 from influence_distillation.cli import main
 
 
-def test_benchmark_compares_every_method_on_the_same_footing(model_dir, tmp_path, capsys):
+def test_benchmark_compares_every_method_on_the_same_footing(model_dir, tmp_path, capsys, monkeypatch):
     data = tmp_path / "data"
     (data / "targets" / "math").mkdir(parents=True)
     pool = [{"id": f"p{i}", "task": "math" if "plus" in r["prompt"] else "other", **r}
@@ -40,3 +41,24 @@ def test_benchmark_compares_every_method_on_the_same_footing(model_dir, tmp_path
     assert main(args) == 0
     assert json.loads((out / "benchmark.json").read_text())["methods"]["less"]["selection_seconds"] == \
         summary["methods"]["less"]["selection_seconds"]
+    # Only what changed is evaluated again: a selection whose evaluation is stale, not the other six.
+    evaluated = []
+    real = benchmark.evaluate_subsets
+    monkeypatch.setattr(benchmark, "evaluate_subsets",
+                        lambda config, subsets, *a, **k: evaluated.append(sorted(subsets)) or real(config, subsets,
+                                                                                                  *a, **k))
+    cache = json.loads((out / "eval-math.json").read_text())
+    cache["methods"]["rds+"]["fingerprint"] = "stale"
+    (out / "eval-math.json").write_text(json.dumps(cache))
+    assert main(args) == 0
+    assert evaluated == [["rds+"]]
+    assert json.loads((out / "benchmark.json").read_text())["rows"] == summary["rows"]
+    # Changing ours (K) re-runs it with the landmark gradients from the cache: not a cold run, so its time is left
+    # out rather than reported stale; the baselines' cold times do not depend on K and are kept.
+    monkeypatch.setitem(benchmark.QUICK, "num_blocks", benchmark.QUICK["num_blocks"] + 1)
+    assert main(args) == 0
+    after = json.loads((out / "benchmark.json").read_text())["methods"]
+    assert after["influence"]["selection_seconds"] is None
+    assert after["rds+"]["selection_seconds"] == summary["methods"]["rds+"]["selection_seconds"]
+    assert after["less"]["selection_seconds"] == summary["methods"]["less"]["selection_seconds"]
+    assert evaluated[0] == ["rds+"] and evaluated[1:] in ([], [["influence"]])  # only a changed selection

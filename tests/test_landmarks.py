@@ -31,3 +31,26 @@ def test_kcenter_covers_clusters_that_random_choice_can_miss():
         assert set(cluster[chosen]) == set(range(5)), strategy
     with pytest.raises(ConfigError, match="needs embeddings"):
         choose_landmarks(100, 5, seed=0, strategy="k-center", embeddings=None)
+
+
+@pytest.mark.parametrize("strategy", ["kmeans++", "k-center"])
+def test_duplicate_embeddings_are_never_both_landmarks(strategy):
+    # Distances come from ‖x‖² − 2x·y + ‖y‖² (no N × d temporary); rounding must not make a copy of a landmark look
+    # like a new point. Embeddings with a large common offset make the cancellation hard.
+    points = torch.randn(300, 48) + 1000.0
+    doubled = torch.cat([points, points])
+    chosen = choose_landmarks(600, 300, seed=3, strategy=strategy, embeddings=doubled)
+    assert len(set((chosen % 300).tolist())) == 300
+
+
+def test_squared_distances_match_direct_differences_far_from_the_origin():
+    from influence_distillation.landmarks import _squared_distances
+
+    generator = torch.Generator().manual_seed(0)
+    points = torch.randn(300, 48, generator=generator) + 1000.0
+    doubled = torch.cat([points, points])
+    distance = _squared_distances(doubled)
+    for i in (0, 7, 123, 299):
+        direct = (doubled - doubled[i]).double().square().sum(1)
+        assert torch.allclose(distance(i), direct, rtol=1e-3, atol=1e-2)
+        assert distance(i)[i] == 0 and distance(i)[i + 300] == 0

@@ -67,7 +67,7 @@ def run_benchmark(config: BenchmarkConfig, progress: bool = True) -> dict[str, A
     model = str(resolve_model_path(config.model))
     warm = _warmup(out, data, model, settings, progress) if "less" in methods else None
 
-    timings = _load(out / "timings.json")
+    cold = {m: v for m, v in _load(out / "timings.json").items() if isinstance(v, dict)}  # method → cold time
     rows = []
     for target in targets:
         selections = {}
@@ -75,8 +75,14 @@ def run_benchmark(config: BenchmarkConfig, progress: bool = True) -> dict[str, A
             folder, manifest = _select(out, data, target, method, model, warm, settings, config.seed, progress)
             selections[method] = load_samples(folder / "selected.jsonl", "selection")
             seconds = sum(v for k, v in manifest["stages"].items() if k not in SETUP_STAGES)
-            if not manifest["cache"]["reused"] and method not in timings:
-                timings[method] = seconds  # cold: every pool-wide stage was computed in this run
+            key, entry = _method_key(manifest), cold.get(method)
+            if not manifest["cache"]["reused"] and (entry is None or entry["key"] != key):
+                # Cold: every pool-wide stage was computed in this run, with these settings.
+                cold[method] = {"seconds": seconds, "key": key, "target": target}
+            elif entry is not None and entry["key"] != key:
+                log.warning("%s: its settings changed since its cold time was measured and this run reused cached "
+                            "stages, so its time is left out (clear %s to measure it again)", method, out / "cache")
+                cold.pop(method)
             rows.append({"target": target, "method": method, "flops": manifest["cost"]["flops"],
                          "selection_seconds": seconds})
         evaluation = _evaluate(out, data, target, model, selections, settings, config, progress)
@@ -84,8 +90,8 @@ def run_benchmark(config: BenchmarkConfig, progress: bool = True) -> dict[str, A
             if row["target"] == target:
                 row.update({k: v for k, v in evaluation["results"][row["method"]].items()})
                 row["untrained_test_loss"] = evaluation["results"]["untrained"]["test_loss"]
-    artifacts.write_json(out / "timings.json", timings)
-    summary = _summarize(rows, timings, methods, targets)
+    artifacts.write_json(out / "timings.json", cold)
+    summary = _summarize(rows, {m: v["seconds"] for m, v in cold.items()}, methods, targets)
     _write(out, rows, summary, settings, config)
     return summary
 
@@ -127,20 +133,41 @@ def _select(out, data, target, method, model, warm, settings, seed, progress):
 
 
 def _evaluate(out, data, target, model, selections, settings, config: BenchmarkConfig, progress):
+    """Fine-tune and score each selection, reusing every (method, selection) already evaluated with the same
+    recipe: changing one method re-evaluates only that method."""
     evaluation = EvalConfig(train="-", test=str(data / "targets" / target / "test.jsonl"), pool="-", out="-",
                             seed=config.seed, seeds=config.seeds, max_length=settings["max_length"],
                             **settings["eval"])
     evaluation.model.path = model
     path = out / f"eval-{target}.json"
-    fingerprint = artifacts.fingerprint(config=to_dict(evaluation),
-                                        selections={m: [s.id for s in v] for m, v in selections.items()})
+    recipe = artifacts.fingerprint(config=to_dict(evaluation))
     cached = _load(path)
-    if cached.get("fingerprint") == fingerprint:
-        log.info("%s: reusing the finished evaluation", target)
-        return cached
-    result = evaluate_subsets(evaluation, selections, evaluation.test, progress)
-    artifacts.write_json(path, {**result, "fingerprint": fingerprint})
-    return result
+    if cached.get("recipe") != recipe:
+        cached = {"recipe": recipe, "methods": {}}
+    wanted = {m: artifacts.fingerprint(recipe=recipe, ids=[s.id for s in v]) for m, v in selections.items()}
+    missing = {m: v for m, v in selections.items() if cached["methods"].get(m, {}).get("fingerprint") != wanted[m]}
+    if missing or "untrained" not in cached:
+        log.info("%s: evaluating %s", target, ", ".join(missing) or "the untrained model")
+        result = evaluate_subsets(evaluation, missing, evaluation.test, progress)
+        cached["untrained"] = result["results"]["untrained"]
+        for method in missing:
+            cached["methods"][method] = {"fingerprint": wanted[method], "results": result["results"][method],
+                                         "per_seed": result["per_seed"][method]}
+        artifacts.write_json(path, cached)
+    else:
+        log.info("%s: reusing the finished evaluations", target)
+    return {"results": {"untrained": cached["untrained"],
+                        **{m: cached["methods"][m]["results"] for m in selections}}}
+
+
+def _method_key(manifest) -> str:
+    """What a method's cold time depends on: the fingerprints of the pool-wide stages it computed (each covers the
+    model, pool and that stage's settings) and, for ours, the per-run settings. Not the target: the pool-wide stages,
+    which dominate, are the same for every target."""
+    config = manifest["config"]
+    per_run = {k: config[k] for k in ("landmarks", "gradients", "influence")} if manifest["method"] in (
+        OURS, "exact") else {}
+    return artifacts.fingerprint(method=manifest["method"], stages=manifest["cache"].get("stages", {}), **per_run)
 
 
 def _summarize(rows, timings, methods, targets) -> dict[str, Any]:

@@ -27,13 +27,32 @@ def _needs_embeddings(name: str, embeddings: torch.Tensor | None) -> torch.Tenso
     return embeddings.double()
 
 
+def _squared_distances(points: torch.Tensor):
+    """Squared distances from every point to point i, as ‖x‖² − 2x·xᵢ + ‖xᵢ‖²: one matrix-vector product per
+    landmark instead of an N × d temporary (4 GB at a million 1024-dimensional embeddings). Where that expansion is
+    within rounding error of zero (near-duplicates, or embeddings far from the origin), the distance is recomputed
+    directly, so a copy of a landmark is exactly as far from it as a direct difference says: zero."""
+    norms = points.double().square().sum(1)
+    rounding = 16 * torch.finfo(points.dtype).eps
+
+    def distance(i: int) -> torch.Tensor:
+        squared = norms - 2 * (points @ points[i]).double() + norms[i]
+        close = torch.nonzero(squared <= rounding * (norms + norms[i])).squeeze(1)
+        if close.numel():
+            squared[close] = (points[close] - points[i]).double().square().sum(1)
+        return squared.clamp_min(0)
+
+    return distance
+
+
 def kmeanspp_landmarks(num_samples: int, count: int, seed: int, embeddings: torch.Tensor | None = None) -> np.ndarray:
     """k-means++ seeding in embedding space: each next landmark is drawn with probability ∝ its squared distance to
     the nearest landmark so far, so dense regions get landmarks and so do outliers, in proportion."""
     points = _needs_embeddings("kmeans++", embeddings)
     rng = np.random.default_rng(seed)
     chosen = [int(rng.integers(num_samples))]
-    nearest = (points - points[chosen[0]]).square().sum(1)
+    distance = _squared_distances(points)
+    nearest = distance(chosen[0])
     for _ in range(count - 1):
         weights = nearest.clamp_min(0).numpy()
         total = weights.sum()
@@ -44,7 +63,7 @@ def kmeanspp_landmarks(num_samples: int, count: int, seed: int, embeddings: torc
             break
         pick = int(rng.choice(num_samples, p=weights / total))
         chosen.append(pick)
-        nearest = torch.minimum(nearest, (points - points[pick]).square().sum(1))
+        nearest = torch.minimum(nearest, distance(pick))
     return np.sort(np.asarray(chosen))
 
 
@@ -53,11 +72,12 @@ def kcenter_landmarks(num_samples: int, count: int, seed: int, embeddings: torch
     landmarks so far, which bounds the distance from any sample to its nearest landmark."""
     points = _needs_embeddings("k-center", embeddings)
     chosen = [int(np.random.default_rng(seed).integers(num_samples))]
-    nearest = (points - points[chosen[0]]).square().sum(1)
+    distance = _squared_distances(points)
+    nearest = distance(chosen[0])
     for _ in range(count - 1):
         pick = int(nearest.argmax())
         chosen.append(pick)
-        nearest = torch.minimum(nearest, (points - points[pick]).square().sum(1))
+        nearest = torch.minimum(nearest, distance(pick))
     return np.sort(np.asarray(chosen))
 
 

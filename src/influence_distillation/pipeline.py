@@ -180,6 +180,7 @@ class _Run:
     timer: StageTimer = field(default_factory=StageTimer)
     seeds: dict[str, int] = field(default_factory=dict)
     reused: list[str] = field(default_factory=list)
+    stage_keys: dict[str, str] = field(default_factory=dict)  # pool-wide stage → its cache fingerprint
     model: Any = None
     tokenizer: Any = None
     pool_samples: list = field(default_factory=list)
@@ -201,6 +202,7 @@ class _Run:
         shard_rows = self.shard_rows or shard_rows
         key = artifacts.fingerprint(**_cache_basis(self.config), stage=stage, shard_rows=shard_rows, **key_parts)
         store = ShardedStage(root / f"{stage}-{key[:16]}", rows, shard_rows, {"stage": stage, "key": key})
+        self.stage_keys[stage] = key
         if len(store.finished()) == store.count:
             self.reused.append(stage)
         store.compute(self.dist, compute_rows, stage, self.progress)
@@ -435,7 +437,8 @@ def _largest_weights(solution: WeightSolution, scores: torch.Tensor, budget: int
 
 def _manifest(run: _Run, result: SelectionResult) -> dict[str, Any]:
     return {**manifest_base(run.config, run.seeds, run.model, run.pool, run.target, result), **run.details,
-            "cache": {"dir": str(run.cache_dir) if run.cache_dir else None, "reused": run.reused}}
+            "cache": {"dir": str(run.cache_dir) if run.cache_dir else None, "reused": run.reused,
+                      "stages": run.stage_keys}}
 
 
 def _check_usable(pool: TokenizedSet, target: TokenizedSet, config: SelectConfig) -> None:

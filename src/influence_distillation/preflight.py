@@ -70,7 +70,17 @@ def estimate(config: SelectConfig) -> list[Estimate]:
     projected_gradients(model, sample[:1], params, projector, progress=False)  # warm-up: first calls are slow
     start = time.perf_counter()
     projected_gradients(model, sample, params, projector, progress=False)
-    per_gradient_token = (time.perf_counter() - start) / tokens(sample)
+    gradients_seconds = time.perf_counter() - start
+    # A gradient costs a fixed projection plus a length-proportional backward: target samples are often much
+    # shorter than pool samples, so one per-token rate would misjudge them.
+    start = time.perf_counter()
+    projector(torch.zeros(1, size))
+    per_gradient_fixed = min(time.perf_counter() - start, gradients_seconds / len(sample))
+    per_gradient_token = (gradients_seconds - per_gradient_fixed * len(sample)) / tokens(sample)
+
+    def gradient_seconds(examples) -> float:
+        return per_gradient_fixed * len(examples) + per_gradient_token * tokens(examples)
+
     padded = getattr(projector, "padded_dim", size)
     gradient_memory = model_bytes + size * 4 * 2 + padded * 4 * 3 + longest * hidden * layers * 48 * bytes_per
 
@@ -92,10 +102,9 @@ def estimate(config: SelectConfig) -> list[Estimate]:
             + embed.batch_size * longest * hidden * embed.num_blocks * 64 * (1 + embed.num_tangents) * bytes_per
             + len(pool) * width * 4, len(pool) * width * 4))
     if config.method in ("influence", "exact", "less"):
-        estimates.append(Estimate("target gradients", per_gradient_token * tokens(target), gradient_memory, 0.0))
+        estimates.append(Estimate("target gradients", gradient_seconds(target), gradient_memory, 0.0))
         estimates.append(Estimate("landmark gradients" if config.method != "less" else "pool gradients",
-                                  per_gradient_token * tokens(landmark_examples) * landmarks
-                                  / max(1, len(landmark_examples)),
+                                  gradient_seconds(landmark_examples) * landmarks / max(1, len(landmark_examples)),
                                   gradient_memory + landmarks * projector.out_dim * 4,
                                   landmarks * projector.out_dim * 4))
         if config.influence.order == 2:
