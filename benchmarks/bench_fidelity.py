@@ -171,8 +171,9 @@ def report(rows, seconds, out: Path) -> None:
     print("| embedding | embedding seconds | " + " | ".join(f"{f:.0%} landmarks" for f in FRACTIONS) + " |")
     print("|---|---|" + "---|" * len(FRACTIONS))
     for name in dict.fromkeys(r["embedding"] for r in rows):
-        cells = [next(f"{r['spearman']:.3f}±{r['spearman_seed_std']:.3f} / {r['recall']:.2f}" for r in rows if r["embedding"] == name
-                      and r["strategy"] == "random" and r["fraction"] == f) for f in FRACTIONS]
+        cells = [next(f"{r['spearman']:.3f}±{r['spearman_seed_std']:.3f} / {r['recall']:.2f}" for r in rows
+                      if r["embedding"] == name and r["strategy"] == "random" and r["fraction"] == f)
+                 for f in FRACTIONS]
         spent = "cached" if seconds.get(name) is None else f"{seconds[name]:.0f}"
         print(f"| {name} | {spent} | " + " | ".join(cells) + " |")
     print("\nLandmark strategies (Spearman / top-k recall, mean over landmark draws):\n")
@@ -188,9 +189,9 @@ def report(rows, seconds, out: Path) -> None:
         mine = [r for r in rows if r["embedding"] == name and r["strategy"] == "random"]
         for ax, metric in zip(axes, ("spearman", "recall")):
             ax.plot([r["landmarks"] for r in mine], [r[metric] for r in mine], marker="o", label=name)
+    counts = sorted({r["landmarks"] for r in rows})
     for ax, title in zip(axes, ("Spearman vs exact influence", "recall of the exact top-k")):
         ax.set_xscale("log")
-        counts = sorted({r["landmarks"] for r in rows})
         ax.set_xticks(counts, [str(c) for c in counts])
         ax.minorticks_off()
         ax.grid(alpha=0.3)

@@ -51,8 +51,8 @@ class ModelConfig:
 class EmbeddingConfig:
     num_blocks: int = option(4, "K: transformer blocks kept for the JVP embeddings.")
     num_tangents: int = option(
-        1, "m: shared random Gaussian tangents over the kept blocks' parameters (1 ranks as well as 2 or 4 at a "
-        "fraction of the cost: docs/BENCHMARKS.md).")
+        1, "m: shared random Gaussian tangents over the kept blocks' parameters (1 ranks nearly as well as 2 or "
+        "4 for 40-60%% less embedding time: docs/BENCHMARKS.md).")
     dim: int = option(
         4096,
         "d_e: embedding size after the seeded projection. When m*d_model <= d_e the exact outputs are kept.",

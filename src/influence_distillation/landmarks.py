@@ -29,17 +29,19 @@ def _needs_embeddings(name: str, embeddings: torch.Tensor | None) -> torch.Tenso
 
 def _squared_distances(points: torch.Tensor):
     """Squared distances from every point to point i, as ‖x‖² − 2x·xᵢ + ‖xᵢ‖²: one matrix-vector product per
-    landmark instead of an N × d temporary (4 GB at a million 1024-dimensional embeddings). Where that expansion is
-    within rounding error of zero (near-duplicates, or embeddings far from the origin), the distance is recomputed
-    directly, so a copy of a landmark is exactly as far from it as a direct difference says: zero."""
-    norms = points.double().square().sum(1)
+    landmark instead of a fresh N × d temporary per landmark (8 GB in float64 at a million 1024-dimensional
+    embeddings). Where that expansion is within rounding error of zero (near-duplicates, or embeddings far from the
+    origin), the distance is recomputed directly, so a copy of a landmark is exactly as far from it as a direct
+    difference says: zero."""
+    points = points.double()  # a no-op for `_needs_embeddings`' output
+    norms = points.square().sum(1)
     rounding = 16 * torch.finfo(points.dtype).eps
 
     def distance(i: int) -> torch.Tensor:
-        squared = norms - 2 * (points @ points[i]).double() + norms[i]
+        squared = norms - 2 * (points @ points[i]) + norms[i]
         close = torch.nonzero(squared <= rounding * (norms + norms[i])).squeeze(1)
         if close.numel():
-            squared[close] = (points[close] - points[i]).double().square().sum(1)
+            squared[close] = (points[close] - points[i]).square().sum(1)
         return squared.clamp_min(0)
 
     return distance
@@ -54,7 +56,7 @@ def kmeanspp_landmarks(num_samples: int, count: int, seed: int, embeddings: torc
     distance = _squared_distances(points)
     nearest = distance(chosen[0])
     for _ in range(count - 1):
-        weights = nearest.clamp_min(0).numpy()
+        weights = nearest.numpy()
         total = weights.sum()
         candidates = np.flatnonzero(weights > 0)
         if total <= 0 or candidates.size == 0:  # every remaining point coincides with a landmark
