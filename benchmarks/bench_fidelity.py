@@ -36,8 +36,8 @@ from influence_distillation.artifacts import fingerprint, write_npy
 from influence_distillation.baselines import minilm_embeddings, rds_embeddings
 from influence_distillation.demo import FULL
 from influence_distillation.landmarks import choose_landmarks
-from influence_distillation.pipeline import compute_embeddings
 from influence_distillation.propagation import fit_kernel_ridge, spearman
+from influence_distillation.stages import compute_embeddings
 
 FRACTIONS = (0.01, 0.02, 0.05, 0.1, 0.2)
 STRATEGIES = ("random", "kmeans++", "k-center")

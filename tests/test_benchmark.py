@@ -48,7 +48,8 @@ def test_benchmark_compares_every_method_on_the_same_footing(model_dir, tmp_path
                         lambda config, subsets, *a, **k: evaluated.append(sorted(subsets)) or real(config, subsets,
                                                                                                   *a, **k))
     cache = json.loads((out / "eval-math.json").read_text())
-    cache["methods"]["rds+"]["fingerprint"] = "stale"
+    rds_ids = [json.loads(line)["id"] for line in (out / "select-math-rds+" / "selected.jsonl").open()]
+    del cache["runs"][benchmark.artifacts.fingerprint(ids=rds_ids, seed=0, weighted=False)]
     (out / "eval-math.json").write_text(json.dumps(cache))
     assert main(args) == 0
     assert evaluated == [["rds+"]]
@@ -62,3 +63,38 @@ def test_benchmark_compares_every_method_on_the_same_footing(model_dir, tmp_path
     assert after["rds+"]["selection_seconds"] == summary["methods"]["rds+"]["selection_seconds"]
     assert after["less"]["selection_seconds"] == summary["methods"]["less"]["selection_seconds"]
     assert evaluated[0] == ["rds+"] and evaluated[1:] in ([], [["influence"]])  # only a changed selection
+
+
+def test_benchmark_variants_and_per_row_seeds(model_dir, tmp_path, monkeypatch):
+    """Variants (the paper's propagation, AdamW, order 2 trained weighted) run next to methods; `NAME:N` sets a
+    row's seeds; random draws a new subset per seed; a weighted row trains on its twin's selection with weights."""
+    data = tmp_path / "data"
+    (data / "targets" / "math").mkdir(parents=True)
+    write_jsonl(data / "pool.jsonl", [{"id": f"p{i}", **r} for i, r in enumerate(synthetic_pool(40))])
+    write_jsonl(data / "targets" / "math" / "target.jsonl", synthetic_target(4))
+    write_jsonl(data / "targets" / "math" / "test.jsonl", synthetic_target(5, seed=9))
+    out = tmp_path / "bench"
+    calls = []
+    real = benchmark.evaluate_subsets
+    monkeypatch.setattr(benchmark, "evaluate_subsets", lambda config, subsets, *a, **k: calls.append(
+        (sorted(subsets), config.seed, config.weighted)) or real(config, subsets, *a, **k))
+    rows = "influence,random,influence-paper:1,influence-order2:1,influence-order2-weighted:1"
+    assert main(["benchmark", "--model", str(model_dir("llama")), "--data", str(data), "--out", str(out), "--quick",
+                 "--budget", "5", "--methods", rows, "--seeds", "2", "--quiet"]) == 0
+    summary = json.loads((out / "benchmark.json").read_text())
+    seeds = {r["method"]: r for r in summary["rows"]}
+    assert seeds["influence"]["test_loss_std"] > 0 and seeds["influence-paper"]["test_loss_std"] == 0
+    trained = [c for c in calls if c[0]]
+    assert sorted(trained) == sorted([(["influence"], 0, False), (["influence"], 1, False), (["random"], 0, False),
+                                      (["random"], 1, False), (["influence-paper"], 0, False),
+                                      (["influence-order2"], 0, False), (["influence-order2-weighted"], 0, True)])
+    random_sets = [{json.loads(x)["id"] for x in (out / f"select-math-random{s}" / "selected.jsonl").open()}
+                   for s in ("", "-s1")]
+    assert random_sets[0] != random_sets[1]
+    assert not (out / "select-math-influence-order2-weighted").exists()
+    manifest = json.loads((out / "select-math-influence-order2" / "manifest.json").read_text())
+    assert manifest["influence"]["order"] == 2 and manifest["influence"]["variant"] == "adamw"
+    paper = json.loads((out / "select-math-influence-paper" / "manifest.json").read_text())["config"]
+    assert paper["embedding"]["pooling"] == "last" and paper["propagation"]["tune"] is False
+    with_weights = [json.loads(x) for x in (out / "select-math-influence-order2" / "selected.jsonl").open()]
+    assert all("weight" in record for record in with_weights)

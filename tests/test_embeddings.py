@@ -3,6 +3,7 @@ import torch
 from conftest import make_model
 
 from influence_distillation.embeddings import (
+    POOLINGS,
     jvp_embeddings,
     jvp_outputs,
     sample_tangents,
@@ -75,3 +76,72 @@ def test_embeddings_concatenate_tangents_and_project_reproducibly():
     torch.testing.assert_close(projected, HadamardProjector(64, 16, seed=2)(exact), rtol=1e-4, atol=1e-5)
     again = jvp_embeddings(backbone, examples, 2, dim=16, seed=1, batch_size=2, progress=False)
     assert torch.equal(projected, again)
+
+
+def pooled_reference(backbone, params, batch, pooling):
+    """The K-block outputs pooled by hand from every position's hidden state (no `pooling_weights`)."""
+    out = torch.func.functional_call(backbone, params, args=(), kwargs={
+        "input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "position_ids": batch.position_ids,
+        "use_cache": False}).last_hidden_state
+    rows = []
+    for b in range(out.shape[0]):
+        n = int(batch.attention_mask[b].sum())
+        hidden = out[b, :n]
+        if pooling == "last":
+            rows.append(hidden[-1])
+        elif pooling == "mean":
+            rows.append(hidden.mean(0))
+        elif pooling == "weighted":
+            w = torch.arange(1, n + 1, dtype=hidden.dtype)
+            rows.append((w[:, None] * hidden).sum(0) / w.sum())
+        else:  # completion: positions j whose next token j + 1 carries a label
+            predicting = [j for j in range(n - 1) if batch.labels[b, j + 1] != -100]
+            rows.append(hidden[predicting].mean(0))
+    return torch.stack(rows)
+
+
+def labelled_examples(vocab, lengths, seed=0):
+    """Random examples whose last few tokens are the completion."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i, n in enumerate(lengths):
+        ids = torch.randint(0, vocab, (n,), generator=g)
+        labels = torch.full((n,), -100)
+        labels[n - 1 - i % 3 :] = ids[n - 1 - i % 3 :]
+        out.append(Example(str(i), ids, labels, False))
+    return out
+
+
+def test_pooled_jvp_equals_finite_difference_of_hand_pooled_outputs():
+    """Every pooling against an independent reference: Richardson-extrapolated central differences of the hidden
+    states pooled by hand; the primal against the hand-pooled outputs themselves."""
+    backbone = truncated_backbone(make_model("llama", 64).double(), 2)
+    batch = collate(labelled_examples(64, [6, 9, 7]), pad_id=0)
+    params = dict(backbone.named_parameters())
+    tangents = sample_tangents(params, 1, seed=5)
+    with torch.no_grad():
+        u, primal = jvp_outputs(backbone, tangents, batch, POOLINGS, with_primal=True)
+        d = backbone.config.hidden_size
+        for index, pooling in enumerate(POOLINGS):
+            def difference(eps):
+                shift = lambda sign: {k: v + sign * eps * tangents[k][0] for k, v in params.items()}
+                return (pooled_reference(backbone, shift(1), batch, pooling)
+                        - pooled_reference(backbone, shift(-1), batch, pooling)) / (2 * eps)
+
+            reference = (4 * difference(5e-5) - difference(1e-4)) / 3
+            mine = u[:, 0, index * d : (index + 1) * d]
+            assert (mine - reference).norm() / reference.norm() < 1e-4, pooling
+            torch.testing.assert_close(primal[:, index * d : (index + 1) * d],
+                                       pooled_reference(backbone, params, batch, pooling))
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_pooled_outputs_do_not_depend_on_padding(side):
+    backbone = truncated_backbone(make_model("llama", 64), 2)
+    examples = labelled_examples(64, [4, 11, 7, 5])
+    tangents = sample_tangents(dict(backbone.named_parameters()), 2, seed=0)
+    with torch.no_grad():
+        together = jvp_outputs(backbone, tangents, collate(examples, 0, side), POOLINGS)
+        for row, example in enumerate(examples):
+            alone = jvp_outputs(backbone, tangents, collate([example], 0), POOLINGS)
+            torch.testing.assert_close(together[row], alone[0], rtol=1e-4, atol=1e-5)

@@ -68,3 +68,23 @@ def test_evaluate_command_reports_untrained_random_and_selection(model_dir, tmp_
     assert len(summary["per_seed"]["selection"]) == 2 and summary["subset_size"] == 6
     for row in summary["results"].values():
         assert 0 <= row["accuracy"] <= 1 and row["test_loss"] > 0
+
+
+def test_weighted_evaluation_reads_record_weights_and_refuses_records_without(model_dir, tmp_path, capsys):
+    from influence_distillation.cli import main
+    from influence_distillation.evaluation import training_weights
+
+    pool = synthetic_pool(20)
+    samples = [Sample(str(i), {**r, "weight": float(i)}, (("user", r["prompt"]), ("assistant", r["completion"])),
+                      None) for i, r in enumerate(pool[:4])]
+    examples = [type("E", (), {"id": s.id})() for s in reversed(samples)]
+    torch.testing.assert_close(training_weights(samples, examples),
+                               torch.tensor([3.0, 2.0, 1.0, 0.0], dtype=torch.float64) * 4 / 6)
+    write_jsonl(tmp_path / "pool.jsonl", pool)
+    write_jsonl(tmp_path / "selected.jsonl", pool[:6])  # no weights
+    write_jsonl(tmp_path / "test.jsonl", pool[10:13])
+    code = main(["evaluate", "--model", str(model_dir("llama")), "--train", str(tmp_path / "selected.jsonl"),
+                 "--test", str(tmp_path / "test.jsonl"), "--pool", str(tmp_path / "pool.jsonl"), "--out",
+                 str(tmp_path / "eval"), "--steps", "1", "--weighted", "--quiet"])
+    assert code == 2 and not (tmp_path / "eval" / "eval.json").exists()
+    assert "has no numeric 'weight' field" in capsys.readouterr().err

@@ -128,3 +128,18 @@ def test_micro_batched_backward_equals_one_batch(tokenizer, examples):
     assert value == pytest.approx(loss.item())
     for p, g in zip(model.parameters(), expected):
         torch.testing.assert_close(p.grad, g)
+
+
+def test_weighted_micro_batched_backward_equals_the_weighted_sum_of_per_sample_gradients(tokenizer, examples):
+    from influence_distillation.gradients import backward_mean_loss
+
+    model = make_model("llama", len(tokenizer)).double()
+    weights = torch.linspace(0.0, 2.0, len(examples), dtype=torch.float64)
+    params = list(model.parameters())
+    expected = [torch.zeros_like(p) for p in params]
+    for w, example in zip(weights, examples):  # reference: one autograd gradient per sample
+        for total, g in zip(expected, torch.autograd.grad(sample_loss(model, example), params)):
+            total += w * g / len(examples)
+    backward_mean_loss(model, examples, max_tokens=40, weights=weights)
+    for p, g in zip(params, expected):
+        torch.testing.assert_close(p.grad, g)

@@ -73,3 +73,28 @@ def test_second_order_needs_weight_selection(model_dir, data_files, tmp_path, ca
     code = main(select_args(pool, target, model_dir("llama"), tmp_path / "x", 5, "--order", "2", "--selection",
                             "round-robin"))
     assert code == 2 and "--order 2 acts through the optimal weights" in capsys.readouterr().err
+
+
+def test_hessian_subset_is_a_reweighted_sum_of_per_sample_hessians(tokenizer, tmp_path):
+    from conftest import make_model, synthetic_target, write_jsonl
+
+    from influence_distillation.data import load_samples
+    from influence_distillation.gradients import select_parameters
+    from influence_distillation.hessian import target_hvp
+    from influence_distillation.stages import hessian_sample
+    from influence_distillation.tokenization import tokenize_samples
+
+    model = make_model("llama", len(tokenizer)).double()
+    write_jsonl(tmp_path / "t.jsonl", synthetic_target(6))
+    targets = tokenize_samples(load_samples(tmp_path / "t.jsonl"), tokenizer, 64).examples
+    weights = torch.tensor([1.0, 2.0, 3.0, 1.0, 2.0, 3.0], dtype=torch.float64) / 12
+    assert hessian_sample(targets, weights, 0, seed=1)[0] is targets and hessian_sample(targets, weights, 6, 1)[0] is targets
+    subset, sub_weights = hessian_sample(targets, weights, 3, seed=1)
+    assert len(subset) == 3 and sub_weights.sum().item() == pytest.approx(weights.sum().item())
+    params = select_parameters(model, "mlp-down")
+    vectors = torch.randn(2, sum(p.numel() for p in params.values()), generator=torch.Generator().manual_seed(0),
+                          dtype=torch.float64)
+    rows = [targets.index(e) for e in subset]
+    per_sample = [target_hvp(model, params, [targets[i]], vectors, torch.ones(1, dtype=torch.float64)) for i in rows]
+    expected = sum(w * h for w, h in zip(weights[rows] * (weights.sum() / weights[rows].sum()), per_sample))
+    torch.testing.assert_close(target_hvp(model, params, subset, vectors, sub_weights), expected)

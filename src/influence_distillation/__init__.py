@@ -23,18 +23,13 @@ from .gradients import projected_gradients, select_parameters
 from .influence import first_order_influence
 from .landmarks import choose_landmarks
 from .models import load_model, truncated_backbone
-from .pipeline import (
-    SelectionResult,
-    compute_embeddings,
-    compute_gradients,
-    gradient_space,
-    propagate,
-    run_selection,
-)
+from .outputs import SelectionResult
+from .pipeline import run_selection
 from .preconditioning import adam_preconditioner, load_adamw_state
 from .projection import HadamardProjector, make_projector
 from .propagation import KernelRidge, fit_kernel_ridge
 from .selection import round_robin, select, top_k
+from .stages import compute_embeddings, compute_gradients, gradient_space, propagate
 from .tokenization import tokenize_samples
 
 __all__ = [

@@ -13,6 +13,7 @@ model and state are used for LESS's gradients; every fine-tune starts from the o
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass
@@ -26,14 +27,41 @@ from .config import METHODS, SelectConfig, option, to_dict
 from .data import load_samples
 from .demo import FULL, QUICK, prepare_demo_data
 from .errors import ConfigError
-from .evaluation import EvalConfig, evaluate_subsets
+from .evaluation import EvalConfig, aggregate_runs, evaluate_subsets
 from .models import SMOLLM2, resolve_model_path
 from .pipeline import run_selection
 from .warmup import WarmupConfig, run_warmup
 
 log = logging.getLogger(__name__)
 OURS = "influence"
+# The suite: the demo's pool and targets plus the long-context block (two reading targets over 300-450-token
+# passages and their sibling tasks), hence the longer max_length; landmarks at 5% of the pool.
+SUITE = {**FULL, "max_length": 512, "landmarks": 0.05}
 SETUP_STAGES = ("load", "write")  # not part of a method's selection cost
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A benchmark row that is a method with other settings: `overrides` maps dotted SelectConfig fields to values;
+    `warm` takes gradients on the warm-up model with its AdamW state (the Adam variant); `weighted` fine-tunes with
+    the selection's optimal weights (the selection itself is the unweighted row's)."""
+
+    method: str
+    overrides: tuple = ()
+    warm: bool = False
+    weighted: bool = False
+
+
+# The paper's propagation (last-token JVP embeddings, median-heuristic KRR), the Adam variant (exact and
+# propagated), and the second-order weights, trained unweighted and weighted.
+PAPER_PROPAGATION = (("embedding.pooling", "last"), ("propagation.tune", False))
+VARIANTS = {
+    "influence-paper": Variant("influence", PAPER_PROPAGATION),
+    "influence-adamw": Variant("influence", warm=True),
+    "exact-adamw": Variant("exact", warm=True),
+    "influence-order2": Variant("influence", (("influence.order", 2),), warm=True),
+    "influence-order2-weighted": Variant("influence", (("influence.order", 2),), warm=True, weighted=True),
+}
 
 
 @dataclass
@@ -42,30 +70,32 @@ class BenchmarkConfig:
     model: str = option(SMOLLM2, "smollm2-135m or a local Hugging Face model directory.")
     data: str = option("", "A folder with pool.jsonl and targets/<name>/{target,test}.jsonl; default: the demo's "
                        "BIG-bench data, built under OUT/data.")
-    methods: str = option(",".join(METHODS), "Comma-separated methods.")
+    methods: str = option(
+        ",".join(METHODS), "Comma-separated rows: a method (" + ", ".join(METHODS) + ") or a variant ("
+        + ", ".join(VARIANTS) + "); NAME:N evaluates that row with only N fine-tuning seeds.")
     targets: str = option("", "Comma-separated targets (default: every folder under the data's targets/).")
     quick: bool = option(False, "The demo's quick sizes and recipe: a few minutes per method.")
-    seeds: int = option(1, "Fine-tuning seeds per selection.")
+    seeds: int = option(1, "Fine-tuning seeds per selection (random: a new random subset per seed).")
     seed: int = option(0, "Seed of the data, selections and fine-tuning.")
     budget: int = option(0, "Samples to select (default: the demo's, 5%% of its pool).")
 
 
 def run_benchmark(config: BenchmarkConfig, progress: bool = True) -> dict[str, Any]:
-    methods = [m.strip() for m in config.methods.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
-    if not methods or unknown:
-        raise ConfigError(f"--methods: unknown {unknown}; choose from {', '.join(METHODS)}")
     if config.seeds <= 0:
         raise ConfigError(f"--seeds must be positive, got {config.seeds}")
-    settings = dict(QUICK if config.quick else FULL)
+    seeds = _parse_rows(config.methods, config.seeds)
+    methods = list(seeds)
+    settings = dict(QUICK if config.quick else SUITE)
     settings["budget"] = config.budget or settings["budget"]
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    data = Path(config.data) if config.data else prepare_demo_data(out, config.quick, config.seed)
+    data = Path(config.data) if config.data else prepare_demo_data(out, config.quick, config.seed,
+                                                                           long_context=not config.quick)
     targets = [t.strip() for t in config.targets.split(",") if t.strip()] or sorted(
         p.name for p in (data / "targets").iterdir() if p.is_dir())
     model = str(resolve_model_path(config.model))
-    warm = _warmup(out, data, model, settings, progress) if "less" in methods else None
+    needs_warm = any(m == "less" or (m in VARIANTS and VARIANTS[m].warm) for m in methods)
+    warm = _warmup(out, data, model, settings, progress) if needs_warm else None
 
     cold = {m: v for m, v in _load(out / "timings.json").items() if isinstance(v, dict)}  # method → cold time
     rows = []
@@ -73,7 +103,8 @@ def run_benchmark(config: BenchmarkConfig, progress: bool = True) -> dict[str, A
         selections = {}
         for method in methods:
             folder, manifest = _select(out, data, target, method, model, warm, settings, config.seed, progress)
-            selections[method] = load_samples(folder / "selected.jsonl", "selection")
+            selections[method] = _per_seed(load_samples(folder / "selected.jsonl", "selection"), method, seeds[method],
+                                           out, data, target, model, settings, config, progress)
             seconds = sum(v for k, v in manifest["stages"].items() if k not in SETUP_STAGES)
             key, entry = _method_key(manifest), cold.get(method)
             if not manifest["cache"]["reused"] and (entry is None or entry["key"] != key):
@@ -85,7 +116,7 @@ def run_benchmark(config: BenchmarkConfig, progress: bool = True) -> dict[str, A
                 cold.pop(method)
             rows.append({"target": target, "method": method, "flops": manifest["cost"]["flops"],
                          "selection_seconds": seconds})
-        evaluation = _evaluate(out, data, target, model, selections, settings, config, progress)
+        evaluation = _evaluate(out, data, target, model, selections, seeds, settings, config, progress)
         for row in rows:
             if row["target"] == target:
                 row.update({k: v for k, v in evaluation["results"][row["method"]].items()})
@@ -96,6 +127,34 @@ def run_benchmark(config: BenchmarkConfig, progress: bool = True) -> dict[str, A
     return summary
 
 
+def _per_seed(selected, method, count, out, data, target, model, settings, config, progress):
+    """seed → the samples to fine-tune on: the selection for every seed, except that `random` draws a new subset
+    for each fine-tuning seed (so its ± covers the subset draw too)."""
+    subsets = {config.seed: selected}
+    if method == "random":
+        for seed in range(config.seed + 1, config.seed + count):
+            folder, _ = _select(out, data, target, method, model, None, settings, seed, progress, suffix=f"-s{seed}")
+            subsets[seed] = load_samples(folder / "selected.jsonl", "selection")
+    return lambda seed: subsets.get(seed, selected)
+
+
+def _parse_rows(text: str, default_seeds: int) -> dict[str, int]:
+    """`--methods` → {row: fine-tuning seeds}."""
+    rows = {}
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        name, _, count = item.partition(":")
+        if name not in METHODS and name not in VARIANTS:
+            raise ConfigError(f"--methods: unknown {name!r}; choose from {', '.join(METHODS + tuple(VARIANTS))}")
+        if count and not (count.isdigit() and int(count) > 0):
+            raise ConfigError(f"--methods: {item!r}: the number after ':' must be a positive seed count")
+        rows[name] = int(count) if count else default_seeds
+    if not rows:
+        raise ConfigError("--methods: name at least one method")
+    return rows
+
+
 def _load(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
@@ -103,7 +162,7 @@ def _load(path: Path) -> dict:
 def _warmup(out: Path, data: Path, model: str, settings, progress) -> Path:
     folder = out / "warmup"
     config = WarmupConfig(pool=str(data / "pool.jsonl"), out=str(folder), params="mlp-down",
-                          size=64 if settings is QUICK else 256, steps=4 if settings is QUICK else 40)
+                          size=64 if settings == QUICK else 256, steps=4 if settings == QUICK else 40)
     config.model.path, config.data.max_length = model, settings["max_length"]
     done = _load(folder / "warmup.json")
     if done.get("status") == "complete" and done.get("config") == to_dict(config):
@@ -112,52 +171,65 @@ def _warmup(out: Path, data: Path, model: str, settings, progress) -> Path:
     return run_warmup(config, overwrite=True, progress=progress)
 
 
-def _select(out, data, target, method, model, warm, settings, seed, progress):
+def _select(out, data, target, row, model, warm, settings, seed, progress, suffix=""):
+    variant = VARIANTS.get(row, Variant(row, warm=row == "less"))
+    name = row.removesuffix("-weighted") if variant.weighted else row  # weighted rows train on their twin's selection
     config = SelectConfig(pool=str(data / "pool.jsonl"), target=str(data / "targets" / target / "target.jsonl"),
-                          out=str(out / f"select-{target}-{method}"), seed=seed, method=method)
-    config.model.path = str(warm) if method == "less" else model
-    if method == "less":
+                          out=str(out / f"select-{target}-{name}{suffix}"), seed=seed, method=variant.method)
+    config.model.path = str(warm) if variant.warm else model
+    if variant.warm:
         config.gradients.optimizer_state = str(warm / "optimizer.pt")
     config.data.max_length = settings["max_length"]
     config.embedding.num_blocks = settings["num_blocks"]
     config.landmarks.count = settings["landmarks"]
     config.selection.budget = settings["budget"]
+    for path, value in variant.overrides:
+        section, field_name = path.split(".")
+        setattr(getattr(config, section), field_name, value)
     folder = Path(config.out)
     manifest = artifacts.read_manifest(folder)
     if not (manifest and manifest.get("status") == "complete" and manifest["config"] == to_dict(config)):
         manifest = run_selection(config, overwrite=True, progress=progress,
                                  cache_dir=out / "cache").manifest
     else:
-        log.info("%s/%s: reusing the finished selection", target, method)
+        log.info("%s/%s: reusing the finished selection", target, row)
     return folder, manifest
 
 
-def _evaluate(out, data, target, model, selections, settings, config: BenchmarkConfig, progress):
-    """Fine-tune and score each selection, reusing every (method, selection) already evaluated with the same
-    recipe: changing one method re-evaluates only that method."""
+def _evaluate(out, data, target, model, selections, seeds, settings, config: BenchmarkConfig, progress):
+    """Fine-tune and score each row's selection for each of its seeds. Every (selection, seed, weighting) is
+    evaluated once and cached under the recipe, so changing one method re-evaluates only that method, and a row
+    asked for more seeds runs only the new ones."""
     evaluation = EvalConfig(train="-", test=str(data / "targets" / target / "test.jsonl"), pool="-", out="-",
-                            seed=config.seed, seeds=config.seeds, max_length=settings["max_length"],
-                            **settings["eval"])
+                            seed=config.seed, seeds=1, max_length=settings["max_length"], **settings["eval"])
     evaluation.model.path = model
     path = out / f"eval-{target}.json"
     recipe = artifacts.fingerprint(config=to_dict(evaluation))
     cached = _load(path)
     if cached.get("recipe") != recipe:
-        cached = {"recipe": recipe, "methods": {}}
-    wanted = {m: artifacts.fingerprint(recipe=recipe, ids=[s.id for s in v]) for m, v in selections.items()}
-    missing = {m: v for m, v in selections.items() if cached["methods"].get(m, {}).get("fingerprint") != wanted[m]}
+        cached = {"recipe": recipe, "runs": {}}
+    runs, missing = {}, []
+    for row, per_seed in selections.items():
+        weighted = VARIANTS[row].weighted if row in VARIANTS else False
+        for seed in range(config.seed, config.seed + seeds[row]):
+            key = artifacts.fingerprint(ids=[s.id for s in per_seed(seed)], seed=seed, weighted=weighted)
+            runs.setdefault(row, []).append(key)
+            if key not in cached["runs"]:
+                missing.append((row, seed, weighted, key))
     if missing or "untrained" not in cached:
-        log.info("%s: evaluating %s", target, ", ".join(missing) or "the untrained model")
-        result = evaluate_subsets(evaluation, missing, evaluation.test, progress)
-        cached["untrained"] = result["results"]["untrained"]
-        for method in missing:
-            cached["methods"][method] = {"fingerprint": wanted[method], "results": result["results"][method],
-                                         "per_seed": result["per_seed"][method]}
+        log.info("%s: evaluating %s", target, ", ".join(f"{r} (seed {s})" for r, s, _, _ in missing) or "untrained")
+    if "untrained" not in cached:
+        cached["untrained"] = evaluate_subsets(evaluation, {}, evaluation.test, progress)["results"]["untrained"]
         artifacts.write_json(path, cached)
-    else:
-        log.info("%s: reusing the finished evaluations", target)
-    return {"results": {"untrained": cached["untrained"],
-                        **{m: cached["methods"][m]["results"] for m in selections}}}
+    for row, seed, weighted, key in missing:
+        single = dataclasses.replace(evaluation, seed=seed, weighted=weighted)
+        result = evaluate_subsets(single, {row: selections[row](seed)}, evaluation.test, progress, untrained=False)
+        cached["runs"][key] = result["per_seed"][row][0]
+        artifacts.write_json(path, cached)  # after every fine-tune: an interrupted benchmark resumes here
+    results = {"untrained": cached["untrained"]}
+    for row, keys in runs.items():
+        results[row] = aggregate_runs([cached["runs"][key] for key in keys])
+    return {"results": results}
 
 
 def _method_key(manifest) -> str:

@@ -201,6 +201,11 @@ def _select(args: argparse.Namespace) -> int:
     print(f"selected {len(result.selected)} of {len(result.pool_ids)} pool samples -> {config.out}/selected.jsonl")
     if result.weights is not None and not result.weights.exact_k:
         print(f"note: {result.weights.message}")
+    propagation = result.manifest.get("propagation") or {}
+    if propagation.get("heldout_spearman") is not None:
+        print(f"propagation: held-out Spearman {propagation['heldout_spearman']:.2f} (1 = landmarks' exact ranking)")
+    if propagation.get("warning"):
+        print(f"warning: {propagation['warning']}")
     print(f"stage times: {stages}")
     return 0
 

@@ -59,6 +59,13 @@ class EmbeddingConfig:
         "--embedding-dim",
     )
     batch_size: int = option(8, "Samples per JVP batch (length-bucketed).", "--embedding-batch-size")
+    pooling: str = option(
+        "last", "Which K-block outputs the embedding reads: last (the last real token, the paper's), mean (every "
+        "real token), weighted (position-weighted mean), completion (the positions that predict the completion), "
+        "or several joined by '+' (concatenated, each part scaled to the same typical length).")
+
+    def poolings(self) -> tuple[str, ...]:
+        return tuple(part.strip() for part in self.pooling.split("+"))
 
 
 @dataclass
@@ -104,6 +111,10 @@ class InfluenceConfig:
         False, "Per-sample gradients for every pool sample: no landmarks, no embeddings, no propagation "
         "(the reference mode; for small pools).",
     )
+    hessian_samples: int = option(
+        0, "--order 2: how many target samples (a seeded subset, reweighted to the same total) the target Hessian "
+        "is taken over; 0: all. Its cost grows with this number: one double-backward pass per target sample per "
+        "block of 8 landmarks.")
     learning_rate: float | None = option(
         None, "eta of the one-step model, used by --order 2 and the Adam b term; default: the optimizer state's "
         "learning rate (half its initial one if a schedule ended at 0), else 2e-5.",
@@ -115,6 +126,10 @@ class PropagationConfig:
     ridge: float = option(0.01, "KRR ridge, relative to the mean kernel diagonal.")
     bandwidth: float | None = option(None, "RBF bandwidth sigma; default: median heuristic over landmarks.")
     chunk_size: int = option(4096, "Pool rows per kernel block when propagating.", "--propagation-chunk-size")
+    tune: bool = option(
+        False, "Choose the RBF bandwidth (a multiple of the median heuristic) and the ridge per run, by how well "
+        "leave-one-out predictions rank the landmarks' exact influence (closed form; --ridge and --bandwidth are "
+        "then ignored).", "--tune-kernel")
 
 
 @dataclass
@@ -186,8 +201,16 @@ class SelectConfig:
             raise ConfigError(f"--ridge must be positive, got {self.propagation.ridge}")
         if self.propagation.bandwidth is not None and self.propagation.bandwidth <= 0:
             raise ConfigError(f"--bandwidth must be positive, got {self.propagation.bandwidth}")
+        from .embeddings import POOLINGS
+
+        poolings = self.embedding.poolings()
+        if not all(part in POOLINGS for part in poolings) or len(set(poolings)) != len(poolings):
+            raise ConfigError(f"--pooling must be one or more of {', '.join(POOLINGS)} joined by '+', without "
+                              f"repeats, got {self.embedding.pooling!r}")
         if self.influence.order not in (1, 2):
             raise ConfigError(f"--order must be 1 or 2, got {self.influence.order}")
+        if self.influence.hessian_samples < 0:
+            raise ConfigError(f"--hessian-samples must be 0 (all) or positive, got {self.influence.hessian_samples}")
         if self.influence.learning_rate is not None and self.influence.learning_rate <= 0:
             raise ConfigError(f"--learning-rate must be positive, got {self.influence.learning_rate}")
         if self.method not in METHODS:

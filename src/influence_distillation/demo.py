@@ -14,6 +14,7 @@ Every step is skipped when its output already exists for the same settings, and 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections import Counter
@@ -77,9 +78,13 @@ def run_demo(config: DemoConfig, progress: bool = True) -> dict[str, Any]:
     return {"results": results, "report": paths, "table": results_table(results), "verdicts": verdicts(results)}
 
 
-def prepare_demo_data(out: Path, quick: bool, seed: int) -> Path:
-    """`out/data` with the demo's pool and targets, built from BIG-bench unless already there for these settings."""
+def prepare_demo_data(out: Path, quick: bool, seed: int, long_context: bool = False) -> Path:
+    """`out/data` with the demo's pool and targets, built from BIG-bench unless already there for these settings;
+    `long_context` adds the benchmark suite's long-context targets and their sibling tasks."""
     sizes = DemoSizes.quick() if quick else DemoSizes()
+    if long_context:
+        sizes = dataclasses.replace(sizes, long_per_task=sizes.ni_per_subtask,
+                                    long_target_in_pool=min(sizes.long_target_in_pool, sizes.target_task_in_pool))
     data_dir = out / "data"
     summary_path = data_dir / "data.json"
     if summary_path.is_file():

@@ -9,7 +9,10 @@ its `task.json` files are streamed out of the tarball. With a fixed seed we buil
   related and unrelated data in the pool;
 * `targets/<name>/target.jsonl` (the few examples the selection sees) and `targets/<name>/test.jsonl` (held out)
   for three targets: `math` (elementary_math_qa, multiple choice), `reading` (disfl_qa, generative) and
-  `knowledge` (strategyqa, yes/no multiple choice).
+  `knowledge` (strategyqa, yes/no multiple choice);
+* with `DemoSizes.long_per_task` (the benchmark suite), a long-context block: two more targets, `multirc` and
+  `quoref` (passages of 300-450 tokens, short generated answers), and sibling tasks over the same kinds of passages
+  in the pool.
 
 Target and test examples never appear in the pool (split by example, then deduplicated by prompt text).
 Multiple-choice records carry `options` (the correct one is the `completion`); every record carries `task`.
@@ -66,6 +69,16 @@ POOL_EXTRAS = (
 TARGET_TASKS = {"math": "elementary_math_qa/question_only", "reading": "disfl_qa", "knowledge": "strategyqa"}
 MAX_CHARS = 1200  # about 300 tokens: keeps every rendered sample within the demo's max_length
 
+# The benchmark suite's long-context block: reading comprehension over passages of 300-450 tokens with short answers,
+# where propagation from last-token embeddings failed (issue 12). Two targets, and in the pool a few unused examples
+# of each plus sibling tasks over the same kinds of passages (other questions, wrong answers, question generation).
+LONG_TARGET_TASKS = {"multirc": "natural_instructions/subtask054_multirc_write_correct_answer",
+                     "quoref": "natural_instructions/subtask002_quoref_answer_generation"}
+LONG_POOL_TASKS = tuple(f"natural_instructions/subtask{s}" for s in (
+    "058_multirc_question_answering", "055_multirc_write_incorrect_answer", "049_multirc_questions_needed_to_answer",
+    "001_quoref_question_generation", "026_drop_question_generation"))
+LONG_MAX_CHARS = 1900  # about 480 tokens: within the suite's max_length of 512
+
 
 @dataclass(frozen=True)
 class DemoSizes:
@@ -74,10 +87,15 @@ class DemoSizes:
     target_task_in_pool: int = 150  # unused examples of each target task that go into the pool
     target: int = 32
     test: int = 200
+    long_per_task: int = 0  # examples of each long-context pool task; 0 leaves the long-context block out
+    long_target_in_pool: int = 40  # unused examples of each long-context target task that go into the pool
 
     @classmethod
     def quick(cls) -> DemoSizes:
         return cls(ni_per_subtask=5, extra_per_task=6, target_task_in_pool=20, target=8, test=40)
+
+    def targets(self) -> dict[str, str]:
+        return {**TARGET_TASKS, **(LONG_TARGET_TASKS if self.long_per_task else {})}
 
 
 def fetch_bigbench(cache: Path) -> Path:
@@ -148,7 +166,7 @@ def _clean_option(option: str) -> str:
     return option.strip().strip("[]").strip().strip("'\"").strip()
 
 
-def to_record(task_name: str, task: dict, example: dict, index: int) -> dict | None:
+def to_record(task_name: str, task: dict, example: dict, index: int, max_chars: int = MAX_CHARS) -> dict | None:
     """A prompt/completion record for one example, or None when it is empty, unanswerable or too long."""
     completion, options = _answer(example)
     text = example["input"].strip()
@@ -165,7 +183,7 @@ def to_record(task_name: str, task: dict, example: dict, index: int) -> dict | N
         prefix = (task.get("task_prefix") or "").strip()
         choices = f"\nChoices: {'; '.join(options)}" if options else ""
         prompt = f"{prefix}\n\n{text}{choices}".strip()
-    if not completion or not str(completion).strip() or len(prompt) + len(str(completion)) > MAX_CHARS:
+    if not completion or not str(completion).strip() or len(prompt) + len(str(completion)) > max_chars:
         return None
     record = {"id": f"{task_name}#{index}", "prompt": prompt, "completion": str(completion).strip(), "task": task_name}
     if options and task_name in TARGET_TASKS.values():
@@ -176,8 +194,10 @@ def to_record(task_name: str, task: dict, example: dict, index: int) -> dict | N
 def _records(task_name: str, task: dict, rng: np.random.Generator, limit: int, exclude: set[str]) -> list[dict]:
     """Up to `limit` usable records in seeded random order, skipping prompts in `exclude`."""
     out = []
+    long_context = task_name in LONG_TARGET_TASKS.values() or task_name in LONG_POOL_TASKS
     for index in rng.permutation(len(task["examples"])):
-        record = to_record(task_name, task, task["examples"][index], int(index))
+        record = to_record(task_name, task, task["examples"][index], int(index),
+                           LONG_MAX_CHARS if long_context else MAX_CHARS)
         if record is not None and record["prompt"] not in exclude:
             exclude.add(record["prompt"])
             out.append(record)
@@ -188,15 +208,18 @@ def _records(task_name: str, task: dict, rng: np.random.Generator, limit: int, e
 
 def build_demo_data(tarball: Path, out: Path, sizes: DemoSizes, seed: int = 0) -> dict:
     """Write pool.jsonl and targets/*/{target,test}.jsonl into `out`; returns the summary also saved as data.json."""
-    names = {f"natural_instructions/subtask{s}" for s in NI_SUBTASKS} | set(POOL_EXTRAS) | set(TARGET_TASKS.values())
+    targets = sizes.targets()
+    long_pool = LONG_POOL_TASKS if sizes.long_per_task else ()
+    names = ({f"natural_instructions/subtask{s}" for s in NI_SUBTASKS} | set(POOL_EXTRAS) | set(targets.values())
+             | set(long_pool))
     tasks = read_tasks(tarball, names)
     rng = np.random.default_rng(seed)
     seen: set[str] = set()
     summary: dict = {"seed": seed, "sizes": asdict(sizes), "source": BIGBENCH, "targets": {}}
     pool: list[dict] = []
-    for target, task_name in TARGET_TASKS.items():  # held-out examples first, so the pool can never contain them
-        records = _records(task_name, tasks[task_name], rng, sizes.target + sizes.test + sizes.target_task_in_pool,
-                           seen)
+    for target, task_name in targets.items():  # held-out examples first, so the pool can never contain them
+        in_pool = sizes.target_task_in_pool if target in TARGET_TASKS else sizes.long_target_in_pool
+        records = _records(task_name, tasks[task_name], rng, sizes.target + sizes.test + in_pool, seen)
         held_out = sizes.target + sizes.test
         if len(records) < held_out:
             raise DataError(f"{task_name}: only {len(records)} usable examples, need {held_out}")
@@ -205,8 +228,9 @@ def build_demo_data(tarball: Path, out: Path, sizes: DemoSizes, seed: int = 0) -
         pool += records[held_out:]
         summary["targets"][target] = {"task": task_name, "target": sizes.target, "test": sizes.test,
                                       "multiple_choice": "options" in records[0]}
-    for task_name in sorted(names - set(TARGET_TASKS.values())):
-        limit = sizes.ni_per_subtask if task_name.startswith("natural_instructions/") else sizes.extra_per_task
+    for task_name in sorted(names - set(targets.values())):
+        limit = (sizes.long_per_task if task_name in long_pool else sizes.ni_per_subtask
+                 if task_name.startswith("natural_instructions/") else sizes.extra_per_task)
         pool += _records(task_name, tasks[task_name], rng, limit, seen)
     pool = [pool[i] for i in rng.permutation(len(pool))]
     write_jsonl(out / "pool.jsonl", pool)

@@ -16,7 +16,7 @@ from torch.func import functional_call, jvp, vmap
 from tqdm.auto import tqdm
 
 from .projection import make_projector
-from .tokenization import Batch, Example, collate, length_batches
+from .tokenization import IGNORE_INDEX, Batch, Example, collate, length_batches
 
 
 def sample_tangents(params: dict[str, torch.Tensor], num_tangents: int, seed: int) -> dict[str, torch.Tensor]:
@@ -28,8 +28,40 @@ def sample_tangents(params: dict[str, torch.Tensor], num_tangents: int, seed: in
     }
 
 
-def jvp_outputs(backbone: nn.Module, tangents: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
-    """Tangent outputs at each sample's last real token: (B, m, d_model), in the backbone's dtype.
+POOLINGS = ("last", "mean", "weighted", "completion")
+
+
+def pooling_weights(batch: Batch, pooling: str) -> torch.Tensor:
+    """(B, T) weights that read one vector per sample off the K-block outputs, zero on padding.
+
+    `last`: the last real token (the paper's). `mean`: every real token alike. `weighted`: position-weighted mean
+    over real tokens (weights 1..n, as RDS+/SGPT pool hidden states). `completion`: the positions whose output
+    predicts a completion token, i.e. the positions where the loss (and so the gradient) lives.
+    """
+    mask = batch.attention_mask.to(torch.float32)
+    if pooling == "last":
+        weights = torch.zeros_like(mask)
+        weights[torch.arange(mask.shape[0]), batch.last_index] = 1.0
+        return weights
+    if pooling == "mean":
+        weights = mask
+    elif pooling == "weighted":
+        weights = (batch.position_ids + 1).to(torch.float32) * mask
+    elif pooling == "completion":
+        weights = torch.zeros_like(mask)
+        weights[:, :-1] = (batch.labels[:, 1:] != IGNORE_INDEX).to(torch.float32)
+    else:
+        raise ValueError(f"unknown pooling {pooling!r}; choose from {', '.join(POOLINGS)}")
+    return weights / weights.sum(dim=1, keepdim=True).clamp_min(1.0)
+
+
+def jvp_outputs(backbone: nn.Module, tangents: dict[str, torch.Tensor], batch: Batch,
+                poolings: tuple[str, ...] = ("last",), with_primal: bool = False):
+    """Tangent outputs read off by each of the P poolings, concatenated: (B, m, P·d_model), in the backbone's dtype;
+    with `with_primal` also the primal outputs under the same poolings, (B, P·d_model), at no extra cost.
+
+    Poolings are linear, so pooling the output and then differentiating equals pooling the per-token tangents; the
+    pooling happens inside the forward-mode pass and only (B, P, d) per tangent is ever batched.
 
     The token-embedding lookup is linear in its weight, so its tangent is the same lookup into the tangent; it is
     computed directly and fed in through `inputs_embeds`. This keeps the vocabulary-sized embedding tangent out of
@@ -43,38 +75,52 @@ def jvp_outputs(backbone: nn.Module, tangents: dict[str, torch.Tensor], batch: B
     embed_tangents = torch.stack(
         [functional_call(embedding, {"weight": t}, (batch.input_ids,)) for t in tangents[embedding_name]]
     )
-    rows = torch.arange(batch.input_ids.shape[0], device=batch.input_ids.device)
+    weights = torch.stack([pooling_weights(batch, name) for name in poolings], dim=1).to(embeds.dtype)  # (B, P, T)
     inputs = {"attention_mask": batch.attention_mask, "position_ids": batch.position_ids, "use_cache": False}
 
-    def last_hidden(p, inputs_embeds):
+    def pooled(p, inputs_embeds):
         out = functional_call(backbone, p, args=(), kwargs={**inputs, "inputs_embeds": inputs_embeds})
-        return out.last_hidden_state[rows, batch.last_index]
+        return torch.einsum("bpt,btd->bpd", weights, out.last_hidden_state)
 
     def along(block_tangent, embed_tangent):
-        return jvp(last_hidden, (params, embeds), (block_tangent, embed_tangent))[1]
+        return jvp(pooled, (params, embeds), (block_tangent, embed_tangent))
 
-    return vmap(along)(block_tangents, embed_tangents).transpose(0, 1)
+    primal, tangent = vmap(along, out_dims=(None, 0))(block_tangents, embed_tangents)
+    tangent = tangent.transpose(0, 1).flatten(2)
+    return (tangent, primal.flatten(1)) if with_primal else tangent
 
 
 class JvpEmbedder:
-    """Embeds batches of examples with fixed tangents and projection, so a sharded stage draws them only once."""
+    """Embeds batches of examples with fixed tangents and projection, so a sharded stage draws them only once.
+
+    With several poolings the embedding is one block per pooling, [u_1; …; u_m] read by that pooling, each block
+    projected on its own to at most d_e / P coordinates, so the blocks stay separable (the kernel scales them).
+    """
 
     def __init__(self, backbone: nn.Module, num_tangents: int, dim: int, seed: int, batch_size: int = 8,
-                 pad_id: int = 0):
-        self.backbone, self.batch_size, self.pad_id = backbone, batch_size, pad_id
+                 pad_id: int = 0, poolings: tuple[str, ...] = ("last",)):
+        self.backbone, self.batch_size, self.pad_id, self.poolings = backbone, batch_size, pad_id, poolings
         self.tangents = sample_tangents(dict(backbone.named_parameters()), num_tangents, seed)
-        self.width = num_tangents * backbone.config.hidden_size
-        self.projector = make_projector(self.width, dim, seed + 1)
+        self.num_tangents, self.hidden = num_tangents, backbone.config.hidden_size
+        self.width = num_tangents * self.hidden  # per pooling
+        self.projectors = [make_projector(self.width, max(1, dim // len(poolings)), seed + 1 + i)
+                           for i in range(len(poolings))]
+
+    @property
+    def out_dim(self) -> int:
+        return sum(p.out_dim for p in self.projectors)
 
     def __call__(self, examples: list[Example], progress: bool = False) -> torch.Tensor:
         device = next(self.backbone.parameters()).device
-        out = torch.empty(len(examples), self.projector.out_dim)
+        out = torch.empty(len(examples), self.out_dim)
         with tqdm(total=len(examples), desc="JVP embeddings", unit="sample", disable=not progress) as bar:
             for indices in length_batches([len(e) for e in examples], self.batch_size):
                 batch = collate([examples[i] for i in indices], self.pad_id).to(device)
                 with torch.no_grad():
-                    u = jvp_outputs(self.backbone, self.tangents, batch)
-                out[indices] = self.projector(u.reshape(len(indices), self.width)).cpu()
+                    u = jvp_outputs(self.backbone, self.tangents, batch, self.poolings)
+                parts = u.reshape(len(indices), self.num_tangents, len(self.poolings), self.hidden).transpose(1, 2)
+                out[indices] = torch.cat([projector(parts[:, i].reshape(len(indices), self.width))
+                                          for i, projector in enumerate(self.projectors)], dim=1).cpu()
                 bar.update(len(indices))
         return out
 
@@ -88,12 +134,14 @@ def jvp_embeddings(
     batch_size: int = 8,
     pad_id: int = 0,
     progress: bool = True,
+    poolings: tuple[str, ...] = ("last",),
 ) -> torch.Tensor:
-    """Embeddings of `examples` in their order: (N, min(m·d_model, d_e)) float32 on the CPU.
+    """Embeddings of `examples` in their order: (N, P·min(m·d_model, d_e/P)) float32 on the CPU.
 
     Args:
         backbone: a truncated backbone from `models.truncated_backbone` (eager attention, no grad).
         seed: fixes the tangents and the projection.
         pad_id: any token id; padded positions are masked out.
+        poolings: the P ways of reading the K-block outputs (`POOLINGS`), one embedding block each.
     """
-    return JvpEmbedder(backbone, num_tangents, dim, seed, batch_size, pad_id)(examples, progress)
+    return JvpEmbedder(backbone, num_tangents, dim, seed, batch_size, pad_id, poolings)(examples, progress)

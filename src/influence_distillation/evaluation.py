@@ -69,6 +69,9 @@ class EvalConfig:
     learning_rate: float = option(5e-4, "LoRA learning rate (AdamW, linear decay to 0).")
     lora_rank: int = option(16, "LoRA rank r (alpha = 2r) on every attention and MLP projection.")
     bf16: bool = option(False, "Train in bfloat16 autocast (measured slower than float32 on a 2-core CPU; for GPUs).")
+    weighted: bool = option(False, "Weight each training sample's loss by the `weight` field of its --train record "
+                            "(a --selection weights run writes it), rescaled to mean 1; the random subset stays "
+                            "unweighted.")
 
     def validate(self) -> None:
         for name, flag in (("train", "--train"), ("test", "--test"), ("pool", "--pool"), ("out", "--out")):
@@ -89,8 +92,10 @@ def _autocast(enabled: bool):
     return torch.autocast("cpu" if not torch.cuda.is_available() else "cuda", dtype=torch.bfloat16, enabled=enabled)
 
 
-def finetune_lora(base, examples: list[Example], config: EvalConfig, seed: int, pad_id: int, progress: bool = True):
-    """A LoRA-adapted copy of `base` trained on `examples`; the base model is left untouched."""
+def finetune_lora(base, examples: list[Example], config: EvalConfig, seed: int, pad_id: int, progress: bool = True,
+                  weights: torch.Tensor | None = None):
+    """A LoRA-adapted copy of `base` trained on `examples` (each loss times its entry of `weights`, if given); the
+    base model is left untouched."""
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError:
@@ -109,7 +114,8 @@ def finetune_lora(base, examples: list[Example], config: EvalConfig, seed: int, 
         for batch in bar:
             optimizer.zero_grad(set_to_none=True)
             loss = backward_mean_loss(model, [examples[i] for i in batch], pad_id,
-                                      autocast=lambda: _autocast(config.bf16))
+                                      autocast=lambda: _autocast(config.bf16),
+                                      weights=None if weights is None else weights[batch])
             optimizer.step()
             schedule.step()
             bar.set_postfix(loss=f"{loss:.3f}")
@@ -217,9 +223,11 @@ def _option_examples(samples: list[Sample], tokenizer, max_length: int, fallback
     return choices
 
 
-def evaluate_subsets(config: EvalConfig, subsets, test_path: str, progress: bool = True) -> dict[str, Any]:
+def evaluate_subsets(config: EvalConfig, subsets, test_path: str, progress: bool = True,
+                     untrained: bool = True) -> dict[str, Any]:
     """Fine-tune on each subset (name → samples, or name → function of the seed giving samples) for every seed and
-    score on `test_path`; the untrained model is the row `untrained`. Returns mean ± std and per-seed metrics."""
+    score on `test_path`; the untrained model is the row `untrained` (unless `untrained` is False). Returns
+    mean ± std and per-seed metrics."""
     started = time.perf_counter()
     model, tokenizer = load_model(config.model)
     pad_id = pad_token_id(tokenizer)
@@ -235,16 +243,33 @@ def evaluate_subsets(config: EvalConfig, subsets, test_path: str, progress: bool
 
     test = tokenize(test_samples, "test")
     choices = _option_examples(test_samples, tokenizer, config.max_length, True)
-    rows: dict[str, list[dict[str, float]]] = {"untrained": [test_metrics(model, test, choices, config, pad_id,
-                                                                          progress)]}
+    rows: dict[str, list[dict[str, float]]] = {}
+    if untrained:
+        rows["untrained"] = [test_metrics(model, test, choices, config, pad_id, progress)]
     for seed in range(config.seed, config.seed + config.seeds):
         for name, subset in subsets.items():
-            examples = tokenize(subset(seed) if callable(subset) else subset, name)
-            tuned = finetune_lora(model, examples, config, seed, pad_id, progress)
+            samples = subset(seed) if callable(subset) else subset
+            examples = tokenize(samples, name)
+            weights = training_weights(samples, examples) if config.weighted and name != "random" else None
+            tuned = finetune_lora(model, examples, config, seed, pad_id, progress, weights)
             rows.setdefault(name, []).append(test_metrics(tuned, test, choices, config, pad_id, progress))
             del tuned  # one adapted copy of the model at a time
             log.info("seed %d %s: %s", seed, name, rows[name][-1])
-    return {"results": _aggregate(rows), "per_seed": rows, "seconds": round(time.perf_counter() - started, 1)}
+    return {"results": {name: aggregate_runs(runs) for name, runs in rows.items()}, "per_seed": rows,
+            "seconds": round(time.perf_counter() - started, 1)}
+
+
+def training_weights(samples: list[Sample], examples: list[Example]) -> torch.Tensor:
+    """Each example's `weight` from its record, rescaled to mean 1 (the optimal weights sum to the pool size)."""
+    by_id = {sample.id: sample for sample in samples}
+    missing = [e.id for e in examples if not isinstance(by_id[e.id].record.get("weight"), (int, float))]
+    if missing:
+        raise DataError(f"--weighted: training record {missing[0]} has no numeric 'weight' field (select with "
+                        "--selection weights or --order 2 to get one)")
+    weights = torch.tensor([float(by_id[e.id].record["weight"]) for e in examples], dtype=torch.float64)
+    if not torch.isfinite(weights).all() or (weights < 0).any() or weights.sum() <= 0:
+        raise DataError("--weighted: training weights must be finite, non-negative and not all zero")
+    return weights * (len(weights) / weights.sum())
 
 
 def run_evaluation(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
@@ -265,14 +290,13 @@ def run_evaluation(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
     return summary
 
 
-def _aggregate(rows: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, float]]:
+def aggregate_runs(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Mean and sample std (0 for one run) of each metric over runs."""
     out = {}
-    for name, runs in rows.items():
-        out[name] = {}
-        for metric in runs[0]:
-            values = np.array([run[metric] for run in runs])
-            out[name][metric] = float(values.mean())
-            out[name][f"{metric}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    for metric in runs[0]:
+        values = np.array([run[metric] for run in runs])
+        out[metric] = float(values.mean())
+        out[f"{metric}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
     return out
 
 

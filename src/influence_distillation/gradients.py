@@ -173,8 +173,9 @@ def projected_gradients(
 
 
 def backward_mean_loss(model: nn.Module, examples: list[Example], pad_id: int = 0, max_tokens: int = 1024,
-                       autocast=contextlib.nullcontext) -> float:
-    """Backpropagate the mean per-sample loss of `examples` in micro-batches of at most `max_tokens` padded tokens.
+                       autocast=contextlib.nullcontext, weights: torch.Tensor | None = None) -> float:
+    """Backpropagate the mean per-sample loss of `examples` (each multiplied by its entry of `weights`, if given) in
+    micro-batches of at most `max_tokens` padded tokens.
 
     Gradients accumulate exactly as for one batch, but activation memory is bounded by the micro-batch: a batch of
     8 × 300 tokens of a 135M model otherwise holds ~6 GB of activations.
@@ -187,7 +188,10 @@ def backward_mean_loss(model: nn.Module, examples: list[Example], pad_id: int = 
         while stop < len(order) and (stop - start + 1) * len(examples[order[stop]]) <= max_tokens:
             stop += 1
         with autocast():
-            loss = batch_losses(model, collate([examples[i] for i in order[start:stop]], pad_id).to(device)).sum()
+            losses = batch_losses(model, collate([examples[i] for i in order[start:stop]], pad_id).to(device))
+            if weights is not None:
+                losses = losses * weights[order[start:stop]].to(device=device, dtype=losses.dtype)
+            loss = losses.sum()
         (loss / len(examples)).backward()
         total += loss.item()
         start = stop

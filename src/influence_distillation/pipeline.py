@@ -1,13 +1,10 @@
-"""The whole selection, stage by stage, and the run directory it writes.
-
-Each `compute_*` / `propagate` / `solve_*` function is one stage that a notebook user can call on their own;
-`run_selection` chains them, times them, and writes the outputs (see `write_outputs`) with `manifest.json` last.
+"""The whole selection run: `run_selection` chains the stages of `stages.py` (or a baseline), times them, caches
+the pool-wide ones in resumable shards, and writes the outputs (see `write_outputs`) with `manifest.json` last.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import time
 from collections.abc import Iterator
@@ -17,39 +14,33 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from . import __version__, artifacts, baselines, cost
 from .baselines import BASELINES
-from .config import (
-    EmbeddingConfig,
-    GradientConfig,
-    PropagationConfig,
-    SelectConfig,
-    to_dict,
-)
+from .config import SelectConfig, to_dict
 from .data import load_samples
 from .distributed import DistInfo
-from .embeddings import JvpEmbedder, jvp_embeddings
-from .errors import ConfigError, DataError
-from .gradients import projected_gradients, select_parameters
+from .embeddings import JvpEmbedder
+from .errors import DataError
+from .gradients import projected_gradients
 from .hessian import gradient_and_hessian_rows, target_hvp
 from .influence import curvature, first_order_influence
 from .landmarks import choose_landmarks
 from .models import load_model, pad_token_id, truncated_backbone
 from .outputs import SelectionResult, manifest_base, output_files, write_outputs
-from .preconditioning import (
-    AdamParamState,
-    adam_offset_vector,
-    adam_preconditioner,
-    load_adamw_state,
-    state_learning_rate,
-)
-from .projection import make_projector
-from .propagation import KernelRidge, fit_kernel_ridge, heldout_fidelity
+from .propagation import heldout_fidelity
 from .selection import select
 from .shards import ShardedStage
-from .tokenization import Example, TokenizedSet, tokenize_samples
+from .stages import (
+    compute_gradients,
+    derive_seed,
+    fidelity_warning,
+    gradient_space,
+    hessian_sample,
+    propagate,
+    propagation_matrix,
+)
+from .tokenization import TokenizedSet, tokenize_samples
 from .weights import (
     DenseQuadraticForm,
     FactoredQuadraticForm,
@@ -62,99 +53,6 @@ log = logging.getLogger(__name__)
 
 EMBEDDING_SHARD = 256  # rows per shard of cheap per-sample stages (embeddings, forward passes)
 GRADIENT_SHARD = 32  # rows per shard of per-sample gradients (about 30 s each for a 135M model on a CPU)
-DEFAULT_LEARNING_RATE = 2e-5  # the paper's fine-tuning rate; used when neither a flag nor a state gives one
-MAX_COEFFICIENT_BYTES = 4 << 30  # the dense (N, l) propagation matrix that --order 2 needs
-
-
-def derive_seed(master: int, stage: str) -> int:
-    """An independent, reproducible seed per stage, so changing one stage's randomness leaves the others alone."""
-    return int.from_bytes(hashlib.sha256(f"{master}:{stage}".encode()).digest()[:4], "little")
-
-
-def compute_embeddings(
-    model: nn.Module, examples: list[Example], config: EmbeddingConfig, seed: int, pad_id: int = 0,
-    progress: bool = True,
-) -> torch.Tensor:
-    """Stage 1: JVP embeddings of every example, (N, d_e) float32."""
-    backbone = truncated_backbone(model, config.num_blocks)
-    return jvp_embeddings(backbone, examples, config.num_tangents, config.dim, seed, config.batch_size, pad_id,
-                          progress=progress)
-
-
-@dataclass
-class GradientSpace:
-    """What landmark and target gradients share: parameters, projection, normalisation, optional AdamW state."""
-
-    params: dict[str, nn.Parameter]
-    projector: Any
-    normalize: bool = True
-    adam_states: dict[str, AdamParamState] | None = None
-    preconditioner: torch.Tensor | None = None  # the flat Adam vector a
-
-    @property
-    def num_coordinates(self) -> int:
-        return sum(p.numel() for p in self.params.values())
-
-    def offset(self) -> torch.Tensor:
-        """The flat Adam vector b (momentum + weight decay part of the next step)."""
-        return adam_offset_vector(self.adam_states, self.params)
-
-    def learning_rate(self, requested: float | None) -> float:
-        if requested is not None:
-            return requested
-        if self.adam_states is not None:
-            return state_learning_rate(self.adam_states, list(self.params))
-        return DEFAULT_LEARNING_RATE
-
-
-def gradient_space(model: nn.Module, config: GradientConfig, seed: int) -> GradientSpace:
-    params = select_parameters(model, config.params)
-    size = sum(p.numel() for p in params.values())
-    space = GradientSpace(params, make_projector(size, config.proj_dim, seed), config.normalize)
-    if config.optimizer_state:
-        space.adam_states = load_adamw_state(config.optimizer_state, model)
-        space.preconditioner = adam_preconditioner(space.adam_states, list(params))
-    return space
-
-
-def compute_gradients(
-    model: nn.Module, examples: list[Example], space: GradientSpace, precondition: bool, desc: str = "gradients",
-    progress: bool = True,
-) -> torch.Tensor:
-    """Stages 2–3: projected per-sample gradients (n, k_p), unit-normalised and Adam-preconditioned as configured."""
-    rows, _ = projected_gradients(
-        model, examples, space.params, space.projector, space.preconditioner if precondition else None,
-        space.normalize, desc=desc, progress=progress,
-    )
-    return rows
-
-
-def propagate(
-    embeddings: torch.Tensor, landmark_rows: np.ndarray, landmark_values: torch.Tensor, config: PropagationConfig,
-    seed: int,
-) -> tuple[np.ndarray, KernelRidge]:
-    """Stage 4: KRR from the landmarks' values (l, t) to every row, (N, t); landmark rows keep their exact values."""
-    rows = torch.as_tensor(landmark_rows)
-    krr = fit_kernel_ridge(embeddings[rows], landmark_values, config.ridge, config.bandwidth, seed)
-    scores = krr.predict(embeddings, config.chunk_size)
-    scores[rows] = landmark_values.double().reshape(len(rows), -1)
-    return scores.numpy(), krr
-
-
-def propagation_matrix(krr: KernelRidge, embeddings: torch.Tensor, landmark_rows: np.ndarray,
-                       chunk_size: int) -> torch.Tensor:
-    """C (N, l) with p̂ = C p_L: KRR coefficients, identity rows at the landmarks (their values are exact)."""
-    size = embeddings.shape[0] * len(landmark_rows) * 8
-    if size > MAX_COEFFICIENT_BYTES:
-        raise ConfigError(
-            f"--order 2 needs the {embeddings.shape[0]}×{len(landmark_rows)} propagation matrix "
-            f"({size / 2**30:.1f} GiB); use fewer --landmarks"
-        )
-    coefficients = krr.coefficients(embeddings, chunk_size)
-    rows = torch.as_tensor(landmark_rows)
-    coefficients[rows] = 0.0
-    coefficients[rows, torch.arange(len(rows))] = 1.0
-    return coefficients
 
 
 class StageTimer:
@@ -276,7 +174,8 @@ def _select_influence(run: _Run) -> SelectionResult:
                 if embedder is None:  # tangents and projection drawn once per process
                     embedder = JvpEmbedder(truncated_backbone(model, config.embedding.num_blocks),
                                            config.embedding.num_tangents, config.embedding.dim, seeds["tangents"],
-                                           config.embedding.batch_size, pad_token_id(run.tokenizer))
+                                           config.embedding.batch_size, pad_token_id(run.tokenizer),
+                                           config.embedding.poolings())
                 return embedder([pool.examples[i] for i in rows])
 
             embeddings = run.sharded("embeddings", num_pool, embed, EMBEDDING_SHARD, last=order == 2,
@@ -294,11 +193,13 @@ def _select_influence(run: _Run) -> SelectionResult:
             progress=run.progress)
     # The target loss whose gradient the mean target row is: Σ ω_i ℓ_i (ω_i = 1/(t‖g_i‖) when normalising).
     target_weights = (1 / target_norms if space.normalize else torch.ones_like(target_norms)) / len(target_norms)
+    hessian_targets, hessian_weights = hessian_sample(target.examples, target_weights,
+                                                      config.influence.hessian_samples, seeds["landmarks"])
     hessian_rows = None
     with timer("landmark_gradients"):
         if order == 2:
             landmark_rows, hessian_rows = gradient_and_hessian_rows(
-                model, landmark_examples, space.params, space.projector, target.examples, target_weights,
+                model, landmark_examples, space.params, space.projector, hessian_targets, hessian_weights,
                 space.preconditioner, space.normalize, progress=run.progress)
         else:
             landmark_rows = run.sharded(
@@ -311,20 +212,24 @@ def _select_influence(run: _Run) -> SelectionResult:
         landmark_influence = first_order_influence(landmark_rows, target_rows)
         target_direction = target_rows.double().mean(0)
         if order == 2 and space.adam_states is not None:  # p_Adam = U (g_T − η H b)
-            target_direction -= eta * space.projector(target_hvp(model, space.params, target.examples,
-                                                                 space.offset()[None], target_weights))[0].double()
+            target_direction -= eta * space.projector(target_hvp(model, space.params, hessian_targets,
+                                                                 space.offset()[None], hessian_weights))[0].double()
         mean_influence = landmark_rows.double() @ target_direction  # (l,)
         landmark_q = curvature(landmark_rows, hessian_rows, num_pool) if order == 2 else None
 
     with timer("propagation"):
-        bandwidth, coefficients, mean_scores, fidelity = None, None, mean_influence, None
+        bandwidth, ridge, coefficients, mean_scores, fidelity = None, None, None, mean_influence, None
         if exact:
             scores = landmark_influence.numpy()
         else:
             scores, krr = propagate(embeddings, landmarks, landmark_influence, config.propagation, seeds["kernel"])
-            bandwidth = krr.bandwidth
+            bandwidth, ridge = krr.bandwidth, krr.ridge
             fidelity = heldout_fidelity(embeddings[torch.as_tensor(landmarks)], landmark_influence,
-                                        config.propagation.ridge, config.propagation.bandwidth, seeds["kernel"])
+                                        config.propagation.ridge, config.propagation.bandwidth, seeds["kernel"],
+                                        tune=config.propagation.tune)
+            warning = fidelity_warning(fidelity, len(landmarks), num_pool)
+            if warning:
+                log.warning(warning)
             if strategy == "weights":
                 coefficients = propagation_matrix(krr, embeddings, landmarks, config.propagation.chunk_size)
                 mean_scores = coefficients @ mean_influence
@@ -350,7 +255,8 @@ def _select_influence(run: _Run) -> SelectionResult:
         "influence": {"order": order, "exact": exact, "variant": "adamw" if space.adam_states is not None else "gd",
                       "learning_rate": eta, "normalized_gradients": space.normalize},
         "selection": {"strategy": strategy},
-        "propagation": {"bandwidth": bandwidth, "heldout_spearman": fidelity},
+        "propagation": {"bandwidth": bandwidth, "ridge": ridge, "heldout_spearman": fidelity,
+                        "warning": None if exact else fidelity_warning(fidelity, len(landmarks), num_pool)},
         "cost": cost.influence_flops(model, pool.examples, landmark_examples, target.examples, config, exact,
                                      space.projector, order),
     }

@@ -88,14 +88,15 @@ def estimate(config: SelectConfig) -> list[Estimate]:
     if config.method in ("influence", "exact") and not exact:
         embed = config.embedding
         backbone = truncated_backbone(model, embed.num_blocks)
-        embedder = JvpEmbedder(backbone, embed.num_tangents, embed.dim, 0, embed.batch_size, pad_token_id(tokenizer))
+        embedder = JvpEmbedder(backbone, embed.num_tangents, embed.dim, 0, embed.batch_size, pad_token_id(tokenizer),
+                               embed.poolings())
         batch = sorted(pool, key=len)[len(pool) // 2 : len(pool) // 2 + embed.batch_size]
         embedder(batch[:2])  # warm-up
         start = time.perf_counter()
         embedder(batch)
         per_token = (time.perf_counter() - start) / tokens(batch)
         block_bytes = sum(p.numel() for p in backbone.parameters()) * bytes_per
-        width = embedder.projector.out_dim
+        width = embedder.out_dim
         estimates.append(Estimate(
             "embeddings", per_token * tokens(pool),
             model_bytes + block_bytes * (1 + embed.num_tangents)

@@ -1,0 +1,148 @@
+"""The selection's stages as functions a notebook user can call one by one (`run_selection` chains them).
+
+Each takes tensors and configs and returns tensors; nothing here reads or writes files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import EmbeddingConfig, GradientConfig, PropagationConfig
+from .embeddings import jvp_embeddings
+from .errors import ConfigError
+from .gradients import projected_gradients, select_parameters
+from .models import truncated_backbone
+from .preconditioning import (
+    AdamParamState,
+    adam_offset_vector,
+    adam_preconditioner,
+    load_adamw_state,
+    state_learning_rate,
+)
+from .projection import make_projector
+from .propagation import KernelRidge, fit_propagation
+from .tokenization import Example
+
+DEFAULT_LEARNING_RATE = 2e-5  # the paper's fine-tuning rate; used when neither a flag nor a state gives one
+MAX_COEFFICIENT_BYTES = 4 << 30  # the dense (N, l) propagation matrix that --order 2 needs
+
+
+def derive_seed(master: int, stage: str) -> int:
+    """An independent, reproducible seed per stage, so changing one stage's randomness leaves the others alone."""
+    return int.from_bytes(hashlib.sha256(f"{master}:{stage}".encode()).digest()[:4], "little")
+
+
+def compute_embeddings(
+    model: nn.Module, examples: list[Example], config: EmbeddingConfig, seed: int, pad_id: int = 0,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Stage 1: JVP embeddings of every example, (N, d_e) float32."""
+    backbone = truncated_backbone(model, config.num_blocks)
+    return jvp_embeddings(backbone, examples, config.num_tangents, config.dim, seed, config.batch_size, pad_id,
+                          progress=progress, poolings=config.poolings())
+
+
+@dataclass
+class GradientSpace:
+    """What landmark and target gradients share: parameters, projection, normalisation, optional AdamW state."""
+
+    params: dict[str, nn.Parameter]
+    projector: Any
+    normalize: bool = True
+    adam_states: dict[str, AdamParamState] | None = None
+    preconditioner: torch.Tensor | None = None  # the flat Adam vector a
+
+    @property
+    def num_coordinates(self) -> int:
+        return sum(p.numel() for p in self.params.values())
+
+    def offset(self) -> torch.Tensor:
+        """The flat Adam vector b (momentum + weight decay part of the next step)."""
+        return adam_offset_vector(self.adam_states, self.params)
+
+    def learning_rate(self, requested: float | None) -> float:
+        if requested is not None:
+            return requested
+        if self.adam_states is not None:
+            return state_learning_rate(self.adam_states, list(self.params))
+        return DEFAULT_LEARNING_RATE
+
+
+def gradient_space(model: nn.Module, config: GradientConfig, seed: int) -> GradientSpace:
+    params = select_parameters(model, config.params)
+    size = sum(p.numel() for p in params.values())
+    space = GradientSpace(params, make_projector(size, config.proj_dim, seed), config.normalize)
+    if config.optimizer_state:
+        space.adam_states = load_adamw_state(config.optimizer_state, model)
+        space.preconditioner = adam_preconditioner(space.adam_states, list(params))
+    return space
+
+
+def compute_gradients(
+    model: nn.Module, examples: list[Example], space: GradientSpace, precondition: bool, desc: str = "gradients",
+    progress: bool = True,
+) -> torch.Tensor:
+    """Stages 2–3: projected per-sample gradients (n, k_p), unit-normalised and Adam-preconditioned as configured."""
+    rows, _ = projected_gradients(
+        model, examples, space.params, space.projector, space.preconditioner if precondition else None,
+        space.normalize, desc=desc, progress=progress,
+    )
+    return rows
+
+
+def propagate(
+    embeddings: torch.Tensor, landmark_rows: np.ndarray, landmark_values: torch.Tensor, config: PropagationConfig,
+    seed: int,
+) -> tuple[np.ndarray, KernelRidge]:
+    """Stage 4: KRR from the landmarks' values (l, t) to every row, (N, t); landmark rows keep their exact values."""
+    rows = torch.as_tensor(landmark_rows)
+    krr = fit_propagation(embeddings[rows], landmark_values, config.ridge, config.bandwidth, config.tune, seed)
+    scores = krr.predict(embeddings, config.chunk_size)
+    scores[rows] = landmark_values.double().reshape(len(rows), -1)
+    return scores.numpy(), krr
+
+
+LOW_FIDELITY = 0.6  # held-out Spearman below which the propagated ranking is not to be trusted
+
+
+def fidelity_warning(fidelity: float | None, landmarks: int, pool: int) -> str | None:
+    """One line saying that propagation ranks poorly and what to do about it, or None when it ranks well."""
+    if fidelity is None or fidelity >= LOW_FIDELITY:
+        return None
+    more = min(pool, 2 * landmarks)
+    return (f"propagation is unreliable for this target: held-out Spearman {fidelity:.2f} < {LOW_FIDELITY} over "
+            f"{landmarks} landmarks; re-run with more landmarks (--landmarks {more}) or with --exact if the pool is "
+            f"small; the stage cache keeps the finished embeddings")
+
+
+def hessian_sample(targets: list[Example], weights: torch.Tensor, count: int, seed: int):
+    """The target samples whose Hessian the second-order term uses: all of them, or a seeded subset of `count`
+    reweighted to the same total weight (an unbiased estimate of Σ ω_i H_i under uniform sampling when the ω_i are
+    equal; each sample costs a double-backward pass per block of landmarks)."""
+    if not count or count >= len(targets):
+        return targets, weights
+    keep = np.sort(np.random.default_rng(seed).choice(len(targets), size=count, replace=False))
+    kept = weights[torch.as_tensor(keep)]
+    return [targets[i] for i in keep], kept * (weights.sum() / kept.sum())
+
+
+def propagation_matrix(krr: KernelRidge, embeddings: torch.Tensor, landmark_rows: np.ndarray,
+                       chunk_size: int) -> torch.Tensor:
+    """C (N, l) with p̂ = C p_L: KRR coefficients, identity rows at the landmarks (their values are exact)."""
+    size = embeddings.shape[0] * len(landmark_rows) * 8
+    if size > MAX_COEFFICIENT_BYTES:
+        raise ConfigError(
+            f"--order 2 needs the {embeddings.shape[0]}×{len(landmark_rows)} propagation matrix "
+            f"({size / 2**30:.1f} GiB); use fewer --landmarks"
+        )
+    coefficients = krr.coefficients(embeddings, chunk_size)
+    rows = torch.as_tensor(landmark_rows)
+    coefficients[rows] = 0.0
+    coefficients[rows, torch.arange(len(rows))] = 1.0
+    return coefficients
