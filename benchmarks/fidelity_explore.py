@@ -97,15 +97,36 @@ def combine(parts: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat(scaled, 1) / np.sqrt(len(parts))
 
 
+def finish(krr, points, landmarks, values, mode, delta):
+    """Predictions for all rows with the landmark rows treated per `mode`."""
+    from influence_distillation.propagation import leave_one_out, rbf_kernel
+    predicted = krr.predict(points)
+    if mode == "krr":
+        return predicted
+    if mode in ("loo", "calibrate"):
+        L = points[landmarks]
+        loo = leave_one_out(rbf_kernel(L, L, krr.bandwidth), values[landmarks], [krr.ridge])[0]
+        if mode == "loo":
+            predicted[landmarks] = loo
+            return predicted
+        y = values[landmarks]
+        lc, yc = loo - loo.mean(0), y - y.mean(0)
+        slope = (lc * yc).sum(0) / lc.square().sum(0).clamp_min(1e-300)
+        intercept = y.mean(0) - slope * loo.mean(0)
+        predicted = intercept + slope * predicted
+    predicted[landmarks] = values[landmarks]
+    return predicted
+
+
 def evaluate(points, exact, fraction, seeds, budget=120, strategy="random", tune=False, adaptive=0.0, ridge=0.01,
-             bw=1.0):
+             bw=1.0, mode="exact", extra=0.0, rounds=1, pick="round-robin"):
     n = points.shape[0]
     rows = {t: {"spearman": [], "recall": [], "rr": []} for t in exact}
     for seed in range(seeds):
         for t, values_np in exact.items():
             values = torch.from_numpy(values_np)
-            count = round(fraction * n)
-            first = round(count * (1 - adaptive))
+            count = round((fraction + extra) * n)
+            first = round(fraction * n * (1 - adaptive))
             landmarks = choose_landmarks(n, first, seed=seed, strategy=strategy, embeddings=points)
             if tune:
                 sigma, delta, _ = tune_kernel_ridge(points[landmarks], values[landmarks], seed=seed)
@@ -115,15 +136,15 @@ def evaluate(points, exact, fraction, seeds, budget=120, strategy="random", tune
                 from influence_distillation.propagation import median_bandwidth
                 sigma = median_bandwidth(points[landmarks], seed=seed) * bw
             krr = fit_kernel_ridge(points[landmarks], values[landmarks], ridge=delta, bandwidth=sigma)
-            predicted = krr.predict(points)
-            predicted[landmarks] = values[landmarks]
-            if count > first:  # second round: verify the predicted round-robin picks
-                picks = select(predicted.numpy(), count - first, "round-robin", seed)
-                extra = np.setdiff1d(picks, landmarks)
-                landmarks = np.union1d(landmarks, extra)
+            predicted = finish(krr, points, landmarks, values, mode, delta)
+            for r in range(rounds if count > first else 0):  # verification rounds
+                size = round((count - first) * (r + 1) / rounds) - round((count - first) * r / rounds)
+                masked = predicted.numpy().copy()
+                masked[landmarks] = masked.min() - 1.0
+                picks = select(masked, size, pick, seed)
+                landmarks = np.union1d(landmarks, picks)
                 krr = fit_kernel_ridge(points[landmarks], values[landmarks], ridge=delta, bandwidth=sigma)
-                predicted = krr.predict(points)
-                predicted[landmarks] = values[landmarks]
+                predicted = finish(krr, points, landmarks, values, mode, delta)
             others = np.setdiff1d(np.arange(n), landmarks)
             rows[t]["spearman"].append(np.mean([spearman(predicted[others, j], values[others, j])
                                                 for j in range(values.shape[1])]))
@@ -133,6 +154,9 @@ def evaluate(points, exact, fraction, seeds, budget=120, strategy="random", tune
             true_rr = set(select(values_np, budget, "round-robin", 0).tolist())
             pred_rr = set(select(predicted.numpy(), budget, "round-robin", 0).tolist())
             rows[t]["rr"].append(len(true_rr & pred_rr) / budget)
+            rows[t].setdefault("lm", []).append(len(pred_rr & set(landmarks.tolist())) / budget)
+            mean_exact = values_np.mean(1)
+            rows[t].setdefault("cap", []).append(mean_exact[list(pred_rr)].sum() / mean_exact[list(true_rr)].sum())
     return {t: {k: (float(np.mean(v)), float(np.std(v))) for k, v in r.items()} for t, r in rows.items()}
 
 
@@ -143,7 +167,9 @@ def show(name, result):
     for group in (long, short):
         for metric in ("spearman", "recall", "rr"):
             cells.append(f"{np.mean([result[t][metric][0] for t in group]):.3f}")
-    per = " ".join(f"{t[:4]}={result[t]['spearman'][0]:.2f}/{result[t]['rr'][0]:.2f}" for t in result)
+    per = " ".join(f"{t[:4]}={result[t]['spearman'][0]:.2f}/{result[t]['recall'][0]:.2f}/{result[t]['rr'][0]:.2f}"
+                   for t in result) + f" lm={np.mean([result[t]['lm'][0] for t in result]):.2f}" + \
+        f" cap long={np.mean([result[t]['cap'][0] for t in long]):.2f} demo={np.mean([result[t]['cap'][0] for t in short]):.2f}"
     print(f"{name:42s} long S/rec/rr {cells[0]} {cells[1]} {cells[2]} | demo {cells[3]} {cells[4]} {cells[5]} | {per}",
           flush=True)
 
@@ -162,4 +188,5 @@ if __name__ == "__main__":
         parts = name.split("+")
         emb = embeddings(ids, parts)
         points = combine([emb[p] for p in parts]) if len(parts) > 1 else emb[parts[0]].double()
-        show(name + (" " + json.dumps(opts) if opts else ""), evaluate(points, exact, 0.05, seeds, **opts))
+        fraction = opts.pop("fraction", 0.05)
+        show(name + (" " + json.dumps(opts) if opts else "") + f" {fraction:.0%}", evaluate(points, exact, fraction, seeds, **opts))

@@ -96,5 +96,6 @@ def test_benchmark_variants_and_per_row_seeds(model_dir, tmp_path, monkeypatch):
     assert manifest["influence"]["order"] == 2 and manifest["influence"]["variant"] == "adamw"
     paper = json.loads((out / "select-math-influence-paper" / "manifest.json").read_text())["config"]
     assert paper["embedding"]["pooling"] == "last" and paper["propagation"]["tune"] is False
+    assert paper["landmarks"]["verify"] == 0 and manifest["landmarks"]["verified"] == 0
     with_weights = [json.loads(x) for x in (out / "select-math-influence-order2" / "selected.jsonl").open()]
     assert all("weight" in record for record in with_weights)

@@ -77,6 +77,13 @@ class LandmarkConfig:
     strategy: str = option(
         "random", "How landmarks are chosen: uniformly at random (the paper's), k-means++ seeding or greedy k-center "
         "in embedding space.", "--landmark-strategy", choices=("random", "kmeans++", "k-center"))
+    verify: int = option(
+        -1, "Verification landmarks: after propagating from the first landmarks, this many more samples, those with "
+        "the highest propagated influence, get exact gradients too, so the selection rests on exact influence where "
+        "it is made. -1 (default): as many as the smaller of the budget and the first landmarks; 0: none (the "
+        "paper's method).", "--verify")
+    verify_rounds: int = option(
+        1, "Rounds the verification landmarks are placed in, re-propagating after each.", "--verify-rounds")
 
 
 @dataclass
@@ -195,6 +202,10 @@ class SelectConfig:
         for flag, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"{flag} must be positive, got {value}")
+        if self.landmarks.verify < -1:
+            raise ConfigError(f"--verify must be -1 (auto), 0 (off) or a count, got {self.landmarks.verify}")
+        if self.landmarks.verify_rounds <= 0:
+            raise ConfigError(f"--verify-rounds must be positive, got {self.landmarks.verify_rounds}")
         if self.landmarks.count >= 1 and self.landmarks.count != int(self.landmarks.count):
             raise ConfigError(f"--landmarks must be an integer or a fraction below 1, got {self.landmarks.count}")
         if self.propagation.ridge <= 0:

@@ -52,6 +52,15 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
+def broadcast(info: DistInfo, value):
+    """Rank 0's `value` on every rank (a decision that must not depend on floating-point agreement)."""
+    if info.world_size > 1 and dist.is_initialized():
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+    return value
+
+
 def finalize(info: DistInfo) -> None:
     if info.world_size > 1 and dist.is_initialized():
         dist.destroy_process_group()

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import __version__, artifacts, baselines, cost
+from . import __version__, artifacts, baselines, cost, distributed
 from .baselines import BASELINES
 from .config import SelectConfig, to_dict
 from .data import load_samples
@@ -25,7 +25,7 @@ from .errors import DataError
 from .gradients import projected_gradients
 from .hessian import gradient_and_hessian_rows, target_hvp
 from .influence import curvature, first_order_influence
-from .landmarks import choose_landmarks
+from .landmarks import choose_landmarks, landmark_count
 from .models import load_model, pad_token_id, truncated_backbone
 from .outputs import SelectionResult, manifest_base, output_files, write_outputs
 from .propagation import heldout_fidelity
@@ -39,6 +39,9 @@ from .stages import (
     hessian_sample,
     propagate,
     propagation_matrix,
+    round_sizes,
+    verification_count,
+    verification_rows,
 )
 from .tokenization import TokenizedSet, tokenize_samples
 from .weights import (
@@ -164,28 +167,33 @@ def _select_influence(run: _Run) -> SelectionResult:
     order, exact = config.influence.order, config.influence.exact or config.method == "exact"
     strategy = config.selection.resolved(order, config.method)
     num_pool = len(pool.examples)
-    embeddings = None
+    embeddings, embedder = None, None
+
+    def embed(rows):
+        nonlocal embedder
+        if embedder is None:  # tangents and projection drawn once per process
+            embedder = JvpEmbedder(truncated_backbone(model, config.embedding.num_blocks),
+                                   config.embedding.num_tangents, config.embedding.dim, seeds["tangents"],
+                                   config.embedding.batch_size, pad_token_id(run.tokenizer),
+                                   config.embedding.poolings())
+        return embedder([pool.examples[i] for i in rows])
+
+    verify = 0 if exact else verification_count(config.landmarks.verify, config.selection.budget,
+                                                  landmark_count(config.landmarks.count, num_pool), num_pool)
     if not exact:
         with timer("embeddings"):
-            embedder = None
-
-            def embed(rows):
-                nonlocal embedder
-                if embedder is None:  # tangents and projection drawn once per process
-                    embedder = JvpEmbedder(truncated_backbone(model, config.embedding.num_blocks),
-                                           config.embedding.num_tangents, config.embedding.dim, seeds["tangents"],
-                                           config.embedding.batch_size, pad_token_id(run.tokenizer),
-                                           config.embedding.poolings())
-                return embedder([pool.examples[i] for i in rows])
-
-            embeddings = run.sharded("embeddings", num_pool, embed, EMBEDDING_SHARD, last=order == 2,
+            embeddings = run.sharded("embeddings", num_pool, embed, EMBEDDING_SHARD, last=order == 2 and not verify,
                                      embedding=to_dict(config.embedding), seed=seeds["tangents"])
     with timer("landmarks"):
         landmarks = (np.arange(num_pool) if exact else choose_landmarks(
             num_pool, config.landmarks.count, seeds["landmarks"], config.landmarks.strategy, embeddings))
     space = gradient_space(model, config.gradients, seeds["projection"])
     eta = space.learning_rate(config.influence.learning_rate)
-    landmark_examples = [pool.examples[i] for i in landmarks]
+
+    def gradient_stage(stage: str, rows: np.ndarray, last: bool) -> torch.Tensor:
+        return run.sharded(stage, len(rows), lambda part: compute_gradients(
+            model, [pool.examples[rows[i]] for i in part], space, precondition=True, progress=False), GRADIENT_SHARD,
+            last=last, landmarks=rows.tolist(), gradients=to_dict(config.gradients), seed=seeds["projection"])
 
     with timer("target_gradients"):
         target_rows, target_norms = projected_gradients(
@@ -197,17 +205,23 @@ def _select_influence(run: _Run) -> SelectionResult:
                                                       config.influence.hessian_samples, seeds["landmarks"])
     hessian_rows = None
     with timer("landmark_gradients"):
-        if order == 2:
+        if order == 2 and not verify:
             landmark_rows, hessian_rows = gradient_and_hessian_rows(
-                model, landmark_examples, space.params, space.projector, hessian_targets, hessian_weights,
-                space.preconditioner, space.normalize, progress=run.progress)
+                model, [pool.examples[i] for i in landmarks], space.params, space.projector, hessian_targets,
+                hessian_weights, space.preconditioner, space.normalize, progress=run.progress)
         else:
-            landmark_rows = run.sharded(
-                "landmark_gradients", len(landmark_examples),
-                lambda rows: compute_gradients(model, [landmark_examples[i] for i in rows], space, precondition=True,
-                                               progress=False),
-                GRADIENT_SHARD, last=True, landmarks=landmarks.tolist(), gradients=to_dict(config.gradients),
-                seed=seeds["projection"])
+            landmark_rows = gradient_stage("landmark_gradients", landmarks, last=order == 1 and not verify)
+    random_landmarks, random_values = landmarks, first_order_influence(landmark_rows, target_rows)
+    if verify:
+        with timer("verification"):
+            landmarks, landmark_rows = _verify(run, embeddings, landmarks, landmark_rows, target_rows, verify,
+                                               gradient_stage, last=order == 1)
+        if order == 2:
+            with timer("landmark_hessian"):
+                landmark_rows, hessian_rows = gradient_and_hessian_rows(
+                    model, [pool.examples[i] for i in landmarks], space.params, space.projector, hessian_targets,
+                    hessian_weights, space.preconditioner, space.normalize, progress=run.progress)
+    landmark_examples = [pool.examples[i] for i in landmarks]
     with timer("influence"):
         landmark_influence = first_order_influence(landmark_rows, target_rows)
         target_direction = target_rows.double().mean(0)
@@ -224,10 +238,11 @@ def _select_influence(run: _Run) -> SelectionResult:
         else:
             scores, krr = propagate(embeddings, landmarks, landmark_influence, config.propagation, seeds["kernel"])
             bandwidth, ridge = krr.bandwidth, krr.ridge
-            fidelity = heldout_fidelity(embeddings[torch.as_tensor(landmarks)], landmark_influence,
+            # On the first, random landmarks only: the verified ones are not a sample of the pool.
+            fidelity = heldout_fidelity(embeddings[torch.as_tensor(random_landmarks)], random_values,
                                         config.propagation.ridge, config.propagation.bandwidth, seeds["kernel"],
                                         tune=config.propagation.tune)
-            warning = fidelity_warning(fidelity, len(landmarks), num_pool)
+            warning = fidelity_warning(fidelity, len(random_landmarks), num_pool)
             if warning:
                 log.warning(warning)
             if strategy == "weights":
@@ -256,7 +271,9 @@ def _select_influence(run: _Run) -> SelectionResult:
                       "learning_rate": eta, "normalized_gradients": space.normalize},
         "selection": {"strategy": strategy},
         "propagation": {"bandwidth": bandwidth, "ridge": ridge, "heldout_spearman": fidelity,
-                        "warning": None if exact else fidelity_warning(fidelity, len(landmarks), num_pool)},
+                        "warning": None if exact else fidelity_warning(fidelity, len(random_landmarks), num_pool)},
+        "landmarks": {"first": int(len(random_landmarks)), "verified": int(len(landmarks) - len(random_landmarks)),
+                      "strategy": config.landmarks.strategy},
         "cost": cost.influence_flops(model, pool.examples, landmark_examples, target.examples, config, exact,
                                      space.projector, order),
     }
@@ -268,6 +285,22 @@ def _select_influence(run: _Run) -> SelectionResult:
                                          solution.weights),
         }
     return SelectionResult(pool.ids, embeddings, landmarks, landmark_influence, scores, selected, solution)
+
+
+def _verify(run: _Run, embeddings, landmarks, rows, target_rows, count, gradient_stage, last):
+    """Verification rounds: propagate from the landmarks so far, give the most promising samples an exact gradient,
+    repeat; returns all landmarks (sorted) and their gradient rows."""
+    config, seeds = run.config, run.seeds
+    sizes = round_sizes(count, config.landmarks.verify_rounds)
+    for number, size in enumerate(sizes, 1):
+        scores, _ = propagate(embeddings, landmarks, first_order_influence(rows, target_rows), config.propagation,
+                              seeds["kernel"])
+        picks = distributed.broadcast(run.dist, verification_rows(scores, landmarks, size))
+        rows = torch.cat([rows, gradient_stage(f"verified_gradients_{number}", picks,
+                                               last and number == len(sizes))])
+        landmarks = np.concatenate([landmarks, picks])
+    order = np.argsort(landmarks, kind="stable")
+    return landmarks[order], rows[torch.as_tensor(order)]
 
 
 def _select_baseline(run: _Run) -> SelectionResult:

@@ -27,6 +27,7 @@ from .preconditioning import (
 )
 from .projection import make_projector
 from .propagation import KernelRidge, fit_propagation
+from .selection import select
 from .tokenization import Example
 
 DEFAULT_LEARNING_RATE = 2e-5  # the paper's fine-tuning rate; used when neither a flag nor a state gives one
@@ -117,8 +118,8 @@ def fidelity_warning(fidelity: float | None, landmarks: int, pool: int) -> str |
         return None
     more = min(pool, 2 * landmarks)
     return (f"propagation is unreliable for this target: held-out Spearman {fidelity:.2f} < {LOW_FIDELITY} over "
-            f"{landmarks} landmarks; re-run with more landmarks (--landmarks {more}) or with --exact if the pool is "
-            f"small; the stage cache keeps the finished embeddings")
+            f"{landmarks} landmarks; re-run with more landmarks (--landmarks {more}), a verification round "
+            f"(--verify -1) or, for a small pool, --exact; the stage cache keeps the finished embeddings")
 
 
 def hessian_sample(targets: list[Example], weights: torch.Tensor, count: int, seed: int):
@@ -146,3 +147,25 @@ def propagation_matrix(krr: KernelRidge, embeddings: torch.Tensor, landmark_rows
     coefficients[rows] = 0.0
     coefficients[rows, torch.arange(len(rows))] = 1.0
     return coefficients
+
+
+def verification_count(requested: int, budget: int, landmarks: int, pool: int) -> int:
+    """How many verification landmarks a run places: `requested`, or for -1 the smaller of the budget and the
+    first landmarks; never more than the samples that are not landmarks yet."""
+    count = min(budget, landmarks) if requested == -1 else requested
+    return max(0, min(count, pool - landmarks))
+
+
+def round_sizes(count: int, rounds: int) -> list[int]:
+    """`count` split into `rounds` near-equal non-empty parts (fewer parts when count < rounds)."""
+    return [size for r in range(rounds) if (size := round(count * (r + 1) / rounds) - round(count * r / rounds))]
+
+
+def verification_rows(scores: np.ndarray, landmarks: np.ndarray, count: int) -> np.ndarray:
+    """The `count` samples with the highest propagated mean influence over the target samples, landmarks excluded
+    (their values are exact already): the consensus candidates of the selection, where an exact gradient confirms
+    or removes a pick. (Measured: picking by mean confirms more of the final selection than picking each target
+    sample's own best, docs/BENCHMARKS.md.)"""
+    masked = np.asarray(scores, dtype=np.float64).reshape(len(scores), -1).mean(axis=1)
+    masked[landmarks] = masked.min() - 1.0  # below every other row: taken only if nothing else is left
+    return select(masked[:, None], count, "top-k")
