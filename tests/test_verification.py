@@ -9,7 +9,11 @@ from test_cli import select_args
 from test_distributed import torchrun
 
 from influence_distillation.cli import main
-from influence_distillation.stages import round_sizes, verification_count, verification_rows
+from influence_distillation.stages import (
+    round_sizes,
+    verification_count,
+    verification_rows,
+)
 
 
 def landmark_rows(out):
