@@ -21,16 +21,16 @@ import time
 import torch
 from torch.func import functional_call, jvp
 
-from influence_distillation.embeddings import jvp_outputs, sample_tangents
-from influence_distillation.gradients import (
+from influence_distillation.method.embeddings import jvp_outputs, sample_tangents
+from influence_distillation.method.gradients import (
     flat_gradient,
     only_requires_grad,
     select_parameters,
 )
-from influence_distillation.models import truncated_backbone
-from influence_distillation.projection import HadamardProjector, fwht
-from influence_distillation.propagation import fit_kernel_ridge
-from influence_distillation.tokenization import Example, collate
+from influence_distillation.method.projection import HadamardProjector, fwht
+from influence_distillation.method.propagation import fit_kernel_ridge
+from influence_distillation.runtime.models import truncated_backbone
+from influence_distillation.runtime.tokenization import Example, collate
 
 
 def smollm2_shaped_model():

@@ -19,16 +19,16 @@ from influence_distillation import (
     tokenize_samples,
 )
 from influence_distillation.baselines import minilm_embeddings, rds_embeddings
-from influence_distillation.embeddings import POOLINGS, jvp_outputs, sample_tangents
-from influence_distillation.landmarks import choose_landmarks
-from influence_distillation.models import truncated_backbone
-from influence_distillation.propagation import (
+from influence_distillation.method.embeddings import POOLINGS, jvp_outputs, sample_tangents
+from influence_distillation.method.landmarks import choose_landmarks
+from influence_distillation.method.propagation import (
     fit_kernel_ridge,
     spearman,
     tune_kernel_ridge,
 )
-from influence_distillation.selection import select
-from influence_distillation.tokenization import collate, length_batches
+from influence_distillation.method.selection import select
+from influence_distillation.runtime.models import truncated_backbone
+from influence_distillation.runtime.tokenization import collate, length_batches
 
 BENCH = Path("runs/suite")
 CACHE = Path("runs/fidelity/cache")
@@ -99,7 +99,7 @@ def combine(parts: list[torch.Tensor]) -> torch.Tensor:
 
 def finish(krr, points, landmarks, values, mode, delta):
     """Predictions for all rows with the landmark rows treated per `mode`."""
-    from influence_distillation.propagation import leave_one_out, rbf_kernel
+    from influence_distillation.method.propagation import leave_one_out, rbf_kernel
     predicted = krr.predict(points)
     if mode == "krr":
         return predicted
@@ -133,7 +133,7 @@ def evaluate(points, exact, fraction, seeds, budget=120, strategy="random", tune
             else:
                 sigma, delta = None, ridge
             if bw != 1.0:
-                from influence_distillation.propagation import median_bandwidth
+                from influence_distillation.method.propagation import median_bandwidth
                 sigma = median_bandwidth(points[landmarks], seed=seed) * bw
             krr = fit_kernel_ridge(points[landmarks], values[landmarks], ridge=delta, bandwidth=sigma)
             predicted = finish(krr, points, landmarks, values, mode, delta)

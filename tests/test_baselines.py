@@ -9,9 +9,9 @@ from test_cli import select_args
 
 from influence_distillation import baselines
 from influence_distillation.cli import main
-from influence_distillation.data import Sample
-from influence_distillation.preconditioning import AdamParamState
-from influence_distillation.tokenization import tokenize_samples
+from influence_distillation.method.preconditioning import AdamParamState
+from influence_distillation.runtime.data import Sample
+from influence_distillation.runtime.tokenization import tokenize_samples
 
 
 def test_mid_ppl_takes_the_band_from_the_33rd_percentile():

@@ -5,7 +5,7 @@ import json
 
 from conftest import synthetic_pool, synthetic_target, write_jsonl
 
-from influence_distillation import benchmark
+from influence_distillation.evaluation import benchmark
 from influence_distillation.cli import main
 
 

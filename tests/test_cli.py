@@ -28,9 +28,12 @@ def test_select_writes_every_output(kind, chat_template, model_dir, data_files, 
     assert main(select_args(pool, target, model_dir(kind, chat_template), out, 8)) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "complete"
-    assert manifest["counts"]["pool"]["kept"] == 36 and manifest["counts"]["landmarks"] == 12
+    # 12 random landmarks, then as many verification landmarks as the budget (the default --verify -1).
+    assert manifest["counts"]["pool"]["kept"] == 36 and manifest["counts"]["landmarks"] == 20
+    assert manifest["landmarks"] == {"first": 12, "verified": 8, "strategy": "random"}
     assert manifest["config"]["selection"]["budget"] == 8
-    assert set(manifest["stages"]) >= {"embeddings", "landmark_gradients", "target_gradients", "propagation"}
+    assert set(manifest["stages"]) >= {"embeddings", "landmark_gradients", "verification", "target_gradients",
+                                       "propagation"}
     selected = [json.loads(line) for line in (out / "selected.jsonl").read_text().splitlines()]
     pool_records = [json.loads(line) for line in pool.read_text().splitlines()]
     assert len(selected) == 8 and len({row["id"] for row in selected}) == 8
@@ -39,7 +42,7 @@ def test_select_writes_every_output(kind, chat_template, model_dir, data_files, 
         assert {k: row[k] for k in original} == original and isinstance(row["score"], float)
     scores = pq.read_table(out / "scores.parquet").to_pydict()
     assert scores["id"] == [str(i) for i in range(36)]
-    assert sum(scores["selected"]) == 8 and sum(scores["landmark"]) == 12
+    assert sum(scores["selected"]) == 8 and sum(scores["landmark"]) == 20
     ranked = sorted((r, i) for r, i in zip(scores["rank"], scores["id"]) if r >= 0)
     assert [i for _, i in ranked] == [row["id"] for row in selected]
     embeddings = np.load(out / "embeddings.npy")
@@ -73,7 +76,8 @@ def test_config_file_values_and_flag_overrides(model_dir, data_files, tmp_path):
                  "--quiet"]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["config"]["selection"] == {"budget": 6, "strategy": "top-k"}
-    assert manifest["counts"]["landmarks"] == 18 and manifest["config"]["embedding"]["num_blocks"] == 1
+    assert manifest["landmarks"]["first"] == 18 and manifest["config"]["embedding"]["num_blocks"] == 1
+    assert manifest["counts"]["landmarks"] == 18 + 6  # verification: as many as the budget
     scores = pq.read_table(out / "scores.parquet").to_pydict()
     chosen = [s for s, flag in zip(scores["score"], scores["selected"]) if flag]
     assert min(chosen) >= max(s for s, flag in zip(scores["score"], scores["selected"]) if not flag)
@@ -208,7 +212,7 @@ def test_bad_inputs_give_one_line_errors_and_no_finished_output(case, model_dir,
 def test_disk_full_while_writing_a_shard(model_dir, data_files, tmp_path, capsys, monkeypatch):
     import errno
 
-    from influence_distillation import shards
+    from influence_distillation.runtime import shards
 
     pool, target = data_files
     written = []
@@ -253,7 +257,7 @@ def test_console_script_exit_code_and_non_causal_model(tmp_path, data_files):
 
 def test_dry_run_estimates_every_stage_and_refuses_what_cannot_fit(model_dir, data_files, tmp_path, capsys,
                                                                   monkeypatch):
-    from influence_distillation import preflight
+    from influence_distillation.runtime import preflight
 
     pool, target = data_files
     out = tmp_path / "run"

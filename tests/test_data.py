@@ -3,8 +3,8 @@ import json
 import pytest
 from conftest import write_jsonl
 
-from influence_distillation.data import load_samples
 from influence_distillation.errors import DataError
+from influence_distillation.runtime.data import load_samples
 
 
 def test_all_record_formats_become_turns_or_text(tmp_path):

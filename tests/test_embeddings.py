@@ -2,15 +2,15 @@ import pytest
 import torch
 from conftest import make_model
 
-from influence_distillation.embeddings import (
+from influence_distillation.method.embeddings import (
     POOLINGS,
     jvp_embeddings,
     jvp_outputs,
     sample_tangents,
 )
-from influence_distillation.models import truncated_backbone
-from influence_distillation.projection import HadamardProjector
-from influence_distillation.tokenization import Example, collate
+from influence_distillation.method.projection import HadamardProjector
+from influence_distillation.runtime.models import truncated_backbone
+from influence_distillation.runtime.tokenization import Example, collate
 
 
 def random_examples(vocab, lengths, seed=0):

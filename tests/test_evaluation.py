@@ -4,14 +4,14 @@ import pytest
 import torch
 from conftest import make_model, synthetic_pool, write_jsonl
 
-from influence_distillation.data import Sample
-from influence_distillation.evaluation import (
+from influence_distillation.evaluation.lora import (
     EvalConfig,
     finetune_lora,
     score_choices,
 )
-from influence_distillation.gradients import batch_losses, token_log_likelihoods
-from influence_distillation.tokenization import collate, tokenize_samples
+from influence_distillation.method.gradients import batch_losses, token_log_likelihoods
+from influence_distillation.runtime.data import Sample
+from influence_distillation.runtime.tokenization import collate, tokenize_samples
 
 
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])
@@ -72,7 +72,7 @@ def test_evaluate_command_reports_untrained_random_and_selection(model_dir, tmp_
 
 def test_weighted_evaluation_reads_record_weights_and_refuses_records_without(model_dir, tmp_path, capsys):
     from influence_distillation.cli import main
-    from influence_distillation.evaluation import training_weights
+    from influence_distillation.evaluation.lora import training_weights
 
     pool = synthetic_pool(20)
     samples = [Sample(str(i), {**r, "weight": float(i)}, (("user", r["prompt"]), ("assistant", r["completion"])),

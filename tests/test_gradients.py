@@ -2,17 +2,17 @@ import pytest
 import torch
 from conftest import make_model
 
-from influence_distillation.data import Sample
 from influence_distillation.errors import ConfigError
-from influence_distillation.gradients import (
+from influence_distillation.method.gradients import (
     flat_gradient,
     only_requires_grad,
     projected_gradients,
     sample_loss,
     select_parameters,
 )
-from influence_distillation.projection import HadamardProjector, IdentityProjector
-from influence_distillation.tokenization import IGNORE_INDEX, tokenize_samples
+from influence_distillation.method.projection import HadamardProjector, IdentityProjector
+from influence_distillation.runtime.data import Sample
+from influence_distillation.runtime.tokenization import IGNORE_INDEX, tokenize_samples
 
 
 @pytest.fixture
@@ -105,8 +105,8 @@ def test_parameter_specs_all_regex_and_errors():
 
 
 def test_batched_losses_equal_single_sample_losses(tokenizer, examples):
-    from influence_distillation.gradients import batch_losses
-    from influence_distillation.tokenization import collate
+    from influence_distillation.method.gradients import batch_losses
+    from influence_distillation.runtime.tokenization import collate
 
     model = make_model("llama", len(tokenizer))
     for side in ("right", "left"):
@@ -116,8 +116,8 @@ def test_batched_losses_equal_single_sample_losses(tokenizer, examples):
 
 
 def test_micro_batched_backward_equals_one_batch(tokenizer, examples):
-    from influence_distillation.gradients import backward_mean_loss, batch_losses
-    from influence_distillation.tokenization import collate
+    from influence_distillation.method.gradients import backward_mean_loss, batch_losses
+    from influence_distillation.runtime.tokenization import collate
 
     model = make_model("llama", len(tokenizer)).double()
     loss = batch_losses(model, collate(examples, 0)).mean()
@@ -131,7 +131,7 @@ def test_micro_batched_backward_equals_one_batch(tokenizer, examples):
 
 
 def test_weighted_micro_batched_backward_equals_the_weighted_sum_of_per_sample_gradients(tokenizer, examples):
-    from influence_distillation.gradients import backward_mean_loss
+    from influence_distillation.method.gradients import backward_mean_loss
 
     model = make_model("llama", len(tokenizer)).double()
     weights = torch.linspace(0.0, 2.0, len(examples), dtype=torch.float64)

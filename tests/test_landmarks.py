@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from influence_distillation.errors import ConfigError
-from influence_distillation.landmarks import choose_landmarks, landmark_count
+from influence_distillation.method.landmarks import choose_landmarks, landmark_count
 
 
 def test_counts_fractions_and_caps():
@@ -44,7 +44,7 @@ def test_duplicate_embeddings_are_never_both_landmarks(strategy):
 
 
 def test_squared_distances_match_direct_differences_far_from_the_origin():
-    from influence_distillation.landmarks import _squared_distances
+    from influence_distillation.method.landmarks import _squared_distances
 
     generator = torch.Generator().manual_seed(0)
     points = torch.randn(300, 48, generator=generator) + 1000.0

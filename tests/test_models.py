@@ -4,7 +4,7 @@ from conftest import make_model
 from torch import nn
 
 from influence_distillation.errors import ConfigError, ModelError
-from influence_distillation.models import find_blocks, truncated_backbone
+from influence_distillation.runtime.models import find_blocks, truncated_backbone
 
 FINAL_NORM = {"llama": "norm", "qwen2": "norm", "gpt2": "ln_f", "neox": "final_layer_norm"}
 

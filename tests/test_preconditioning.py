@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from influence_distillation.errors import ModelError
-from influence_distillation.preconditioning import (
+from influence_distillation.method.preconditioning import (
     adam_coefficients,
     adam_preconditioner,
     load_adamw_state,
@@ -107,7 +107,7 @@ def test_mismatched_or_unsafe_states_are_refused(tmp_path):
 def test_hugging_face_trainer_grouping_and_checkpoint_folders(tmp_path):
     from conftest import make_model
 
-    from influence_distillation.preconditioning import state_learning_rate
+    from influence_distillation.method.preconditioning import state_learning_rate
 
     model = make_model("llama", 64)
     named = dict(model.named_parameters())

@@ -5,7 +5,7 @@ import pytest
 import scipy.linalg
 import torch
 
-from influence_distillation.projection import (
+from influence_distillation.method.projection import (
     HadamardProjector,
     IdentityProjector,
     fwht,

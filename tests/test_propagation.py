@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from influence_distillation.propagation import (
+from influence_distillation.method.propagation import (
     fit_kernel_ridge,
     leave_one_out,
     median_bandwidth,
@@ -76,7 +76,7 @@ def test_coefficient_matrix_reproduces_predictions():
 def test_spearman_and_heldout_fidelity():
     import scipy.stats
 
-    from influence_distillation.propagation import heldout_fidelity, spearman
+    from influence_distillation.method.propagation import heldout_fidelity, spearman
 
     torch.manual_seed(5)
     x, y = torch.randn(50, dtype=torch.float64), torch.randn(50, dtype=torch.float64)
@@ -92,7 +92,7 @@ def test_spearman_and_heldout_fidelity():
 def test_prediction_streams_from_a_file_into_a_memmap(tmp_path):
     import numpy as np
 
-    from influence_distillation.artifacts import NpyRows
+    from influence_distillation.runtime.artifacts import NpyRows
 
     torch.manual_seed(3)
     points = torch.randn(300, 8)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from influence_distillation.errors import ConfigError
-from influence_distillation.selection import round_robin, select, top_k
+from influence_distillation.method.selection import round_robin, select, top_k
 
 
 def test_top_k_uses_row_means_and_breaks_ties_by_index():
@@ -71,7 +71,7 @@ def reference_round_robin(scores, budget, seed):
 
 @pytest.mark.parametrize("targets, budget", [(1, 40), (3, 100), (8, 500), (5, 999)])
 def test_chunked_selection_equals_full_sorting(targets, budget, tmp_path):
-    from influence_distillation import selection
+    from influence_distillation.method import selection
 
     rng = np.random.default_rng(targets)
     scores = np.round(rng.normal(size=(1000, targets)), 1)  # rounding makes many ties

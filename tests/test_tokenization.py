@@ -2,9 +2,9 @@ import pytest
 import torch
 from conftest import make_tokenizer
 
-from influence_distillation.data import Sample
 from influence_distillation.errors import ModelError
-from influence_distillation.tokenization import (
+from influence_distillation.runtime.data import Sample
+from influence_distillation.runtime.tokenization import (
     IGNORE_INDEX,
     Example,
     collate,
@@ -86,7 +86,7 @@ def test_length_batches_group_similar_lengths_and_cover_everything():
 def test_training_batches_cover_each_epoch_and_group_lengths():
     import numpy as np
 
-    from influence_distillation.tokenization import training_batches
+    from influence_distillation.runtime.tokenization import training_batches
 
     lengths = list(np.random.default_rng(0).integers(1, 500, size=100))
     batches = list(training_batches(lengths, 4, steps=50, rng=np.random.default_rng(1)))

@@ -9,7 +9,7 @@ from test_cli import select_args
 from test_distributed import torchrun
 
 from influence_distillation.cli import main
-from influence_distillation.stages import (
+from influence_distillation.method.stages import (
     round_sizes,
     verification_count,
     verification_rows,

@@ -3,7 +3,7 @@ import pytest
 import scipy.optimize
 import torch
 
-from influence_distillation.weights import (
+from influence_distillation.method.weights import (
     DenseQuadraticForm,
     FactoredQuadraticForm,
     first_order_weights,

@@ -6,7 +6,7 @@ load → tokenize → embed → choose landmarks → gradients → influence →
 
 __version__ = "0.1.0"
 
-from .config import (
+from influence_distillation.config import (
     DataConfig,
     EmbeddingConfig,
     GradientConfig,
@@ -16,21 +16,21 @@ from .config import (
     SelectConfig,
     SelectionConfig,
 )
-from .data import Sample, load_samples
-from .embeddings import jvp_embeddings
-from .errors import ConfigError, DataError, InfDistError, ModelError, OutputError
-from .gradients import projected_gradients, select_parameters
-from .influence import first_order_influence
-from .landmarks import choose_landmarks
-from .models import load_model, truncated_backbone
-from .outputs import SelectionResult
-from .pipeline import run_selection
-from .preconditioning import adam_preconditioner, load_adamw_state
-from .projection import HadamardProjector, make_projector
-from .propagation import KernelRidge, fit_kernel_ridge
-from .selection import round_robin, select, top_k
-from .stages import compute_embeddings, compute_gradients, gradient_space, propagate
-from .tokenization import tokenize_samples
+from influence_distillation.errors import ConfigError, DataError, InfDistError, ModelError, OutputError
+from influence_distillation.method.embeddings import jvp_embeddings
+from influence_distillation.method.gradients import projected_gradients, select_parameters
+from influence_distillation.method.influence import first_order_influence
+from influence_distillation.method.landmarks import choose_landmarks
+from influence_distillation.method.preconditioning import adam_preconditioner, load_adamw_state
+from influence_distillation.method.projection import HadamardProjector, make_projector
+from influence_distillation.method.propagation import KernelRidge, fit_kernel_ridge
+from influence_distillation.method.selection import round_robin, select, top_k
+from influence_distillation.method.stages import compute_embeddings, compute_gradients, gradient_space, propagate
+from influence_distillation.runtime.data import Sample, load_samples
+from influence_distillation.runtime.models import load_model, truncated_backbone
+from influence_distillation.runtime.outputs import SelectionResult
+from influence_distillation.runtime.pipeline import run_selection
+from influence_distillation.runtime.tokenization import tokenize_samples
 
 __all__ = [
     "ConfigError", "DataConfig", "DataError", "EmbeddingConfig", "GradientConfig", "HadamardProjector",

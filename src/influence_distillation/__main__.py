@@ -2,6 +2,6 @@
 
 import sys
 
-from .cli import main
+from influence_distillation.cli import main
 
 sys.exit(main())

@@ -21,11 +21,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import Sample
-from .errors import ConfigError
-from .gradients import batch_losses, projected_gradients
-from .preconditioning import AdamParamState
-from .tokenization import Example, collate, length_batches
+from influence_distillation.errors import ConfigError
+from influence_distillation.method.gradients import batch_losses, projected_gradients
+from influence_distillation.method.preconditioning import AdamParamState
+from influence_distillation.runtime.data import Sample
+from influence_distillation.runtime.tokenization import Example, collate, length_batches
 
 BASELINES = ("random", "mid-ppl", "rds+", "embed-sim", "less")
 MID_PPL_START = 0.33  # Mid-PPL starts at the 33rd percentile of the descending-loss order

@@ -16,8 +16,8 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from .config import SelectConfig, from_dict, load_config_file
-from .errors import InfDistError
+from influence_distillation.config import SelectConfig, from_dict, load_config_file
+from influence_distillation.errors import InfDistError
 
 log = logging.getLogger("influence_distillation")
 
@@ -79,11 +79,11 @@ def _add_common(command: argparse.ArgumentParser, cls: type) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-    from .benchmark import BenchmarkConfig
-    from .demo import DemoConfig
-    from .evaluation import EvalConfig
-    from .warmup import WarmupConfig
+    from influence_distillation import __version__
+    from influence_distillation.evaluation.benchmark import BenchmarkConfig
+    from influence_distillation.evaluation.demo import DemoConfig
+    from influence_distillation.evaluation.lora import EvalConfig
+    from influence_distillation.runtime.warmup import WarmupConfig
 
     parser = argparse.ArgumentParser(
         prog="influence-distill",
@@ -174,12 +174,12 @@ def config_from_args(args: argparse.Namespace, cls: type = SelectConfig) -> Any:
 
 
 def _select(args: argparse.Namespace) -> int:
-    from . import distributed
-    from .pipeline import run_selection
+    from influence_distillation.runtime import distributed
+    from influence_distillation.runtime.pipeline import run_selection
 
     config = config_from_args(args)
     if args.dry_run:
-        from .preflight import check_fits, cpu_note, estimate, format_estimates
+        from influence_distillation.runtime.preflight import check_fits, cpu_note, estimate, format_estimates
 
         estimates = estimate(config)
         print(format_estimates(estimates))
@@ -211,7 +211,7 @@ def _select(args: argparse.Namespace) -> int:
 
 
 def _warmup(args: argparse.Namespace) -> int:
-    from .warmup import WarmupConfig, run_warmup
+    from influence_distillation.runtime.warmup import WarmupConfig, run_warmup
 
     config = config_from_args(args, WarmupConfig)
     out = run_warmup(config, overwrite=args.overwrite, progress=not args.quiet)
@@ -221,7 +221,7 @@ def _warmup(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .evaluation import EvalConfig, format_table, run_evaluation
+    from influence_distillation.evaluation.lora import EvalConfig, format_table, run_evaluation
 
     config = config_from_args(args, EvalConfig)
     summary = run_evaluation(config, progress=not args.quiet)
@@ -231,7 +231,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import DemoConfig, run_demo
+    from influence_distillation.evaluation.demo import DemoConfig, run_demo
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(DemoConfig) if hasattr(args, f.name)}
     outcome = run_demo(DemoConfig(**values), progress=not args.quiet)
@@ -242,7 +242,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _benchmark(args: argparse.Namespace) -> int:
-    from .benchmark import BenchmarkConfig, format_tables, run_benchmark
+    from influence_distillation.evaluation.benchmark import BenchmarkConfig, format_tables, run_benchmark
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(BenchmarkConfig) if hasattr(args, f.name)}
     config = BenchmarkConfig(**values)

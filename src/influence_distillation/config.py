@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from influence_distillation.errors import ConfigError
 
 
 def option(default: Any, help: str, flag: str | None = None, choices: tuple | None = None) -> Any:
@@ -212,7 +212,7 @@ class SelectConfig:
             raise ConfigError(f"--ridge must be positive, got {self.propagation.ridge}")
         if self.propagation.bandwidth is not None and self.propagation.bandwidth <= 0:
             raise ConfigError(f"--bandwidth must be positive, got {self.propagation.bandwidth}")
-        from .embeddings import POOLINGS
+        from influence_distillation.method.embeddings import POOLINGS
 
         poolings = self.embedding.poolings()
         if not all(part in POOLINGS for part in poolings) or len(set(poolings)) != len(poolings):

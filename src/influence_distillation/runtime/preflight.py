@@ -16,15 +16,15 @@ from pathlib import Path
 
 import torch
 
-from .config import SelectConfig
-from .data import load_samples
-from .embeddings import JvpEmbedder
-from .errors import ConfigError
-from .gradients import projected_gradients, select_parameters
-from .landmarks import landmark_count
-from .models import find_blocks, load_model, pad_token_id, truncated_backbone
-from .projection import make_projector
-from .tokenization import tokenize_samples
+from influence_distillation.config import SelectConfig
+from influence_distillation.errors import ConfigError
+from influence_distillation.method.embeddings import JvpEmbedder
+from influence_distillation.method.gradients import projected_gradients, select_parameters
+from influence_distillation.method.landmarks import landmark_count
+from influence_distillation.method.projection import make_projector
+from influence_distillation.runtime.data import load_samples
+from influence_distillation.runtime.models import find_blocks, load_model, pad_token_id, truncated_backbone
+from influence_distillation.runtime.tokenization import tokenize_samples
 
 GIB = 1 << 30
 

@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .errors import ConfigError
-from .projection import HadamardProjector, IdentityProjector
-from .tokenization import IGNORE_INDEX, Batch, Example, collate
+from influence_distillation.errors import ConfigError
+from influence_distillation.method.projection import HadamardProjector, IdentityProjector
+from influence_distillation.runtime.tokenization import IGNORE_INDEX, Batch, Example, collate
 
 # Names of the MLP output projection across architectures: Llama/Qwen/Mistral, GPT-2, GPT-NeoX, OPT/Phi, Mixtral-style.
 MLP_DOWN = r"(down_proj|mlp\.c_proj|dense_4h_to_h|fc2|mlp\.w2)\.(weight|bias)$"

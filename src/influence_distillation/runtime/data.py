@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import DataError
+from influence_distillation.errors import DataError
 
 FORMATS = ("messages", "prompt-completion", "instruction-output", "text")
 

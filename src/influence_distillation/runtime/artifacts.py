@@ -18,7 +18,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from .errors import OutputError
+from influence_distillation.errors import OutputError
 
 MANIFEST = "manifest.json"
 SELECTED = "selected.jsonl"

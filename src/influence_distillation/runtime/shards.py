@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .artifacts import atomic_file, write_npy
-from .distributed import DistInfo, barrier
-from .errors import OutputError
+from influence_distillation.errors import OutputError
+from influence_distillation.runtime.artifacts import atomic_file, write_npy
+from influence_distillation.runtime.distributed import DistInfo, barrier
 
 log = logging.getLogger(__name__)
 

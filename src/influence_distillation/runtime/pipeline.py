@@ -15,23 +15,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import __version__, artifacts, baselines, cost, distributed
-from .baselines import BASELINES
-from .config import SelectConfig, to_dict
-from .data import load_samples
-from .distributed import DistInfo
-from .embeddings import JvpEmbedder
-from .errors import DataError
-from .gradients import projected_gradients
-from .hessian import gradient_and_hessian_rows, target_hvp
-from .influence import curvature, first_order_influence
-from .landmarks import choose_landmarks, landmark_count
-from .models import load_model, pad_token_id, truncated_backbone
-from .outputs import SelectionResult, manifest_base, output_files, write_outputs
-from .propagation import heldout_fidelity
-from .selection import select
-from .shards import ShardedStage
-from .stages import (
+from influence_distillation import __version__, baselines
+from influence_distillation.baselines import BASELINES
+from influence_distillation.config import SelectConfig, to_dict
+from influence_distillation.errors import DataError
+from influence_distillation.method.embeddings import JvpEmbedder
+from influence_distillation.method.gradients import projected_gradients
+from influence_distillation.method.hessian import gradient_and_hessian_rows, target_hvp
+from influence_distillation.method.influence import curvature, first_order_influence
+from influence_distillation.method.landmarks import choose_landmarks, landmark_count
+from influence_distillation.method.propagation import heldout_fidelity
+from influence_distillation.method.selection import select
+from influence_distillation.method.stages import (
     compute_gradients,
     derive_seed,
     fidelity_warning,
@@ -41,16 +36,22 @@ from .stages import (
     propagation_matrix,
     round_sizes,
     verification_count,
-    verification_rows,
+    verify_landmarks,
 )
-from .tokenization import TokenizedSet, tokenize_samples
-from .weights import (
+from influence_distillation.method.weights import (
     DenseQuadraticForm,
     FactoredQuadraticForm,
     WeightSolution,
     kkt_residual,
     solve_weights,
 )
+from influence_distillation.runtime import artifacts, cost, distributed
+from influence_distillation.runtime.data import load_samples
+from influence_distillation.runtime.distributed import DistInfo
+from influence_distillation.runtime.models import load_model, pad_token_id, truncated_backbone
+from influence_distillation.runtime.outputs import SelectionResult, manifest_base, output_files, write_outputs
+from influence_distillation.runtime.shards import ShardedStage
+from influence_distillation.runtime.tokenization import TokenizedSet, tokenize_samples
 
 log = logging.getLogger(__name__)
 
@@ -288,19 +289,20 @@ def _select_influence(run: _Run) -> SelectionResult:
 
 
 def _verify(run: _Run, embeddings, landmarks, rows, target_rows, count, gradient_stage, last):
-    """Verification rounds: propagate from the landmarks so far, give the most promising samples an exact gradient,
-    repeat; returns all landmarks (sorted) and their gradient rows."""
-    config, seeds = run.config, run.seeds
-    sizes = round_sizes(count, config.landmarks.verify_rounds)
-    for number, size in enumerate(sizes, 1):
-        scores, _ = propagate(embeddings, landmarks, first_order_influence(rows, target_rows), config.propagation,
-                              seeds["kernel"])
-        picks = distributed.broadcast(run.dist, verification_rows(scores, landmarks, size))
-        rows = torch.cat([rows, gradient_stage(f"verified_gradients_{number}", picks,
-                                               last and number == len(sizes))])
-        landmarks = np.concatenate([landmarks, picks])
-    order = np.argsort(landmarks, kind="stable")
-    return landmarks[order], rows[torch.as_tensor(order)]
+    """Verification rounds (`stages.verify_landmarks`), each round's gradients a resumable sharded stage; returns all
+    landmarks (sorted) and their gradient rows."""
+    config, pieces = run.config, [rows]
+    rounds = len(round_sizes(count, config.landmarks.verify_rounds))
+
+    def measure(picks, number):
+        picks = distributed.broadcast(run.dist, picks)  # every rank computes shards of the same rows
+        pieces.append(gradient_stage(f"verified_gradients_{number}", picks, last and number == rounds))
+        return first_order_influence(pieces[-1], target_rows)
+
+    landmarks, _, order = verify_landmarks(embeddings, landmarks, first_order_influence(rows, target_rows), count,
+                                           config.landmarks.verify_rounds, config.propagation, run.seeds["kernel"],
+                                           measure)
+    return landmarks, torch.cat(pieces)[torch.as_tensor(order)]
 
 
 def _select_baseline(run: _Run) -> SelectionResult:
@@ -357,7 +359,7 @@ def _kept(samples: list, tokenized: TokenizedSet) -> list:
 
 def _cache_basis(config: SelectConfig) -> dict[str, Any]:
     """What every pool-wide stage depends on: the model and pool files, tokenisation, dtype and device."""
-    from .models import resolve_model_path
+    from influence_distillation.runtime.models import resolve_model_path
 
     optimizer = config.gradients.optimizer_state
     return {"model": artifacts.content_fingerprint(resolve_model_path(config.model.path)),

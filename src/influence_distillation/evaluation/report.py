@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .artifacts import atomic_file
+from influence_distillation.runtime.artifacts import atomic_file
 
 ROWS = (("untrained", "untrained"), ("random", "random subset"), ("selection", "Influence Distillation"))
 COLORS = {"untrained": "#9e9e9e", "random": "#f28e2b", "selection": "#4e79a7"}

@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from .errors import ConfigError
+from influence_distillation.errors import ConfigError
 
 CHUNK_ROWS = 1 << 16
 

@@ -14,8 +14,8 @@ import math
 
 from torch import nn
 
-from .models import find_blocks
-from .tokenization import IGNORE_INDEX, Example
+from influence_distillation.runtime.models import find_blocks
+from influence_distillation.runtime.tokenization import IGNORE_INDEX, Example
 
 MINILM_PARAMETERS = 22_700_000  # all-MiniLM-L6-v2
 
@@ -80,6 +80,6 @@ def baseline_flops(method: str, model, pool, targets, config) -> dict[str, float
 
 
 def _grad_params(model, config):
-    from .gradients import select_parameters
+    from influence_distillation.method.gradients import select_parameters
 
     return select_parameters(model, config.gradients.params).values()

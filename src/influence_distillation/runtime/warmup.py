@@ -19,13 +19,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .artifacts import atomic_directory
-from .config import DataConfig, ModelConfig, option, to_dict
-from .data import load_samples
-from .errors import ConfigError, OutputError
-from .gradients import backward_mean_loss, select_parameters
-from .models import load_model, pad_token_id
-from .tokenization import tokenize_samples, training_batches
+from influence_distillation.config import DataConfig, ModelConfig, option, to_dict
+from influence_distillation.errors import ConfigError, OutputError
+from influence_distillation.method.gradients import backward_mean_loss, select_parameters
+from influence_distillation.runtime.artifacts import atomic_directory
+from influence_distillation.runtime.data import load_samples
+from influence_distillation.runtime.models import load_model, pad_token_id
+from influence_distillation.runtime.tokenization import tokenize_samples, training_batches
 
 log = logging.getLogger(__name__)
 

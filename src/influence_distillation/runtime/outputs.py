@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import artifacts
-from .config import to_dict
-from .tokenization import TokenizedSet
-from .weights import WeightSolution
+from influence_distillation.config import to_dict
+from influence_distillation.method.weights import WeightSolution
+from influence_distillation.runtime import artifacts
+from influence_distillation.runtime.tokenization import TokenizedSet
 
 
 @dataclass
@@ -93,7 +93,7 @@ def write_outputs(out: Path, result: SelectionResult, samples, pool: TokenizedSe
 
 
 def _version() -> str:
-    from . import __version__
+    from influence_distillation import __version__
 
     return __version__
 

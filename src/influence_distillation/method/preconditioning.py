@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import ModelError
+from influence_distillation.errors import ModelError
 
 
 @dataclass(frozen=True)

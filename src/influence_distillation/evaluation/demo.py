@@ -22,14 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import artifacts
-from .config import SelectConfig, option, to_dict
-from .demo_data import TARGET_TASKS, DemoSizes, build_demo_data, fetch_bigbench
-from .errors import ConfigError
-from .evaluation import EvalConfig, run_evaluation
-from .models import SMOLLM2, resolve_model_path
-from .pipeline import run_selection
-from .report import results_table, verdicts, write_report
+from influence_distillation.config import SelectConfig, option, to_dict
+from influence_distillation.errors import ConfigError
+from influence_distillation.evaluation.demo_data import TARGET_TASKS, DemoSizes, build_demo_data, fetch_bigbench
+from influence_distillation.evaluation.lora import EvalConfig, run_evaluation
+from influence_distillation.evaluation.report import results_table, verdicts, write_report
+from influence_distillation.runtime import artifacts
+from influence_distillation.runtime.models import SMOLLM2, resolve_model_path
+from influence_distillation.runtime.pipeline import run_selection
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .gradients import gradient_vectors, only_requires_grad, sample_loss, working_dtype
-from .tokenization import Example
+from influence_distillation.method.gradients import gradient_vectors, only_requires_grad, sample_loss, working_dtype
+from influence_distillation.runtime.tokenization import Example
 
 
 def _unflatten(vectors: torch.Tensor, params: dict[str, nn.Parameter]) -> list[torch.Tensor]:

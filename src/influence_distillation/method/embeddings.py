@@ -15,8 +15,8 @@ from torch import nn
 from torch.func import functional_call, jvp, vmap
 from tqdm.auto import tqdm
 
-from .projection import make_projector
-from .tokenization import IGNORE_INDEX, Batch, Example, collate, length_batches
+from influence_distillation.method.projection import make_projector
+from influence_distillation.runtime.tokenization import IGNORE_INDEX, Batch, Example, collate, length_batches
 
 
 def sample_tangents(params: dict[str, torch.Tensor], num_tangents: int, seed: int) -> dict[str, torch.Tensor]:

@@ -27,18 +27,18 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .artifacts import write_json
-from .config import ModelConfig, option, to_dict
-from .data import Sample, load_samples
-from .errors import ConfigError, DataError
-from .gradients import (
+from influence_distillation.config import ModelConfig, option, to_dict
+from influence_distillation.errors import ConfigError, DataError
+from influence_distillation.method.gradients import (
     backbone_and_head,
     backward_mean_loss,
     batch_losses,
     token_log_likelihoods,
 )
-from .models import load_model, pad_token_id
-from .tokenization import (
+from influence_distillation.runtime.artifacts import write_json
+from influence_distillation.runtime.data import Sample, load_samples
+from influence_distillation.runtime.models import load_model, pad_token_id
+from influence_distillation.runtime.tokenization import (
     IGNORE_INDEX,
     Example,
     collate,

@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .artifacts import atomic_directory, user_cache_dir
-from .config import ModelConfig
-from .errors import ConfigError, ModelError
+from influence_distillation.config import ModelConfig
+from influence_distillation.errors import ConfigError, ModelError
+from influence_distillation.runtime.artifacts import atomic_directory, user_cache_dir
 
 log = logging.getLogger(__name__)
 

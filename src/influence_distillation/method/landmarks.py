@@ -11,7 +11,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from .errors import ConfigError
+from influence_distillation.errors import ConfigError
 
 Strategy = Callable[[int, int, int, torch.Tensor | None], np.ndarray]
 

@@ -22,15 +22,15 @@ from typing import Any
 
 import numpy as np
 
-from . import artifacts
-from .config import METHODS, SelectConfig, option, to_dict
-from .data import load_samples
-from .demo import FULL, QUICK, prepare_demo_data
-from .errors import ConfigError
-from .evaluation import EvalConfig, aggregate_runs, evaluate_subsets
-from .models import SMOLLM2, resolve_model_path
-from .pipeline import run_selection
-from .warmup import WarmupConfig, run_warmup
+from influence_distillation.config import METHODS, SelectConfig, option, to_dict
+from influence_distillation.errors import ConfigError
+from influence_distillation.evaluation.demo import FULL, QUICK, prepare_demo_data
+from influence_distillation.evaluation.lora import EvalConfig, aggregate_runs, evaluate_subsets
+from influence_distillation.runtime import artifacts
+from influence_distillation.runtime.data import load_samples
+from influence_distillation.runtime.models import SMOLLM2, resolve_model_path
+from influence_distillation.runtime.pipeline import run_selection
+from influence_distillation.runtime.warmup import WarmupConfig, run_warmup
 
 log = logging.getLogger(__name__)
 OURS = "influence"

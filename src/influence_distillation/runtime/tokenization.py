@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from .data import Sample
-from .errors import DataError, ModelError
+from influence_distillation.errors import DataError, ModelError
+from influence_distillation.runtime.data import Sample
 
 IGNORE_INDEX = -100
 

@@ -13,22 +13,22 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import EmbeddingConfig, GradientConfig, PropagationConfig
-from .embeddings import jvp_embeddings
-from .errors import ConfigError
-from .gradients import projected_gradients, select_parameters
-from .models import truncated_backbone
-from .preconditioning import (
+from influence_distillation.config import EmbeddingConfig, GradientConfig, PropagationConfig
+from influence_distillation.errors import ConfigError
+from influence_distillation.method.embeddings import jvp_embeddings
+from influence_distillation.method.gradients import projected_gradients, select_parameters
+from influence_distillation.method.preconditioning import (
     AdamParamState,
     adam_offset_vector,
     adam_preconditioner,
     load_adamw_state,
     state_learning_rate,
 )
-from .projection import make_projector
-from .propagation import KernelRidge, fit_propagation
-from .selection import select
-from .tokenization import Example
+from influence_distillation.method.projection import make_projector
+from influence_distillation.method.propagation import KernelRidge, fit_propagation
+from influence_distillation.method.selection import select
+from influence_distillation.runtime.models import truncated_backbone
+from influence_distillation.runtime.tokenization import Example
 
 DEFAULT_LEARNING_RATE = 2e-5  # the paper's fine-tuning rate; used when neither a flag nor a state gives one
 MAX_COEFFICIENT_BYTES = 4 << 30  # the dense (N, l) propagation matrix that --order 2 needs
@@ -169,3 +169,20 @@ def verification_rows(scores: np.ndarray, landmarks: np.ndarray, count: int) -> 
     masked = np.asarray(scores, dtype=np.float64).reshape(len(scores), -1).mean(axis=1)
     masked[landmarks] = masked.min() - 1.0  # below every other row: taken only if nothing else is left
     return select(masked[:, None], count, "top-k")
+
+
+def verify_landmarks(embeddings: torch.Tensor, landmarks: np.ndarray, values: torch.Tensor, count: int, rounds: int,
+                     config: PropagationConfig, seed: int, measure):
+    """Verification rounds: propagate from the landmarks so far, `measure` the exact values (l', t) of the
+    `verification_rows` (called as measure(rows, round_number)), add them as landmarks, repeat.
+
+    Returns the landmarks (sorted), their values, and the permutation that sorted the concatenation of the first
+    landmarks and each round's rows in order, for callers that keep more per landmark than its values.
+    """
+    for number, size in enumerate(round_sizes(count, rounds), 1):
+        scores, _ = propagate(embeddings, landmarks, values, config, seed)
+        picks = verification_rows(scores, landmarks, size)
+        values = torch.cat([values.reshape(len(landmarks), -1), measure(picks, number).reshape(len(picks), -1)])
+        landmarks = np.concatenate([landmarks, picks])
+    order = np.argsort(landmarks, kind="stable")
+    return landmarks[order], values[torch.as_tensor(order)], order

@@ -1,0 +1,1 @@
+"""The method's math: pure functions on tensors, one module per stage."""
