@@ -100,7 +100,7 @@ def embeddings(bench: Path, out: Path, ids: list[str], manifest: dict) -> tuple[
     key = fingerprint(ids=ids, max_length=manifest["config"]["data"]["max_length"], version=2)[:12]
     timing_path = cache / f"seconds-{key}.json"
     seconds = json.loads(timing_path.read_text()) if timing_path.is_file() else {}
-    wanted = [f"{kind}{k}-{p}" for k in BLOCKS for kind in ("jvp", "hid") for p in POOLINGS] + ["rds+", "minilm",
+    wanted = [f"{kind}{k}-{p}" for k in BLOCKS for kind in ("jvp", "hid") for p in POOLINGS] + ["rds", "minilm",
                                                                                                   "gradients"]
     path = lambda name: cache / f"{name}-{key}.npy"  # noqa: E731
     if not all(path(name).is_file() for name in wanted):
@@ -115,7 +115,7 @@ def embeddings(bench: Path, out: Path, ids: list[str], manifest: dict) -> tuple[
                     write_npy(path(name), value.numpy())
                 seconds[f"jvp{blocks}"] = time.perf_counter() - start
         by_id = {s.id: s for s in samples}
-        for name, compute in (("rds+", lambda: rds_embeddings(model, pool.examples)),
+        for name, compute in (("rds", lambda: rds_embeddings(model, pool.examples)),
                               ("minilm", lambda: minilm_embeddings([by_id[i] for i in ids])),
                               ("gradients", lambda: gradient_sketch(bench, manifest, len(ids)))):
             if not path(name).is_file():
@@ -184,7 +184,7 @@ CONFIGS = [
     ("last token + K-block hidden state, K=2", "jvp2-last+hid2-last", {}),
     ("K-block hidden state (no JVP), K=2", "hid2-last", {}),
     ("JVP K=1", "jvp1-last", {}),
-    ("RDS+ hidden states", "rds+", {}),
+    ("RDS+ hidden states", "rds", {}),
     ("MiniLM", "minilm", {}),
     ("KRR tuned by leave-one-out, K=2", "jvp2-last", {"tune": True}),
     ("k-means++ landmarks, K=2", "jvp2-last", {"strategy": "kmeans++"}),
@@ -206,8 +206,13 @@ def main() -> None:
     parser.add_argument("--out", default="runs/fidelity")
     parser.add_argument("--seeds", type=int, default=5, help="landmark draws per configuration")
     parser.add_argument("--budget", type=int, default=0, help="k (default: the benchmark's)")
+    parser.add_argument("--replot", action="store_true", help="only print the tables and draw the plot again from "
+                        "OUT/fidelity.json")
     args = parser.parse_args()
     bench, out = Path(args.bench), Path(args.out)
+    if args.replot:
+        saved = json.loads((out / "fidelity.json").read_text())
+        return report(saved["rows"], saved["sweep"], saved["groups"], out)
     exact, ids, manifest = load_exact(bench)
     budget = args.budget or manifest["config"]["selection"]["budget"]
     table, seconds = embeddings(bench, out, ids, manifest)
@@ -264,7 +269,10 @@ def report(rows, sweep, groups, out: Path) -> None:
         for label in dict.fromkeys(r["label"] for r in sweep):
             mine = [r for r in sweep if r["label"] == label]
             ax.plot([r["landmarks"] for r in mine], [r[group]["captured"] for r in mine], marker="o", label=label)
+        counts = sorted({r["landmarks"] for r in sweep})
         ax.set_xscale("log")
+        ax.set_xticks(counts, [str(c) for c in counts])
+        ax.minorticks_off()
         ax.set_xlabel("random landmarks (verification adds the budget on top)")
         ax.set_ylabel("exact influence captured by the selection")
         ax.set_title(group)

@@ -5,8 +5,8 @@ import json
 
 from conftest import synthetic_pool, synthetic_target, write_jsonl
 
-from influence_distillation.evaluation import benchmark
 from influence_distillation.cli import main
+from influence_distillation.evaluation import benchmark
 
 
 def test_benchmark_compares_every_method_on_the_same_footing(model_dir, tmp_path, capsys, monkeypatch):

@@ -22,6 +22,7 @@ from influence_distillation.method.embeddings import JvpEmbedder
 from influence_distillation.method.gradients import projected_gradients, select_parameters
 from influence_distillation.method.landmarks import landmark_count
 from influence_distillation.method.projection import make_projector
+from influence_distillation.method.stages import verification_count
 from influence_distillation.runtime.data import load_samples
 from influence_distillation.runtime.models import find_blocks, load_model, pad_token_id, truncated_backbone
 from influence_distillation.runtime.tokenization import tokenize_samples
@@ -61,6 +62,8 @@ def estimate(config: SelectConfig) -> list[Estimate]:
     hidden, layers = model.config.hidden_size, len(find_blocks(model)[2])
     exact = config.influence.exact or config.method == "exact"
     landmarks = len(pool) if exact or config.method == "less" else landmark_count(config.landmarks.count, len(pool))
+    if config.method == "influence" and not exact:  # verification landmarks are more of the same gradients
+        landmarks += verification_count(config.landmarks.verify, config.selection.budget, landmarks, len(pool))
     landmark_examples = pool[:: max(1, len(pool) // max(1, landmarks))][:landmarks]
 
     params = select_parameters(model, config.gradients.params)
