@@ -111,10 +111,10 @@ def less_transform(states: dict[str, AdamParamState], params: dict[str, torch.Te
 
 
 def less_rows(model: nn.Module, examples: list[Example], params, projector, states: dict[str, AdamParamState] | None,
-              progress: bool = True) -> torch.Tensor:
+              progress: bool = True, batch_size: int = 1) -> torch.Tensor:
     if states is None:
         raise ConfigError("--method less needs --optimizer-state (the AdamW state of a warm-up, e.g. from "
                           "influence-distill warmup)")
     rows, _ = projected_gradients(model, examples, params, projector, transform=less_transform(states, params),
-                                  desc="LESS gradients", progress=progress)
+                                  desc="LESS gradients", progress=progress, batch_size=batch_size)
     return rows

@@ -94,7 +94,14 @@ class GradientConfig:
         "parameter names.",
         "--grad-params",
     )
-    proj_dim: int = option(32768, "k_p: size of the randomized-Hadamard projection of each gradient.", "--grad-dim")
+    proj_dim: int = option(32768, "k_p: size of the random projection of each gradient.", "--grad-dim")
+    projection: str = option(
+        "srht", "How gradients are projected to --grad-dim: srht (subsampled randomized Hadamard transform of the "
+        "whole gradient, the paper's) or kronecker (R_o G R_i^T per linear layer, computed from the layer's "
+        "activations; needs --grad-params that are linear layers).", "--grad-projection", choices=("srht", "kronecker"))
+    batch_size: int = option(
+        1, "Samples per forward/backward pass for per-sample gradients: 1 takes them one unpadded sample at a time; "
+        "more takes a batch's per-sample gradients of linear layers from hooks in one pass.", "--grad-batch-size")
     optimizer_state: str | None = option(
         None,
         "AdamW state of a warm-up (a torch.save'd optimizer.state_dict(), or a Trainer checkpoint folder holding "
@@ -196,6 +203,7 @@ class SelectConfig:
             "--embedding-dim": self.embedding.dim,
             "--embedding-batch-size": self.embedding.batch_size,
             "--grad-dim": self.gradients.proj_dim,
+            "--grad-batch-size": self.gradients.batch_size,
             "--landmarks": self.landmarks.count,
             "--propagation-chunk-size": self.propagation.chunk_size,
         }

@@ -1,8 +1,9 @@
 """Per-sample loss gradients on a parameter subset, preconditioned, L2-normalised and SRHT-projected (paper §5.5).
 
 The per-sample loss is the mean token cross-entropy over the sample's completion tokens (labels != -100), the same
-loss a Hugging Face causal LM computes from `labels`. Gradients are taken one unpadded sample at a time: on a CPU
-this is as fast as `vmap` and needs far less memory, and no padding is ever computed.
+loss a Hugging Face causal LM computes from `labels`. By default gradients are taken one unpadded sample at a time;
+`batch_size` > 1 takes a batch's per-sample gradients of linear layers from one forward and backward pass
+(`per_sample.py`).
 """
 
 from __future__ import annotations
@@ -143,6 +144,7 @@ def projected_gradients(
     desc: str = "gradients",
     progress: bool = True,
     transform=None,
+    batch_size: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows P(a ⊙ ∇ℓ(θ; x)), unit-normalised before projection if asked, and the norms ‖a ⊙ ∇ℓ‖: (n, k_p), (n,).
 
@@ -150,7 +152,14 @@ def projected_gradients(
         preconditioner: the flat Adam vector a (same order as `params`), or None for plain gradients.
         chunk: gradients projected together; trades memory (chunk × D floats) for fewer transform calls.
         transform: an optional map applied to each flat gradient first (e.g. LESS's Adam update direction).
+        batch_size: above 1, one forward and backward pass per batch of samples
+            (`per_sample.batched_projected_gradients`): the same rows from hooks on the linear layers.
     """
+    if batch_size > 1:
+        from influence_distillation.method.per_sample import batched_projected_gradients
+
+        return batched_projected_gradients(model, examples, params, projector, preconditioner, normalize,
+                                           max(1, batch_size), transform=transform, desc=desc, progress=progress)
     device = next(model.parameters()).device
     a = preconditioner.to(device) if preconditioner is not None else None
     out = torch.empty(len(examples), projector.out_dim)

@@ -17,6 +17,7 @@ from influence_distillation.config import EmbeddingConfig, GradientConfig, Propa
 from influence_distillation.errors import ConfigError
 from influence_distillation.method.embeddings import jvp_embeddings
 from influence_distillation.method.gradients import projected_gradients, select_parameters
+from influence_distillation.method.per_sample import KroneckerProjector, linear_layers
 from influence_distillation.method.preconditioning import (
     AdamParamState,
     adam_offset_vector,
@@ -58,6 +59,7 @@ class GradientSpace:
     normalize: bool = True
     adam_states: dict[str, AdamParamState] | None = None
     preconditioner: torch.Tensor | None = None  # the flat Adam vector a
+    batch_size: int = 1  # samples per forward/backward pass (per_sample.py above 1)
 
     @property
     def num_coordinates(self) -> int:
@@ -78,7 +80,15 @@ class GradientSpace:
 def gradient_space(model: nn.Module, config: GradientConfig, seed: int) -> GradientSpace:
     params = select_parameters(model, config.params)
     size = sum(p.numel() for p in params.values())
-    space = GradientSpace(params, make_projector(size, config.proj_dim, seed), config.normalize)
+    if config.projection == "kronecker":
+        layers = linear_layers(model, params)
+        if layers is None:
+            raise ConfigError(f"--grad-projection kronecker needs every --grad-params {config.params!r} parameter to "
+                              "be the weight or bias of a linear layer; use --grad-projection srht")
+        projector = KroneckerProjector(layers, params, config.proj_dim, seed)
+    else:
+        projector = make_projector(size, config.proj_dim, seed)
+    space = GradientSpace(params, projector, config.normalize, batch_size=config.batch_size)
     if config.optimizer_state:
         space.adam_states = load_adamw_state(config.optimizer_state, model)
         space.preconditioner = adam_preconditioner(space.adam_states, list(params))
@@ -92,7 +102,7 @@ def compute_gradients(
     """Stages 2–3: projected per-sample gradients (n, k_p), unit-normalised and Adam-preconditioned as configured."""
     rows, _ = projected_gradients(
         model, examples, space.params, space.projector, space.preconditioner if precondition else None,
-        space.normalize, desc=desc, progress=progress,
+        space.normalize, desc=desc, progress=progress, batch_size=space.batch_size,
     )
     return rows
 

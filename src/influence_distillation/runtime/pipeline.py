@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from influence_distillation import __version__, baselines
+from influence_distillation import __version__
 from influence_distillation.baselines import BASELINES
 from influence_distillation.config import SelectConfig, to_dict
 from influence_distillation.errors import DataError
@@ -46,17 +46,16 @@ from influence_distillation.method.weights import (
     solve_weights,
 )
 from influence_distillation.runtime import artifacts, cost, distributed
+from influence_distillation.runtime.baseline_runs import select_baseline
 from influence_distillation.runtime.data import load_samples
 from influence_distillation.runtime.distributed import DistInfo
 from influence_distillation.runtime.models import load_model, pad_token_id, truncated_backbone
 from influence_distillation.runtime.outputs import SelectionResult, manifest_base, output_files, write_outputs
-from influence_distillation.runtime.shards import ShardedStage
+from influence_distillation.runtime.shards import EMBEDDING_SHARD, GRADIENT_SHARD, ShardedStage
 from influence_distillation.runtime.tokenization import TokenizedSet, tokenize_samples
 
 log = logging.getLogger(__name__)
 
-EMBEDDING_SHARD = 256  # rows per shard of cheap per-sample stages (embeddings, forward passes)
-GRADIENT_SHARD = 32  # rows per shard of per-sample gradients (about 30 s each for a 135M model on a CPU)
 
 
 class StageTimer:
@@ -147,7 +146,7 @@ def run_selection(config: SelectConfig, overwrite: bool = False, progress: bool 
             for name, samples in (("pool", run.pool_samples), ("target", run.target_samples)))
     _check_usable(run.pool, run.target, config)
     try:
-        result = _select_baseline(run) if config.method in BASELINES else _select_influence(run)
+        result = select_baseline(run) if config.method in BASELINES else _select_influence(run)
     except _OtherRankDone:
         return None
     manifest = _manifest(run, result)
@@ -199,7 +198,7 @@ def _select_influence(run: _Run) -> SelectionResult:
     with timer("target_gradients"):
         target_rows, target_norms = projected_gradients(
             model, target.examples, space.params, space.projector, None, space.normalize, desc="target gradients",
-            progress=run.progress)
+            progress=run.progress, batch_size=space.batch_size)
     # The target loss whose gradient the mean target row is: Σ ω_i ℓ_i (ω_i = 1/(t‖g_i‖) when normalising).
     target_weights = (1 / target_norms if space.normalize else torch.ones_like(target_norms)) / len(target_norms)
     hessian_targets, hessian_weights = hessian_sample(target.examples, target_weights,
@@ -303,58 +302,6 @@ def _verify(run: _Run, embeddings, landmarks, rows, target_rows, count, gradient
                                            config.landmarks.verify_rounds, config.propagation, run.seeds["kernel"],
                                            measure)
     return landmarks, torch.cat(pieces)[torch.as_tensor(order)]
-
-
-def _select_baseline(run: _Run) -> SelectionResult:
-    """One of the baselines of `baselines.py`, with the same outputs (scores, selection, manifest)."""
-    config, timer, model, pool, target = run.config, run.timer, run.model, run.pool, run.target
-    method, budget, pad_id = config.method, config.selection.budget, pad_token_id(run.tokenizer)
-    strategy = config.selection.resolved(config.influence.order, method)
-    embeddings, selected = None, None
-    with timer("scores"):
-        if method == "random":
-            scores = baselines.random_scores(len(pool.examples), run.seeds["selection"])
-        elif method == "mid-ppl":
-            losses = run.sharded("pool_losses", len(pool.examples), lambda rows: torch.from_numpy(
-                baselines.pool_losses(model, [pool.examples[i] for i in rows], pad_id, progress=False))[:, None],
-                EMBEDDING_SHARD, last=True)[:, 0]
-            scores = losses.numpy()[:, None]
-            selected = baselines.mid_ppl_selection(losses.numpy(), budget)
-        elif method in ("rds+", "embed-sim"):
-            if method == "rds+":
-                embed = lambda examples: baselines.rds_embeddings(model, examples, pad_id, progress=False)
-                embeddings = run.sharded("rds_embeddings", len(pool.examples),
-                                         lambda rows: embed([pool.examples[i] for i in rows]), EMBEDDING_SHARD,
-                                         last=True)
-                targets = embed(target.examples)
-            else:
-                kept = _kept(run.pool_samples, pool)
-                embeddings = run.sharded("minilm_embeddings", len(kept), lambda rows: baselines.minilm_embeddings(
-                    [kept[i] for i in rows], progress=False), len(kept), last=True)
-                targets = baselines.minilm_embeddings(_kept(run.target_samples, target), progress=False)
-            scores = (embeddings.double() @ targets.double().T).numpy()
-        else:  # less
-            space = gradient_space(model, config.gradients, run.seeds["projection"])
-            pool_rows = run.sharded("less_gradients", len(pool.examples), lambda rows: baselines.less_rows(
-                model, [pool.examples[i] for i in rows], space.params, space.projector, space.adam_states, False),
-                GRADIENT_SHARD, last=True, gradients=to_dict(config.gradients), seed=run.seeds["projection"])
-            target_rows = compute_gradients(model, target.examples, space, precondition=False,
-                                            desc="target gradients", progress=run.progress)
-            scores = (pool_rows.double() @ target_rows.double().T).numpy()
-    with timer("selection"):
-        if selected is None:
-            selected = select(scores, budget, strategy, run.seeds["selection"])
-    run.details = {"selection": {"strategy": strategy},
-                   "dimensions": {"embedding": None if embeddings is None else int(embeddings.shape[1])},
-                   "cost": cost.baseline_flops(method, model, pool.examples, target.examples, config)}
-    return SelectionResult(pool.ids, embeddings, np.zeros(0, dtype=np.int64), torch.zeros(0, scores.shape[1]),
-                           scores, np.asarray(selected))
-
-
-def _kept(samples: list, tokenized: TokenizedSet) -> list:
-    """The samples that survived tokenisation, in the order of `tokenized.examples`."""
-    by_id = {sample.id: sample for sample in samples}
-    return [by_id[i] for i in tokenized.ids]
 
 
 def _cache_basis(config: SelectConfig) -> dict[str, Any]:

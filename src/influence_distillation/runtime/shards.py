@@ -29,6 +29,9 @@ from influence_distillation.runtime.distributed import DistInfo, barrier
 
 log = logging.getLogger(__name__)
 
+EMBEDDING_SHARD = 256  # rows per shard of cheap per-sample stages (embeddings, forward passes)
+GRADIENT_SHARD = 32  # rows per shard of per-sample gradients (about 30 s each for a 135M model on a CPU)
+
 
 class ShardedStage:
     """`rows` rows of a stage, computed `shard_rows` at a time into `folder`."""
