@@ -73,3 +73,24 @@ def test_diagonal_weights_and_normalisation_are_fused_exactly():
     identity = IdentityProjector(500)
     torch.testing.assert_close(identity(x, diag=d, normalize=True),
                                weighted / weighted.norm(dim=1, keepdim=True))
+
+
+def test_countsketch_is_one_signed_entry_per_column_and_unbiased(monkeypatch):
+    from influence_distillation.method.projection import CountSketchProjector
+
+    monkeypatch.setattr(CountSketchProjector, "CHUNK", 7)  # several chunks even at this size
+    sketch = CountSketchProjector(50, 12, seed=2)
+    dense = sketch.dense()
+    assert ((dense != 0).sum(0) == 1).all() and set(dense.unique().tolist()) <= {-1.0, 0.0, 1.0}
+    x = torch.randn(4, 50, dtype=torch.float64)
+    diag = torch.rand(50, dtype=torch.float64)
+    # Independent reference: a plain Python loop over coordinates.
+    loop = torch.zeros(4, 12, dtype=torch.float64)
+    for i in range(50):
+        loop[:, int(sketch.buckets[i])] += float(sketch.signs[i]) * diag[i] * x[:, i]
+    torch.testing.assert_close(sketch(x, diag=diag), loop)
+    torch.testing.assert_close(sketch(x, diag=diag, normalize=True), loop / (x * diag).norm(dim=1, keepdim=True))
+    a, b = torch.randn(2, 300, dtype=torch.float64)
+    estimates = torch.tensor([float(p(a[None])[0] @ p(b[None])[0])
+                              for p in (CountSketchProjector(300, 32, seed) for seed in range(400))])
+    assert abs(estimates.mean() - a @ b) < 4 * estimates.std() / 20

@@ -97,8 +97,10 @@ class GradientConfig:
     proj_dim: int = option(32768, "k_p: size of the random projection of each gradient.", "--grad-dim")
     projection: str = option(
         "srht", "How gradients are projected to --grad-dim: srht (subsampled randomized Hadamard transform of the "
-        "whole gradient, the paper's) or kronecker (R_o G R_i^T per linear layer, computed from the layer's "
-        "activations; needs --grad-params that are linear layers).", "--grad-projection", choices=("srht", "kronecker"))
+        "whole gradient, the paper's), countsketch (one random signed bucket per coordinate: O(D) instead of "
+        "O(D log D)), or kronecker (R_o G R_i^T per linear layer, computed from the layer's activations; needs "
+        "--grad-params that are linear layers; noisier per dimension on low-rank per-sample gradients).",
+        "--grad-projection", choices=("srht", "countsketch", "kronecker"))
     batch_size: int = option(
         1, "Samples per forward/backward pass for per-sample gradients: 1 takes them one unpadded sample at a time; "
         "more takes a batch's per-sample gradients of linear layers from hooks in one pass.", "--grad-batch-size")

@@ -118,3 +118,40 @@ class IdentityProjector:
 def make_projector(in_dim: int, out_dim: int, seed: int) -> HadamardProjector | IdentityProjector:
     """Project only when it reduces the size: a random map into as many or more dimensions adds noise, no savings."""
     return IdentityProjector(in_dim) if in_dim <= out_dim else HadamardProjector(in_dim, out_dim, seed)
+
+
+class CountSketchProjector:
+    """A seeded CountSketch: coordinate i of the input is added, with a random sign, to one random output bucket.
+
+    y = S x with one non-zero (±1) per column of S, so the projection costs O(D) additions, against the
+    O(D log D) of the Hadamard transform, and E⟨Sx, Sz⟩ = ⟨x, z⟩ with a variance like a dense Gaussian map's
+    ((‖x‖²‖z‖² + ⟨x, z⟩²)/k to leading order). Buckets are stored as int32 and used in chunks.
+    """
+
+    CHUNK = 1 << 20
+
+    def __init__(self, in_dim: int, out_dim: int, seed: int):
+        self.in_dim, self.out_dim = in_dim, out_dim
+        rng = np.random.default_rng(seed)
+        self.buckets = torch.from_numpy(rng.integers(0, out_dim, size=in_dim, dtype=np.int32))
+        self.signs = torch.from_numpy(rng.integers(0, 2, size=in_dim, dtype=np.int8) * 2 - 1)
+
+    def __call__(self, x: torch.Tensor, diag: torch.Tensor | None = None, normalize: bool = False) -> torch.Tensor:
+        """Project rows of x: (B, in_dim) → (B, out_dim), in float32 (float64 stays float64)."""
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        y = torch.zeros(x.shape[0], self.out_dim, dtype=dtype, device=x.device)
+        squared = torch.zeros(x.shape[0], dtype=dtype, device=x.device)
+        for start in range(0, self.in_dim, self.CHUNK):
+            part = slice(start, min(start + self.CHUNK, self.in_dim))
+            values = x[:, part].to(dtype)
+            if diag is not None:
+                values = values * diag[part].to(x.device, dtype)
+            squared += values.square().sum(1)
+            y.index_add_(1, self.buckets[part].to(x.device, torch.long), values * self.signs[part].to(x.device, dtype))
+        return y / squared.sqrt().clamp_min(torch.finfo(dtype).tiny)[:, None] if normalize else y
+
+    def dense(self) -> torch.Tensor:
+        """The explicit (out_dim, in_dim) matrix, for tests on small sizes only."""
+        matrix = torch.zeros(self.out_dim, self.in_dim)
+        matrix[self.buckets.long(), torch.arange(self.in_dim)] = self.signs.float()
+        return matrix

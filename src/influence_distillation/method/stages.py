@@ -25,7 +25,7 @@ from influence_distillation.method.preconditioning import (
     load_adamw_state,
     state_learning_rate,
 )
-from influence_distillation.method.projection import make_projector
+from influence_distillation.method.projection import CountSketchProjector, make_projector
 from influence_distillation.method.propagation import KernelRidge, fit_propagation
 from influence_distillation.method.selection import select
 from influence_distillation.runtime.models import truncated_backbone
@@ -86,6 +86,8 @@ def gradient_space(model: nn.Module, config: GradientConfig, seed: int) -> Gradi
             raise ConfigError(f"--grad-projection kronecker needs every --grad-params {config.params!r} parameter to "
                               "be the weight or bias of a linear layer; use --grad-projection srht")
         projector = KroneckerProjector(layers, params, config.proj_dim, seed)
+    elif config.projection == "countsketch" and size > config.proj_dim:
+        projector = CountSketchProjector(size, config.proj_dim, seed)
     else:
         projector = make_projector(size, config.proj_dim, seed)
     space = GradientSpace(params, projector, config.normalize, batch_size=config.batch_size)
