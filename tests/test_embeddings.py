@@ -145,3 +145,19 @@ def test_pooled_outputs_do_not_depend_on_padding(side):
         for row, example in enumerate(examples):
             alone = jvp_outputs(backbone, tangents, collate([example], 0), POOLINGS)
             torch.testing.assert_close(together[row], alone[0], rtol=1e-4, atol=1e-5)
+
+
+def test_central_differences_match_forward_mode():
+    from influence_distillation.method.embeddings import difference_outputs
+
+    # Unit-Gaussian tangents dwarf weights of scale 0.02: steps of 1e-3 are already far into the non-linear range.
+    for dtype, step, tolerance in ((torch.float64, 1e-5, 1e-3), (torch.float32, 1e-5, 1e-3), (torch.float32, 1e-3, None)):
+        backbone = truncated_backbone(make_model("llama", 64).to(dtype), 2)
+        batch = collate(labelled_examples(64, [6, 9, 7]), pad_id=0)
+        tangents = sample_tangents(dict(backbone.named_parameters()), 2, seed=4)
+        with torch.no_grad():
+            exact = jvp_outputs(backbone, tangents, batch, ("last", "mean"))
+            approximate = difference_outputs(backbone, tangents, batch, ("last", "mean"), step)
+        assert approximate.shape == exact.shape
+        error = (approximate - exact).norm() / exact.norm()
+        assert error < tolerance if tolerance else error > 0.05, (dtype, step)  # the test can tell a bad step

@@ -90,6 +90,32 @@ def jvp_outputs(backbone: nn.Module, tangents: dict[str, torch.Tensor], batch: B
     return (tangent, primal.flatten(1)) if with_primal else tangent
 
 
+DIFFERENCE_STEP = 1e-5  # ε for unit-Gaussian tangents: 1e-3 is already in the non-linear range (BENCHMARKS.md)
+
+
+def difference_outputs(backbone: nn.Module, tangents: dict[str, torch.Tensor], batch: Batch,
+                       poolings: tuple[str, ...] = ("last",), step: float = DIFFERENCE_STEP) -> torch.Tensor:
+    """`jvp_outputs` by central differences, (h(θ + εv) − h(θ − εv)) / 2ε: two plain forward passes per tangent
+    instead of forward-mode AD, exact up to O(ε²) truncation and the round-off of the difference."""
+    embedding = backbone.get_input_embeddings()
+    embedding_name = next(name for name, p in backbone.named_parameters() if p is embedding.weight)
+    params = {name: p for name, p in backbone.named_parameters() if name != embedding_name}
+    embeds = embedding(batch.input_ids)
+    weights = torch.stack([pooling_weights(batch, name) for name in poolings], dim=1).to(embeds.dtype)
+    inputs = {"attention_mask": batch.attention_mask, "position_ids": batch.position_ids, "use_cache": False}
+    out = []
+    for j in range(tangents[embedding_name].shape[0]):
+        embed_tangent = functional_call(embedding, {"weight": tangents[embedding_name][j]}, (batch.input_ids,))
+        sides = []
+        for sign in (1.0, -1.0):
+            shifted = {name: p + sign * step * tangents[name][j] for name, p in params.items()}
+            hidden = functional_call(backbone, shifted, args=(), kwargs={
+                **inputs, "inputs_embeds": embeds + sign * step * embed_tangent}).last_hidden_state
+            sides.append(torch.einsum("bpt,btd->bpd", weights, hidden))
+        out.append((sides[0] - sides[1]) / (2 * step))
+    return torch.stack(out, dim=1).flatten(2)
+
+
 class JvpEmbedder:
     """Embeds batches of examples with fixed tangents and projection, so a sharded stage draws them only once.
 
@@ -98,8 +124,9 @@ class JvpEmbedder:
     """
 
     def __init__(self, backbone: nn.Module, num_tangents: int, dim: int, seed: int, batch_size: int = 8,
-                 pad_id: int = 0, poolings: tuple[str, ...] = ("last",)):
+                 pad_id: int = 0, poolings: tuple[str, ...] = ("last",), method: str = "jvp"):
         self.backbone, self.batch_size, self.pad_id, self.poolings = backbone, batch_size, pad_id, poolings
+        self.outputs = difference_outputs if method == "difference" else jvp_outputs
         self.tangents = sample_tangents(dict(backbone.named_parameters()), num_tangents, seed)
         self.num_tangents, self.hidden = num_tangents, backbone.config.hidden_size
         self.width = num_tangents * self.hidden  # per pooling
@@ -117,7 +144,7 @@ class JvpEmbedder:
             for indices in length_batches([len(e) for e in examples], self.batch_size):
                 batch = collate([examples[i] for i in indices], self.pad_id).to(device)
                 with torch.no_grad():
-                    u = jvp_outputs(self.backbone, self.tangents, batch, self.poolings)
+                    u = self.outputs(self.backbone, self.tangents, batch, self.poolings)
                 parts = u.reshape(len(indices), self.num_tangents, len(self.poolings), self.hidden).transpose(1, 2)
                 out[indices] = torch.cat([projector(parts[:, i].reshape(len(indices), self.width))
                                           for i, projector in enumerate(self.projectors)], dim=1).cpu()
@@ -135,6 +162,7 @@ def jvp_embeddings(
     pad_id: int = 0,
     progress: bool = True,
     poolings: tuple[str, ...] = ("last",),
+    method: str = "jvp",
 ) -> torch.Tensor:
     """Embeddings of `examples` in their order: (N, P·min(m·d_model, d_e/P)) float32 on the CPU.
 
@@ -143,5 +171,6 @@ def jvp_embeddings(
         seed: fixes the tangents and the projection.
         pad_id: any token id; padded positions are masked out.
         poolings: the P ways of reading the K-block outputs (`POOLINGS`), one embedding block each.
+        method: "jvp" (forward-mode AD) or "difference" (central differences, `difference_outputs`).
     """
-    return JvpEmbedder(backbone, num_tangents, dim, seed, batch_size, pad_id, poolings)(examples, progress)
+    return JvpEmbedder(backbone, num_tangents, dim, seed, batch_size, pad_id, poolings, method)(examples, progress)

@@ -47,7 +47,7 @@ def compute_embeddings(
     """Stage 1: JVP embeddings of every example, (N, d_e) float32."""
     backbone = truncated_backbone(model, config.num_blocks)
     return jvp_embeddings(backbone, examples, config.num_tangents, config.dim, seed, config.batch_size, pad_id,
-                          progress=progress, poolings=config.poolings())
+                          progress=progress, poolings=config.poolings(), method=config.method)
 
 
 @dataclass

@@ -175,7 +175,7 @@ def _select_influence(run: _Run) -> SelectionResult:
             embedder = JvpEmbedder(truncated_backbone(model, config.embedding.num_blocks),
                                    config.embedding.num_tangents, config.embedding.dim, seeds["tangents"],
                                    config.embedding.batch_size, pad_token_id(run.tokenizer),
-                                   config.embedding.poolings())
+                                   config.embedding.poolings(), config.embedding.method)
         return embedder([pool.examples[i] for i in rows])
 
     verify = 0 if exact else verification_count(config.landmarks.verify, config.selection.budget,

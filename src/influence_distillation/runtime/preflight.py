@@ -92,7 +92,7 @@ def estimate(config: SelectConfig) -> list[Estimate]:
         embed = config.embedding
         backbone = truncated_backbone(model, embed.num_blocks)
         embedder = JvpEmbedder(backbone, embed.num_tangents, embed.dim, 0, embed.batch_size, pad_token_id(tokenizer),
-                               embed.poolings())
+                               embed.poolings(), embed.method)
         batch = sorted(pool, key=len)[len(pool) // 2 : len(pool) // 2 + embed.batch_size]
         embedder(batch[:2])  # warm-up
         start = time.perf_counter()
