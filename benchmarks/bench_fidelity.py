@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from influence_distillation import ModelConfig, load_model, load_samples, tokenize_samples
 from influence_distillation.baselines import minilm_embeddings, rds_embeddings
 from influence_distillation.config import PropagationConfig
-from influence_distillation.method.embeddings import POOLINGS, jvp_outputs, sample_tangents
+from influence_distillation.method.embeddings import POOLINGS, difference_outputs, jvp_outputs, sample_tangents
 from influence_distillation.method.landmarks import choose_landmarks
 from influence_distillation.method.propagation import spearman
 from influence_distillation.method.selection import select
@@ -82,6 +82,17 @@ def jvp_pass(model, examples, blocks: int, seed: int = 7, batch_size: int = 8) -
             **{f"hid{blocks}-{p}": primal[:, i].clone() for i, p in enumerate(POOLINGS)}}
 
 
+def difference_pass(model, examples, blocks: int, seed: int = 7, batch_size: int = 8) -> torch.Tensor:
+    """`jvp_pass`'s last-token tangent outputs by central differences (`--embedding-method difference`)."""
+    backbone = truncated_backbone(model, blocks)
+    tangents = sample_tangents(dict(backbone.named_parameters()), 1, seed)
+    out = torch.empty(len(examples), backbone.config.hidden_size)
+    for rows in tqdm(length_batches([len(e) for e in examples], batch_size), desc=f"differences K={blocks}"):
+        with torch.no_grad():
+            out[rows] = difference_outputs(backbone, tangents, collate([examples[i] for i in rows], 0)).float()[:, 0]
+    return out
+
+
 def gradient_sketch(bench: Path, manifest: dict, rows: int, dim: int = 576) -> torch.Tensor:
     """The exact runs' projected pool gradients, Gaussian-projected to `dim`: the embedding no cheap one can beat."""
     key = manifest["cache"]["stages"]["landmark_gradients"][:16]
@@ -100,8 +111,8 @@ def embeddings(bench: Path, out: Path, ids: list[str], manifest: dict) -> tuple[
     key = fingerprint(ids=ids, max_length=manifest["config"]["data"]["max_length"], version=2)[:12]
     timing_path = cache / f"seconds-{key}.json"
     seconds = json.loads(timing_path.read_text()) if timing_path.is_file() else {}
-    wanted = [f"{kind}{k}-{p}" for k in BLOCKS for kind in ("jvp", "hid") for p in POOLINGS] + ["rds", "minilm",
-                                                                                                  "gradients"]
+    wanted = [f"{kind}{k}-{p}" for k in BLOCKS for kind in ("jvp", "hid") for p in POOLINGS] + [
+        "dif2-last", "dif4-last", "rds", "minilm", "gradients"]
     path = lambda name: cache / f"{name}-{key}.npy"  # noqa: E731
     if not all(path(name).is_file() for name in wanted):
         model, tokenizer = load_model(ModelConfig(path=manifest["config"]["model"]["path"]))
@@ -114,6 +125,11 @@ def embeddings(bench: Path, out: Path, ids: list[str], manifest: dict) -> tuple[
                 for name, value in jvp_pass(model, pool.examples, blocks).items():
                     write_npy(path(name), value.numpy())
                 seconds[f"jvp{blocks}"] = time.perf_counter() - start
+        for blocks in (2, 4):  # the same tangents as jvp<K>-last, by central differences
+            if not path(f"dif{blocks}-last").is_file():
+                start = time.perf_counter()
+                write_npy(path(f"dif{blocks}-last"), difference_pass(model, pool.examples, blocks).numpy())
+                seconds[f"dif{blocks}"] = time.perf_counter() - start
         by_id = {s.id: s for s in samples}
         for name, compute in (("rds", lambda: rds_embeddings(model, pool.examples)),
                               ("minilm", lambda: minilm_embeddings([by_id[i] for i in ids])),
@@ -184,6 +200,9 @@ CONFIGS = [
     ("last token + K-block hidden state, K=2", "jvp2-last+hid2-last", {}),
     ("K-block hidden state (no JVP), K=2", "hid2-last", {}),
     ("JVP K=1", "jvp1-last", {}),
+    ("central differences instead of JVP, K=2", "dif2-last", {}),
+    ("central differences instead of JVP, K=4", "dif4-last", {}),
+    ("central differences + verification x1, K=2", "dif2-last", {"verify": 1.0}),
     ("RDS+ hidden states", "rds", {}),
     ("MiniLM", "minilm", {}),
     ("KRR tuned by leave-one-out, K=2", "jvp2-last", {"tune": True}),
