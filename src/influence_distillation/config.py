@@ -19,9 +19,11 @@ from typing import Any
 from influence_distillation.errors import ConfigError
 
 
-def option(default: Any, help: str, flag: str | None = None, choices: tuple | None = None) -> Any:
-    """A dataclass field that also describes its command-line flag."""
-    return field(default=default, metadata={"help": help, "flag": flag, "choices": choices})
+def option(default: Any, help: str, flag: str | None = None, choices: tuple | None = None, added: bool = False) -> Any:
+    """A dataclass field that also describes its command-line flag. `added` marks an option introduced after runs and
+    caches already existed, whose default reproduces what they did: at its default it is left out of `key_dict`, so
+    an upgrade does not invalidate a finished run or a cached stage."""
+    return field(default=default, metadata={"help": help, "flag": flag, "choices": choices, "added": added})
 
 
 @dataclass
@@ -62,7 +64,7 @@ class EmbeddingConfig:
     method: str = option(
         "jvp", "How the directional derivatives are computed: jvp (forward-mode AD, exact) or difference (central "
         "differences: two plain forward passes per tangent, about 1e-4 relative error in float32).", "--embedding-method",
-        choices=("jvp", "difference"))
+        choices=("jvp", "difference"), added=True)
     pooling: str = option(
         "last", "Which K-block outputs the embedding reads: last (the last real token, the paper's), mean (every "
         "real token), weighted (position-weighted mean), completion (the positions that predict the completion), "
@@ -104,10 +106,11 @@ class GradientConfig:
         "whole gradient, the paper's), countsketch (one random signed bucket per coordinate: O(D) instead of "
         "O(D log D)), or kronecker (R_o G R_i^T per linear layer, computed from the layer's activations; needs "
         "--grad-params that are linear layers; noisier per dimension on low-rank per-sample gradients).",
-        "--grad-projection", choices=("srht", "countsketch", "kronecker"))
+        "--grad-projection", choices=("srht", "countsketch", "kronecker"), added=True)
     batch_size: int = option(
         1, "Samples per forward/backward pass for per-sample gradients: 1 takes them one unpadded sample at a time; "
-        "more takes a batch's per-sample gradients of linear layers from hooks in one pass.", "--grad-batch-size")
+        "more takes a batch's per-sample gradients of linear layers from hooks in one pass.", "--grad-batch-size",
+        added=True)
     optimizer_state: str | None = option(
         None,
         "AdamW state of a warm-up (a torch.save'd optimizer.state_dict(), or a Trainer checkpoint folder holding "
@@ -255,6 +258,25 @@ class SelectConfig:
 
 def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
+
+
+def key_dict(config: Any) -> dict[str, Any]:
+    """`to_dict` without the `added` options that are at their defaults: what cache keys and run comparisons hash."""
+    values = {}
+    for spec in dataclasses.fields(config):
+        value = getattr(config, spec.name)
+        if spec.metadata.get("added") and value == spec.default:
+            continue
+        values[spec.name] = key_dict(value) if dataclasses.is_dataclass(value) else value
+    return values
+
+
+def same_config(stored: Any, config: Any) -> bool:
+    """Whether a config saved by `to_dict` (possibly by an older version, without later options) describes `config`."""
+    try:
+        return key_dict(from_dict(type(config), stored)) == key_dict(config)
+    except (ConfigError, TypeError):
+        return False
 
 
 def from_dict(cls: type, values: dict[str, Any], where: str = "config") -> Any:

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from influence_distillation.config import METHODS, SelectConfig, option, to_dict
+from influence_distillation.config import METHODS, SelectConfig, option, same_config, to_dict
 from influence_distillation.errors import ConfigError
 from influence_distillation.evaluation.demo import FULL, QUICK, prepare_demo_data
 from influence_distillation.evaluation.lora import EvalConfig, aggregate_runs, evaluate_subsets
@@ -167,7 +167,7 @@ def _warmup(out: Path, data: Path, model: str, settings, progress) -> Path:
                           size=64 if settings == QUICK else 256, steps=4 if settings == QUICK else 40)
     config.model.path, config.data.max_length = model, settings["max_length"]
     done = _load(folder / "warmup.json")
-    if done.get("status") == "complete" and done.get("config") == to_dict(config):
+    if done.get("status") == "complete" and same_config(done.get("config"), config):
         log.info("warm-up: reusing %s", folder)
         return folder
     return run_warmup(config, overwrite=True, progress=progress)
@@ -190,7 +190,7 @@ def _select(out, data, target, row, model, warm, settings, seed, progress, suffi
         setattr(getattr(config, section), field_name, value)
     folder = Path(config.out)
     manifest = artifacts.read_manifest(folder)
-    if not (manifest and manifest.get("status") == "complete" and manifest["config"] == to_dict(config)):
+    if not (manifest and manifest.get("status") == "complete" and same_config(manifest["config"], config)):
         manifest = run_selection(config, overwrite=True, progress=progress,
                                  cache_dir=out / "cache").manifest
     else:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from influence_distillation.config import SelectConfig, option, to_dict
+from influence_distillation.config import SelectConfig, option, same_config, to_dict
 from influence_distillation.errors import ConfigError
 from influence_distillation.evaluation.demo_data import TARGET_TASKS, DemoSizes, build_demo_data, fetch_bigbench
 from influence_distillation.evaluation.lora import EvalConfig, run_evaluation
@@ -106,7 +106,7 @@ def _select(target, data_dir: Path, out: Path, model_path: str, settings, cache:
     config.landmarks.count = settings["landmarks"]
     config.selection.budget = settings["budget"]
     manifest = artifacts.read_manifest(Path(config.out))
-    if manifest and manifest.get("status") == "complete" and manifest["config"] == to_dict(config):
+    if manifest and manifest.get("status") == "complete" and same_config(manifest["config"], config):
         log.info("%s: reusing the finished selection in %s", target, config.out)
     else:
         run_selection(config, overwrite=True, progress=progress, cache_dir=cache / "stages")
@@ -122,7 +122,7 @@ def _evaluate(target, data_dir: Path, out: Path, model_path: str, settings, sele
     fingerprint = artifacts.content_fingerprint(config.train)
     if summary_path.is_file():
         summary = json.loads(summary_path.read_text())
-        if summary["config"] == to_dict(config) and summary.get("train_fingerprint") == fingerprint:
+        if same_config(summary["config"], config) and summary.get("train_fingerprint") == fingerprint:
             log.info("%s: reusing the finished evaluation in %s", target, config.out)
             return summary
     summary = run_evaluation(config, progress=progress)

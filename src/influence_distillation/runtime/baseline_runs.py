@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from influence_distillation import baselines
-from influence_distillation.config import to_dict
+from influence_distillation.config import key_dict
 from influence_distillation.method.selection import select
 from influence_distillation.method.stages import compute_gradients, gradient_space
 from influence_distillation.runtime import cost
@@ -50,7 +50,7 @@ def select_baseline(run) -> SelectionResult:
             pool_rows = run.sharded("less_gradients", len(pool.examples), lambda rows: baselines.less_rows(
                 model, [pool.examples[i] for i in rows], space.params, space.projector, space.adam_states, False,
                 space.batch_size),
-                GRADIENT_SHARD, last=True, gradients=to_dict(config.gradients), seed=run.seeds["projection"])
+                GRADIENT_SHARD, last=True, gradients=key_dict(config.gradients), seed=run.seeds["projection"])
             target_rows = compute_gradients(model, target.examples, space, precondition=False,
                                             desc="target gradients", progress=run.progress)
             scores = (pool_rows.double() @ target_rows.double().T).numpy()

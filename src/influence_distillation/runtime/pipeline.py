@@ -17,7 +17,7 @@ import torch
 
 from influence_distillation import __version__
 from influence_distillation.baselines import BASELINES
-from influence_distillation.config import SelectConfig, to_dict
+from influence_distillation.config import SelectConfig, key_dict, to_dict
 from influence_distillation.errors import DataError
 from influence_distillation.method.embeddings import JvpEmbedder
 from influence_distillation.method.gradients import projected_gradients
@@ -183,7 +183,7 @@ def _select_influence(run: _Run) -> SelectionResult:
     if not exact:
         with timer("embeddings"):
             embeddings = run.sharded("embeddings", num_pool, embed, EMBEDDING_SHARD, last=order == 2 and not verify,
-                                     embedding=to_dict(config.embedding), seed=seeds["tangents"])
+                                     embedding=key_dict(config.embedding), seed=seeds["tangents"])
     with timer("landmarks"):
         landmarks = (np.arange(num_pool) if exact else choose_landmarks(
             num_pool, config.landmarks.count, seeds["landmarks"], config.landmarks.strategy, embeddings))
@@ -193,7 +193,7 @@ def _select_influence(run: _Run) -> SelectionResult:
     def gradient_stage(stage: str, rows: np.ndarray, last: bool) -> torch.Tensor:
         return run.sharded(stage, len(rows), lambda part: compute_gradients(
             model, [pool.examples[rows[i]] for i in part], space, precondition=True, progress=False), GRADIENT_SHARD,
-            last=last, landmarks=rows.tolist(), gradients=to_dict(config.gradients), seed=seeds["projection"])
+            last=last, landmarks=rows.tolist(), gradients=key_dict(config.gradients), seed=seeds["projection"])
 
     with timer("target_gradients"):
         target_rows, target_norms = projected_gradients(
@@ -310,7 +310,7 @@ def _cache_basis(config: SelectConfig) -> dict[str, Any]:
 
     optimizer = config.gradients.optimizer_state
     return {"model": artifacts.content_fingerprint(resolve_model_path(config.model.path)),
-            "pool": artifacts.content_fingerprint(config.pool), "data": to_dict(config.data),
+            "pool": artifacts.content_fingerprint(config.pool), "data": key_dict(config.data),
             "dtype": config.model.dtype, "device": config.model.device, "version": __version__,
             "optimizer": artifacts.content_fingerprint(optimizer) if optimizer else None}
 
