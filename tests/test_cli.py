@@ -277,3 +277,38 @@ def test_every_help_page_renders(command, capsys):
         main([command, "--help"])
     assert exit_info.value.code == 0
     assert "usage: influence-distill " + command in capsys.readouterr().out
+
+
+def _number_options() -> list[tuple[str, str]]:
+    """Every (command, flag) whose value parses as a number, read from the parser itself, so that an option added
+    later is walked too."""
+    import argparse
+
+    from influence_distillation.cli import build_parser, number
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return [(name, action.option_strings[0]) for name, sub in commands.choices.items() for action in sub._actions
+            if action.type in (number, float) and action.option_strings]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_no_number_option_of_any_command_accepts_nan_or_infinity(value, capsys):
+    options = _number_options()
+    assert ("select", "--ridge") in options and ("select", "--learning-rate") in options
+    for command, flag in options:
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, f"{flag}={value}"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exit_info.value.code == 2, (command, flag)
+        assert f"argument {flag}" in err[-1] and "finite number" in err[-1], (command, flag, err)
+
+
+def test_a_config_file_with_nan_is_refused_by_field(model_dir, data_files, tmp_path, capsys):
+    pool, target = data_files
+    config = tmp_path / "run.yaml"
+    config.write_text("propagation:\n  ridge: .nan\n")
+    code = main(["select", "--config", str(config), "--pool", str(pool), "--target", str(target),
+                 "--model", str(model_dir("llama")), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the fixture's model-writing progress
+    assert code == 2 and err.startswith("influence-distill: error:") and "propagation.ridge: must be a finite" in err
+    assert not (tmp_path / "out" / "manifest.json").exists()

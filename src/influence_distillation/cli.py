@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import math
 import os
 import sys
 import types
@@ -34,8 +35,11 @@ SECTION_TITLES = {
 
 
 def number(text: str) -> float:
-    """An int when the text is integral ('4096'), else a float ('0.05')."""
+    """An int when the text is integral ('4096'), else a float ('0.05'); NaN and infinity are refused here, once for
+    every option, because no option means anything with them and they fail deep inside a stage otherwise."""
     value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
     return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
 
 
