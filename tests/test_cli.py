@@ -1,5 +1,6 @@
 """End-to-end runs through the command line on tiny models and synthetic JSONL fixtures."""
 
+import argparse
 import json
 import subprocess
 import sys
@@ -11,7 +12,9 @@ import torch
 import yaml
 from conftest import make_model
 
-from influence_distillation.cli import main
+from influence_distillation.cli import Ranged, build_parser, main, number
+from influence_distillation.config import SelectConfig, from_dict
+from influence_distillation.errors import ConfigError
 
 FAST = ["--landmarks", "12", "--num-blocks", "2", "--grad-dim", "256", "--quiet"]
 
@@ -131,7 +134,6 @@ BAD_INPUTS = {
     "unknown format": (lambda d: {"pool": write_bad(d, '{"question": "a"}\n')}, "unknown record format"),
     "empty target": (lambda d: {"target": write_bad(d, "")}, "target file .* holds no records"),
     "budget above pool": (lambda d: {"budget": 37}, "--budget 37 exceeds the 36 selectable pool samples"),
-    "zero budget": (lambda d: {"budget": 0}, "--budget must be positive"),
     "not a model": (lambda d: {"model": d}, "not a Hugging Face model directory"),
     "empty pool file": (lambda d: {"pool": write_bad(d, "\n\n")}, "pool file .* holds no records"),
     "unreadable pool (a folder that is no dataset)": (lambda d: {"pool": d}, "not a datasets.save_to_disk folder"),
@@ -279,21 +281,18 @@ def test_every_help_page_renders(command, capsys):
     assert "usage: influence-distill " + command in capsys.readouterr().out
 
 
-def _number_options() -> list[tuple[str, str]]:
-    """Every (command, flag) whose value parses as a number, read from the parser itself, so that an option added
-    later is walked too."""
-    import argparse
-
-    from influence_distillation.cli import build_parser, number
-
+def _number_options() -> list[tuple[str, argparse.Action]]:
+    """Every (command, action) that takes a number, read from the parser itself, so that an option added later is
+    walked too."""
     commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    return [(name, action.option_strings[0]) for name, sub in commands.choices.items() for action in sub._actions
-            if action.type in (number, float) and action.option_strings]
+    return [(name, action) for name, sub in commands.choices.items() for action in sub._actions
+            if action.option_strings and (isinstance(action.type, Ranged) or action.type in (int, float, number))]
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
 def test_no_number_option_of_any_command_accepts_nan_or_infinity(value, capsys):
-    options = _number_options()
+    options = [(command, action.option_strings[0]) for command, action in _number_options()
+               if action.type.kind is float]
     assert ("select", "--ridge") in options and ("select", "--learning-rate") in options
     for command, flag in options:
         with pytest.raises(SystemExit) as exit_info:
@@ -312,3 +311,32 @@ def test_a_config_file_with_nan_is_refused_by_field(model_dir, data_files, tmp_p
     err = capsys.readouterr().err.strip().splitlines()[-1]  # after the fixture's model-writing progress
     assert code == 2 and err.startswith("influence-distill: error:") and "propagation.ridge: must be a finite" in err
     assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_every_number_option_of_every_command_is_range_checked_at_parse_time(capsys):
+    options = _number_options()
+    assert len(options) > 30 and all(isinstance(action.type, Ranged) for _, action in options), \
+        [action.option_strings for _, action in options if not isinstance(action.type, Ranged)]
+    for command, action in options:
+        flag, minimum, kind = action.option_strings[0], action.type.metadata.get("minimum"), action.type.kind
+        if minimum is None:  # the default range: positive
+            invalid, smallest = [0, -5], 1
+        else:
+            invalid, smallest = [minimum - (1 if kind is int else 0.5)], minimum
+        for value in invalid:
+            with pytest.raises(SystemExit) as exit_info:
+                main([command, f"{flag}={value}"])
+            err = capsys.readouterr().err.strip().splitlines()[-1]
+            assert exit_info.value.code == 2 and f"argument {flag}" in err and "must be" in err, (command, flag, err)
+        assert action.type(str(smallest)) == smallest  # the smallest valid value parses
+
+
+def test_configs_built_in_python_and_config_files_get_the_same_range_checks(tmp_path):
+    config = SelectConfig(pool="p", target="t", out="o")
+    config.selection.budget, config.model.path = 3, "m"
+    config.propagation.ridge = 0.0
+    with pytest.raises(ConfigError, match="--ridge must be greater than 0, got 0.0"):
+        config.validate()
+    with pytest.raises(ConfigError, match=r"config.landmarks.verify: must be at least -1, got -2"):
+        from_dict(SelectConfig, {"landmarks": {"verify": -2}})
+    assert from_dict(SelectConfig, {"landmarks": {"verify": -1}}).landmarks.verify == -1

@@ -21,6 +21,7 @@ def _older(config) -> dict:
 
 def test_added_options_at_their_defaults_leave_the_key_of_an_older_run_unchanged():
     config = SelectConfig(pool="p.jsonl", target="t.jsonl", out="o")
+    config.selection.budget = 5
     assert ("gradients", "batch_size") in _added(config) and ("embedding", "method") in _added(config)
     older = _older(config)
     assert key_dict(config) == older  # exactly what the older version hashed
@@ -30,6 +31,7 @@ def test_added_options_at_their_defaults_leave_the_key_of_an_older_run_unchanged
 
 def test_an_added_option_set_away_from_its_default_changes_the_key():
     config = SelectConfig(pool="p.jsonl", target="t.jsonl", out="o")
+    config.selection.budget = 5
     older = _older(config)
     changed = dataclasses.replace(config, gradients=dataclasses.replace(config.gradients, projection="countsketch"))
     assert key_dict(changed)["gradients"]["projection"] == "countsketch"
@@ -39,6 +41,7 @@ def test_an_added_option_set_away_from_its_default_changes_the_key():
 
 def test_same_config_rejects_other_values_and_unreadable_configs():
     config = SelectConfig(pool="p.jsonl", target="t.jsonl", out="o")
+    config.selection.budget = 5
     other = to_dict(config)
     other["landmarks"]["count"] = 7
     assert not same_config(other, config)

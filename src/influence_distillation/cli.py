@@ -12,12 +12,11 @@ import logging
 import math
 import os
 import sys
-import types
 import typing
 from pathlib import Path
 from typing import Any
 
-from influence_distillation.config import SelectConfig, from_dict, load_config_file
+from influence_distillation.config import SelectConfig, flag_of, from_dict, load_config_file, range_problem, scalar_type
 from influence_distillation.errors import InfDistError
 
 log = logging.getLogger("influence_distillation")
@@ -43,10 +42,19 @@ def number(text: str) -> float:
     return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
 
 
-def _scalar_type(annotation: Any) -> Any:
-    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
-    return annotation
+class Ranged:
+    """An argparse type that parses a number and checks it against its option's range (`config.option`), so a bad
+    value is refused at parse time with the flag's name, before anything loads."""
+
+    def __init__(self, parse: Any, kind: type, metadata: Any = None):
+        self.parse, self.kind, self.metadata = parse, kind, metadata or {}
+        self.__name__ = kind.__name__  # argparse names the type in "invalid int value"
+
+    def __call__(self, text: str) -> Any:
+        value = self.parse(text)
+        if problem := range_problem(self.metadata, self.kind, value):
+            raise argparse.ArgumentTypeError(f"{problem}, got {text}")
+        return value
 
 
 def _add_fields(parser, cls: type, prefix: str) -> None:
@@ -56,8 +64,8 @@ def _add_fields(parser, cls: type, prefix: str) -> None:
             group = parser.add_argument_group(SECTION_TITLES.get(f.name, f.name))
             _add_fields(group, hints[f.name], f"{prefix}{f.name}.")
             continue
-        flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
-        kind = _scalar_type(hints[f.name])
+        flag = flag_of(f)
+        kind = scalar_type(hints[f.name])
         default = f.default
         help_text = f.metadata.get("help", "")
         if default not in ("", None) and kind is not bool:
@@ -66,7 +74,8 @@ def _add_fields(parser, cls: type, prefix: str) -> None:
         if kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
-            kwargs["type"] = number if kind is float else kind
+            parse = {float: number, int: int}.get(kind)
+            kwargs["type"] = Ranged(parse, kind, f.metadata) if parse else kind
             kwargs["metavar"] = f.name.upper() if not f.metadata.get("choices") else None
             if f.metadata.get("choices"):
                 kwargs["choices"] = f.metadata["choices"]
@@ -113,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "by runs on the same pool, e.g. other targets) instead of OUT/stages")
     select.add_argument("--dry-run", action="store_true", help="estimate each stage's time, memory and disk "
                         "(from a few timed calibration batches) and check they fit; run nothing else")
-    select.add_argument("--shard-rows", type=int, metavar="N", help="rows per resumable shard of the pool-wide "
+    select.add_argument("--shard-rows", type=Ranged(int, int), metavar="N", help="rows per resumable shard of the pool-wide "
                         "stages (default: 256 for embeddings and forward passes, 32 for gradients); a killed run "
                         "loses at most one shard per rank")
     warmup = commands.add_parser(

@@ -20,11 +20,48 @@ from typing import Any
 from influence_distillation.errors import ConfigError
 
 
-def option(default: Any, help: str, flag: str | None = None, choices: tuple | None = None, added: bool = False) -> Any:
-    """A dataclass field that also describes its command-line flag. `added` marks an option introduced after runs and
-    caches already existed, whose default reproduces what they did: at its default it is left out of `key_dict`, so
-    an upgrade does not invalidate a finished run or a cached stage."""
-    return field(default=default, metadata={"help": help, "flag": flag, "choices": choices, "added": added})
+def option(default: Any, help: str, flag: str | None = None, choices: tuple | None = None, added: bool = False,
+           minimum: float | None = None) -> Any:
+    """A dataclass field that also describes its command-line flag. Numbers must be positive unless `minimum` (the
+    smallest valid value) says otherwise, so a new option is range-checked without anyone remembering to. `added`
+    marks an option introduced after runs and caches already existed, whose default reproduces what they did: at its
+    default it is left out of `key_dict`, so an upgrade does not invalidate a finished run or a cached stage."""
+    return field(default=default, metadata={"help": help, "flag": flag, "choices": choices, "added": added,
+                                            "minimum": minimum})
+
+
+def scalar_type(annotation: Any) -> Any:
+    """`int` for `int | None`, and so on."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    return annotation
+
+
+def range_problem(metadata: Any, kind: Any, value: Any) -> str | None:
+    """Why a number is outside its option's range (see `option`), or None."""
+    if kind not in (int, float) or value is None or isinstance(value, bool):
+        return None
+    minimum = metadata.get("minimum")
+    if minimum is not None:
+        return f"must be at least {minimum}" if value < minimum else None
+    if kind is int:
+        return "must be at least 1" if value < 1 else None
+    return "must be greater than 0" if value <= 0 else None
+
+
+def flag_of(spec: dataclasses.Field) -> str:
+    return spec.metadata.get("flag") or "--" + spec.name.replace("_", "-")
+
+
+def check_ranges(config: Any) -> None:
+    """Every number of a (nested) config against its option's range, for configs built in Python."""
+    hints = typing.get_type_hints(type(config))
+    for spec in dataclasses.fields(config):
+        value = getattr(config, spec.name)
+        if dataclasses.is_dataclass(value):
+            check_ranges(value)
+        elif problem := range_problem(spec.metadata, scalar_type(hints[spec.name]), value):
+            raise ConfigError(f"{flag_of(spec)} {problem}, got {value}")
 
 
 @dataclass
@@ -88,7 +125,7 @@ class LandmarkConfig:
         -1, "Verification landmarks: after propagating from the first landmarks, this many more samples, those with "
         "the highest propagated influence, get exact gradients too, so the selection rests on exact influence where "
         "it is made. -1 (default): as many as the smaller of the budget and the first landmarks; 0: none (the "
-        "paper's method).", "--verify")
+        "paper's method).", "--verify", minimum=-1)
     verify_rounds: int = option(
         1, "Rounds the verification landmarks are placed in, re-propagating after each.", "--verify-rounds")
 
@@ -138,7 +175,7 @@ class InfluenceConfig:
     hessian_samples: int = option(
         0, "--order 2: how many target samples (a seeded subset, reweighted to the same total) the target Hessian "
         "is taken over; 0: all. Its cost grows with this number: one double-backward pass per target sample per "
-        "block of 8 landmarks.")
+        "block of 8 landmarks.", minimum=0)
     learning_rate: float | None = option(
         None, "eta of the one-step model, used by --order 2 and the Adam b term; default: the optimizer state's "
         "learning rate (half its initial one if a schedule ended at 0), else 2e-5.",
@@ -185,7 +222,7 @@ class SelectConfig:
     pool: str = option("", "Pool file: JSONL, parquet, or a datasets.save_to_disk folder.")
     target: str = option("", "Target examples, same formats as the pool.")
     out: str = option("", "Run directory for the outputs.")
-    seed: int = option(0, "Master seed; every random choice derives from it.")
+    seed: int = option(0, "Master seed; every random choice derives from it.", minimum=0)
     method: str = option(
         "influence", "Selection method: influence (Influence Distillation), exact (the same with a gradient of every "
         "pool sample, = --exact), or a baseline: random, mid-ppl, rds+, embed-sim, less.", choices=METHODS)
@@ -205,31 +242,9 @@ class SelectConfig:
                 raise ConfigError(f"{flag} is required")
         if not self.model.path:
             raise ConfigError("--model is required (a local Hugging Face model directory)")
-        positive = {
-            "--budget": self.selection.budget,
-            "--max-length": self.data.max_length,
-            "--num-blocks": self.embedding.num_blocks,
-            "--num-tangents": self.embedding.num_tangents,
-            "--embedding-dim": self.embedding.dim,
-            "--embedding-batch-size": self.embedding.batch_size,
-            "--grad-dim": self.gradients.proj_dim,
-            "--grad-batch-size": self.gradients.batch_size,
-            "--landmarks": self.landmarks.count,
-            "--propagation-chunk-size": self.propagation.chunk_size,
-        }
-        for flag, value in positive.items():
-            if value <= 0:
-                raise ConfigError(f"{flag} must be positive, got {value}")
-        if self.landmarks.verify < -1:
-            raise ConfigError(f"--verify must be -1 (auto), 0 (off) or a count, got {self.landmarks.verify}")
-        if self.landmarks.verify_rounds <= 0:
-            raise ConfigError(f"--verify-rounds must be positive, got {self.landmarks.verify_rounds}")
+        check_ranges(self)
         if self.landmarks.count >= 1 and self.landmarks.count != int(self.landmarks.count):
             raise ConfigError(f"--landmarks must be an integer or a fraction below 1, got {self.landmarks.count}")
-        if self.propagation.ridge <= 0:
-            raise ConfigError(f"--ridge must be positive, got {self.propagation.ridge}")
-        if self.propagation.bandwidth is not None and self.propagation.bandwidth <= 0:
-            raise ConfigError(f"--bandwidth must be positive, got {self.propagation.bandwidth}")
         from influence_distillation.method.embeddings import POOLINGS
 
         poolings = self.embedding.poolings()
@@ -238,10 +253,6 @@ class SelectConfig:
                               f"repeats, got {self.embedding.pooling!r}")
         if self.influence.order not in (1, 2):
             raise ConfigError(f"--order must be 1 or 2, got {self.influence.order}")
-        if self.influence.hessian_samples < 0:
-            raise ConfigError(f"--hessian-samples must be 0 (all) or positive, got {self.influence.hessian_samples}")
-        if self.influence.learning_rate is not None and self.influence.learning_rate <= 0:
-            raise ConfigError(f"--learning-rate must be positive, got {self.influence.learning_rate}")
         if self.method not in METHODS:
             raise ConfigError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if self.method in ("random", "mid-ppl") and self.selection.strategy != "auto":
@@ -297,6 +308,8 @@ def from_dict(cls: type, values: dict[str, Any], where: str = "config") -> Any:
             kwargs[key] = from_dict(kind, value, f"{where}.{key}")
         else:
             kwargs[key] = coerce(value, kind, f"{where}.{key}")
+            if problem := range_problem(known[key].metadata, scalar_type(kind), kwargs[key]):
+                raise ConfigError(f"{where}.{key}: {problem}, got {value}")
     return cls(**kwargs)
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from influence_distillation.config import METHODS, SelectConfig, option, same_config, to_dict
+from influence_distillation.config import METHODS, SelectConfig, check_ranges, option, same_config, to_dict
 from influence_distillation.errors import ConfigError
 from influence_distillation.evaluation.demo import FULL, QUICK, prepare_demo_data
 from influence_distillation.evaluation.lora import EvalConfig, aggregate_runs, evaluate_subsets
@@ -78,13 +78,12 @@ class BenchmarkConfig:
     targets: str = option("", "Comma-separated targets (default: every folder under the data's targets/).")
     quick: bool = option(False, "The demo's quick sizes and recipe: a few minutes per method.")
     seeds: int = option(1, "Fine-tuning seeds per selection (random: a new random subset per seed).")
-    seed: int = option(0, "Seed of the data, selections and fine-tuning.")
-    budget: int = option(0, "Samples to select (default: the demo's, 5%% of its pool).")
+    seed: int = option(0, "Seed of the data, selections and fine-tuning.", minimum=0)
+    budget: int = option(0, "Samples to select (default: the demo's, 5%% of its pool).", minimum=0)
 
 
 def run_benchmark(config: BenchmarkConfig, progress: bool = True) -> dict[str, Any]:
-    if config.seeds <= 0:
-        raise ConfigError(f"--seeds must be positive, got {config.seeds}")
+    check_ranges(config)
     seeds = _parse_rows(config.methods, config.seeds)
     methods = list(seeds)
     settings = dict(QUICK if config.quick else SUITE)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from influence_distillation.config import SelectConfig, option, same_config, to_dict
+from influence_distillation.config import SelectConfig, check_ranges, option, same_config, to_dict
 from influence_distillation.errors import ConfigError
 from influence_distillation.evaluation.demo_data import TARGET_TASKS, DemoSizes, build_demo_data, fetch_bigbench
 from influence_distillation.evaluation.lora import EvalConfig, run_evaluation
@@ -41,7 +41,7 @@ class DemoConfig:
     targets: str = option(",".join(TARGET_TASKS), "Comma-separated targets to run (math, reading, knowledge).")
     quick: bool = option(False, "Tiny pool, few landmarks and test examples, 4 fine-tuning steps: a few minutes.")
     seeds: int = option(1, "Fine-tuning seeds per subset (mean ± std in the report).")
-    seed: int = option(0, "Seed of the data split, the selection and the random subsets.")
+    seed: int = option(0, "Seed of the data split, the selection and the random subsets.", minimum=0)
 
 
 # K chosen by measurement (docs/BENCHMARKS.md): on this pool K = 2 propagates nearly as faithfully as K = 4
@@ -58,8 +58,7 @@ def run_demo(config: DemoConfig, progress: bool = True) -> dict[str, Any]:
     unknown = set(targets) - set(TARGET_TASKS)
     if not targets or unknown:
         raise ConfigError(f"--targets: unknown {sorted(unknown)}; choose from {', '.join(TARGET_TASKS)}")
-    if config.seeds <= 0:
-        raise ConfigError(f"--seeds must be positive, got {config.seeds}")
+    check_ranges(config)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     cache = artifacts.user_cache_dir()

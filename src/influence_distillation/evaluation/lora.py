@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from influence_distillation.config import ModelConfig, option, to_dict
+from influence_distillation.config import ModelConfig, check_ranges, option, to_dict
 from influence_distillation.errors import ConfigError, DataError
 from influence_distillation.method.gradients import (
     backbone_and_head,
@@ -59,11 +59,11 @@ class EvalConfig:
     test: str = option("", "The target's held-out test set.")
     pool: str = option("", "The pool the random baseline draws a subset of the same size from.")
     out: str = option("", "Folder for eval.json.")
-    seed: int = option(0, "First seed; seeds are seed, seed+1, …")
+    seed: int = option(0, "First seed; seeds are seed, seed+1, …", minimum=0)
     seeds: int = option(1, "Number of seeds (each: a new random subset, LoRA init and batch order).")
     model: ModelConfig = field(default_factory=lambda: ModelConfig(attn_implementation="sdpa"))
     max_length: int = option(512, "Truncate samples to this many tokens.")
-    steps: int = option(0, "Optimizer steps; 0 means --epochs passes over the subset.")
+    steps: int = option(0, "Optimizer steps; 0 means --epochs passes over the subset.", minimum=0)
     epochs: float = option(2.0, "Passes over the subset when --steps is 0.")
     batch_size: int = option(8, "Samples per step.", "--train-batch-size")
     learning_rate: float = option(5e-4, "LoRA learning rate (AdamW, linear decay to 0).")
@@ -79,13 +79,7 @@ class EvalConfig:
                 raise ConfigError(f"{flag} is required")
         if not self.model.path:
             raise ConfigError("--model is required")
-        for flag, value in {"--seeds": self.seeds, "--max-length": self.max_length, "--epochs": self.epochs,
-                            "--train-batch-size": self.batch_size, "--learning-rate": self.learning_rate,
-                            "--lora-rank": self.lora_rank}.items():
-            if value <= 0:
-                raise ConfigError(f"{flag} must be positive, got {value}")
-        if self.steps < 0:
-            raise ConfigError(f"--steps must be non-negative, got {self.steps}")
+        check_ranges(self)
 
 
 def _autocast(enabled: bool):

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from influence_distillation.config import DataConfig, ModelConfig, option, to_dict
+from influence_distillation.config import DataConfig, ModelConfig, check_ranges, option, to_dict
 from influence_distillation.errors import ConfigError, OutputError
 from influence_distillation.method.gradients import backward_mean_loss, select_parameters
 from influence_distillation.runtime.artifacts import atomic_directory
@@ -34,14 +34,14 @@ log = logging.getLogger(__name__)
 class WarmupConfig:
     pool: str = option("", "Pool file to draw the warm-up samples from (same formats as select).")
     out: str = option("", "Folder for the warmed-up model, optimizer.pt and warmup.json.")
-    seed: int = option(0, "Seed of the sample slice and the batch order.")
+    seed: int = option(0, "Seed of the sample slice and the batch order.", minimum=0)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     size: int = option(256, "Samples in the warm-up slice (capped at the pool size).")
     steps: int = option(50, "Optimizer steps.")
     batch_size: int = option(8, "Samples per step.")
     learning_rate: float = option(1e-4, "AdamW learning rate (constant).")
-    weight_decay: float = option(0.0, "AdamW weight decay.")
+    weight_decay: float = option(0.0, "AdamW weight decay.", minimum=0)
     params: str = option("all", "Parameters to train: 'all', 'mlp-down', or a regex on parameter names. The Adam "
                          "variant needs state for every parameter used by select's --grad-params.", "--train-params")
 
@@ -51,12 +51,7 @@ class WarmupConfig:
                 raise ConfigError(f"{flag} is required")
         if not self.model.path:
             raise ConfigError("--model is required (a local Hugging Face model directory)")
-        for flag, value in {"--size": self.size, "--steps": self.steps, "--batch-size": self.batch_size,
-                            "--learning-rate": self.learning_rate, "--max-length": self.data.max_length}.items():
-            if value <= 0:
-                raise ConfigError(f"{flag} must be positive, got {value}")
-        if self.weight_decay < 0:
-            raise ConfigError(f"--weight-decay must be non-negative, got {self.weight_decay}")
+        check_ranges(self)
 
 
 def run_warmup(config: WarmupConfig, overwrite: bool = False, progress: bool = True) -> Path:
