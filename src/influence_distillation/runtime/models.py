@@ -11,6 +11,7 @@ from torch import nn
 
 from influence_distillation.config import ModelConfig
 from influence_distillation.errors import ConfigError, ModelError
+from influence_distillation.runtime import hub
 from influence_distillation.runtime.artifacts import atomic_directory, user_cache_dir
 
 log = logging.getLogger(__name__)
@@ -38,8 +39,11 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def resolve_model_path(spec: str) -> Path:
-    """A local model directory; the name `smollm2-135m` means SmolLM2-135M-Instruct, converted once into the cache."""
-    return ensure_smollm2() if spec == SMOLLM2 else Path(spec)
+    """A local model directory; `smollm2-135m` means SmolLM2-135M-Instruct, converted once into the cache, and
+    `org/name` a model in the Hugging Face cache."""
+    if spec == SMOLLM2:
+        return ensure_smollm2()
+    return hub.snapshot(spec, "model", "--model") if hub.is_hub_name(spec) else Path(spec)
 
 
 def ensure_smollm2(cache: Path | None = None) -> Path:

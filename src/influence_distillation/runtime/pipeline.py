@@ -136,8 +136,8 @@ def run_selection(config: SelectConfig, overwrite: bool = False, progress: bool 
     run.seeds = {stage: derive_seed(config.seed, stage)
                  for stage in ("tangents", "landmarks", "projection", "kernel", "selection")}
     with run.timer("load"):
-        run.pool_samples = load_samples(config.pool, "pool")
-        run.target_samples = load_samples(config.target, "target")
+        run.pool_samples = load_samples(config.pool, "pool", config.data.split, config.data.subset)
+        run.target_samples = load_samples(config.target, "target", config.data.split, config.data.subset)
         run.model, run.tokenizer = load_model(config.model)
     with run.timer("tokenize"):
         run.pool, run.target = (
@@ -310,7 +310,7 @@ def _cache_basis(config: SelectConfig) -> dict[str, Any]:
 
     optimizer = config.gradients.optimizer_state
     return {"model": artifacts.content_fingerprint(resolve_model_path(config.model.path)),
-            "pool": artifacts.content_fingerprint(config.pool), "data": key_dict(config.data),
+            "pool": _data_fingerprint(config), "data": key_dict(config.data),
             "dtype": config.model.dtype, "device": config.model.device, "version": __version__,
             "optimizer": artifacts.content_fingerprint(optimizer) if optimizer else None}
 
@@ -327,6 +327,15 @@ def _manifest(run: _Run, result: SelectionResult) -> dict[str, Any]:
     return {**manifest_base(run.config, run.seeds, run.model, run.pool, run.target, result), **run.details,
             "cache": {"dir": str(run.cache_dir) if run.cache_dir else None, "reused": run.reused,
                       "stages": run.stage_keys}}
+
+
+def _data_fingerprint(config: SelectConfig) -> str | list[str]:
+    """The pool file's content digest (one per file for a Hub dataset's split)."""
+    from influence_distillation.runtime.hub import resolve_data
+
+    digests = [artifacts.content_fingerprint(path)
+               for path in resolve_data(config.pool, config.data.split, config.data.subset)]
+    return digests[0] if len(digests) == 1 else digests
 
 
 def _check_usable(pool: TokenizedSet, target: TokenizedSet, config: SelectConfig) -> None:

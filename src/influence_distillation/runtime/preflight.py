@@ -50,7 +50,7 @@ def estimate(config: SelectConfig) -> list[Estimate]:
     """Per-stage estimates for `config` (loads the model and data, times a few batches)."""
     config.validate()
     model, tokenizer = load_model(config.model)
-    pool, target = (tokenize_samples(load_samples(path, name), tokenizer, config.data.max_length,
+    pool, target = (tokenize_samples(load_samples(path, name, config.data.split, config.data.subset), tokenizer, config.data.max_length,
                                      config.data.template_fallback, name, False).examples
                     for name, path in (("pool", config.pool), ("target", config.target)))
     if not pool or not target:

@@ -62,7 +62,7 @@ def run_warmup(config: WarmupConfig, overwrite: bool = False, progress: bool = T
         raise OutputError(f"--out {out} is not empty; choose another folder or pass --overwrite")
     started = time.perf_counter()
     model, tokenizer = load_model(config.model)
-    samples = load_samples(config.pool, "pool")
+    samples = load_samples(config.pool, "pool", config.data.split, config.data.subset)
     rng = np.random.default_rng(config.seed)
     chosen = np.sort(rng.choice(len(samples), size=min(config.size, len(samples)), replace=False))
     tokenized = tokenize_samples([samples[i] for i in chosen], tokenizer, config.data.max_length,
