@@ -13,14 +13,13 @@ for central differences.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 
 import torch
+from suite_data import load_suite, suite_arguments
 
-from influence_distillation import ModelConfig, load_model, load_samples, tokenize_samples
 from influence_distillation.method.embeddings import difference_outputs, jvp_outputs, sample_tangents
 from influence_distillation.runtime.models import truncated_backbone
 from influence_distillation.runtime.tokenization import collate, length_batches
@@ -61,18 +60,11 @@ def run(kind: str, backbone, tangents, examples, batch_size: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default="runs/suite/data")
-    parser.add_argument("--samples", type=int, default=512)
-    parser.add_argument("--max-length", type=int, default=512)
+    parser = suite_arguments(__doc__, samples=512)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="runs/bench_embeddings.json")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    model, tokenizer = load_model(ModelConfig(path="smollm2-135m"))
-    examples = tokenize_samples(load_samples(Path(args.data) / "pool.jsonl"), tokenizer, args.max_length,
-                                progress=False).examples[: args.samples]
+    model, tokenizer, examples = load_suite(args)
     peak = matmul_peak()
     tokens = sum(len(e) for e in examples)
     print(f"{len(examples)} samples, {tokens} tokens; float32 matmul peak {peak / 1e9:.0f} GFLOP/s, "

@@ -13,15 +13,14 @@ sample, averaged, and with exact (unprojected) inner products, computed in the s
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from suite_data import load_suite, suite_arguments, tokenize_examples
 
-from influence_distillation import ModelConfig, load_model, load_samples, tokenize_samples
 from influence_distillation.method.gradients import (
     flat_gradient,
     only_requires_grad,
@@ -42,22 +41,14 @@ def mean_spearman(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default="runs/suite/data")
+    parser = suite_arguments(__doc__, samples=96)
     parser.add_argument("--target", default="multirc")
-    parser.add_argument("--samples", type=int, default=96)
-    parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--dim", type=int, default=32768)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="runs/bench_gradients.json")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    model, tokenizer = load_model(ModelConfig(path="smollm2-135m"))
-    pool = tokenize_samples(load_samples(Path(args.data) / "pool.jsonl"), tokenizer, args.max_length,
-                            progress=False).examples[: args.samples]
-    targets = tokenize_samples(load_samples(Path(args.data) / "targets" / args.target / "target.jsonl"), tokenizer,
-                               args.max_length, progress=False).examples[:16]
+    model, tokenizer, pool = load_suite(args)
+    targets = tokenize_examples(args, tokenizer, f"targets/{args.target}/target.jsonl", 16)
     params = select_parameters(model, "mlp-down")
     size = sum(p.numel() for p in params.values())
     srht = HadamardProjector(size, args.dim, 1)

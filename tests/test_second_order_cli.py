@@ -15,22 +15,6 @@ def read_selected(out):
     return [json.loads(line) for line in (out / "selected.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("extra", [[], ["--order", "2", "--learning-rate", "0.5"]])
-def test_exact_mode_agrees_with_landmark_mode_when_every_sample_is_a_landmark(extra, model_dir, data_files, tmp_path):
-    pool, target = data_files
-    model = model_dir("llama")
-    assert main(select_args(pool, target, model, tmp_path / "exact", 6, "--exact", *extra)) == 0
-    assert main(select_args(pool, target, model, tmp_path / "all", 6, "--landmarks", "36", *extra)) == 0
-    exact, landmark = np.load(tmp_path / "exact" / "target_scores.npy"), np.load(tmp_path / "all" / "target_scores.npy")
-    np.testing.assert_allclose(exact, landmark, rtol=1e-6, atol=1e-7)
-    assert [r["id"] for r in read_selected(tmp_path / "exact")] == [r["id"] for r in read_selected(tmp_path / "all")]
-    assert not (tmp_path / "exact" / "embeddings.npy").exists() and (tmp_path / "all" / "embeddings.npy").exists()
-    if extra:
-        a = pq.read_table(tmp_path / "exact" / "weights.parquet").to_pydict()["weight"]
-        b = pq.read_table(tmp_path / "all" / "weights.parquet").to_pydict()["weight"]
-        np.testing.assert_allclose(a, b, atol=1e-5)
-
-
 def test_warmup_then_second_order_adam_selection(model_dir, data_files, tmp_path):
     pool, target = data_files
     warm = tmp_path / "warm"
