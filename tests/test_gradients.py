@@ -38,8 +38,8 @@ def test_per_sample_gradient_equals_hf_loss_backward_on_that_sample_alone(kind, 
         expected = torch.cat([p.grad.reshape(-1) for p in params.values()])
         # HF's loss upcasts logits to float32 (ours stays float64), hence float32-level agreement.
         torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-8)
-        assert (ours - expected).norm() / expected.norm() < 1e-6
-        assert sample_loss(model, example).item() == pytest.approx(reference.item(), rel=1e-6)
+        assert (ours - expected).norm() / expected.norm() < 1e-5  # float32 rounding (~6e-8) with CPU-dependent kernels
+        assert sample_loss(model, example).item() == pytest.approx(reference.item(), rel=1e-5)
 
 
 def test_prompt_tokens_carry_no_loss(tokenizer, examples):
@@ -53,7 +53,7 @@ def test_prompt_tokens_carry_no_loss(tokenizer, examples):
     assert (logits.grad[predicts_prompt] == 0).all()
     assert (logits.grad[~predicts_prompt].abs().sum(dim=1) > 0).all()
     # And the pipeline's loss is exactly this completion-only loss.
-    assert sample_loss(model, example).item() == pytest.approx(loss.item(), rel=1e-6)
+    assert sample_loss(model, example).item() == pytest.approx(loss.item(), rel=1e-5)  # float32, other kernels
 
 
 def test_projected_gradients_are_preconditioned_then_normalised(tokenizer, examples):
