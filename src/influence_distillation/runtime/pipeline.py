@@ -51,7 +51,13 @@ from influence_distillation.runtime.data import load_samples
 from influence_distillation.runtime.distributed import DistInfo
 from influence_distillation.runtime.models import load_model, pad_token_id, truncated_backbone
 from influence_distillation.runtime.outputs import SelectionResult, manifest_base, output_files, write_outputs
-from influence_distillation.runtime.shards import EMBEDDING_SHARD, GRADIENT_SHARD, ShardedStage
+from influence_distillation.runtime.shards import (
+    EMBEDDING_SHARD,
+    GRADIENT_SHARD,
+    RowCache,
+    ShardedStage,
+    content_digests,
+)
 from influence_distillation.runtime.tokenization import TokenizedSet, tokenize_samples
 
 log = logging.getLogger(__name__)
@@ -94,14 +100,22 @@ class _Run:
     shard_rows: int | None = None  # overrides the per-stage shard sizes
 
     def sharded(self, stage: str, rows: int, compute_rows, shard_rows: int, last: bool = False,
-                **key_parts) -> torch.Tensor:
+                by_content: tuple[str, list[bytes]] | None = None, **key_parts) -> torch.Tensor:
         """A pool-wide stage's (rows, width) array: computed in resumable shards shared by the ranks, or reused.
 
-        `last` marks the final sharded stage of a method: after it, ranks other than 0 are done.
+        `last` marks the final sharded stage of a method: after it, ranks other than 0 are done. `by_content`
+        (a row cache's name, each row's content digest) also keeps rows by their sample's content, across pools:
+        its key is the stage's without the pool and the row choice, so a grown pool recomputes only new samples.
         """
         root = self.cache_dir or Path(self.config.out) / artifacts.STAGES
         shard_rows = self.shard_rows or shard_rows
-        key = artifacts.fingerprint(**_cache_basis(self.config), stage=stage, shard_rows=shard_rows, **key_parts)
+        basis = _cache_basis(self.config)
+        key = artifacts.fingerprint(**basis, stage=stage, shard_rows=shard_rows, **key_parts)
+        if by_content:
+            name, digests = by_content
+            parts = {k: v for k, v in {**basis, **key_parts}.items() if k not in ("pool", "landmarks")}
+            cache = RowCache(root / f"{name}-rows-{artifacts.fingerprint(stage=name, **parts)[:16]}")
+            compute_rows = cache.through(compute_rows, digests)
         store = ShardedStage(root / f"{stage}-{key[:16]}", rows, shard_rows, {"stage": stage, "key": key})
         self.stage_keys[stage] = key
         if len(store.finished()) == store.count:
@@ -166,7 +180,7 @@ def _select_influence(run: _Run) -> SelectionResult:
     config, timer, seeds, model, pool, target = run.config, run.timer, run.seeds, run.model, run.pool, run.target
     order, exact = config.influence.order, config.influence.exact or config.method == "exact"
     strategy = config.selection.resolved(order, config.method)
-    num_pool = len(pool.examples)
+    num_pool, digests = len(pool.examples), content_digests(pool.examples)
     embeddings, embedder = None, None
 
     def embed(rows):
@@ -183,7 +197,8 @@ def _select_influence(run: _Run) -> SelectionResult:
     if not exact:
         with timer("embeddings"):
             embeddings = run.sharded("embeddings", num_pool, embed, EMBEDDING_SHARD, last=order == 2 and not verify,
-                                     embedding=key_dict(config.embedding), seed=seeds["tangents"])
+                                     by_content=("embeddings", digests), embedding=key_dict(config.embedding),
+                                     seed=seeds["tangents"])
     with timer("landmarks"):
         landmarks = (np.arange(num_pool) if exact else choose_landmarks(
             num_pool, config.landmarks.count, seeds["landmarks"], config.landmarks.strategy, embeddings))
@@ -193,7 +208,8 @@ def _select_influence(run: _Run) -> SelectionResult:
     def gradient_stage(stage: str, rows: np.ndarray, last: bool) -> torch.Tensor:
         return run.sharded(stage, len(rows), lambda part: compute_gradients(
             model, [pool.examples[rows[i]] for i in part], space, precondition=True, progress=False), GRADIENT_SHARD,
-            last=last, landmarks=rows.tolist(), gradients=key_dict(config.gradients), seed=seeds["projection"])
+            last=last, by_content=("gradients", [digests[r] for r in rows]), landmarks=rows.tolist(),
+            gradients=key_dict(config.gradients), seed=seeds["projection"])
 
     with timer("target_gradients"):
         target_rows, target_norms = projected_gradients(

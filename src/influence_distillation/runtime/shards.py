@@ -9,13 +9,18 @@ temporary name and renamed when complete, so:
 * a run killed at any moment, even by SIGKILL, continues from the shards it finished, and because a shard's rows and
   batches depend only on the shard, the result is the same as an uninterrupted run;
 * under torchrun each rank computes every world_size-th shard and rank 0 reads them all after a barrier.
+
+Rows can also be kept by content (`RowCache`): a row depends only on its own sample's tokens, so when the pool
+grows or changes, the rows of unchanged samples are read back instead of recomputed, wherever they now sit.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import logging
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -80,3 +85,60 @@ class ShardedStage:
         if missing:
             raise OutputError(f"{self.folder}: shards {missing[:5]} are missing; re-run to complete the stage")
         return torch.from_numpy(np.concatenate([np.load(self.path(s)) for s in range(self.count)]))
+
+
+def content_digests(examples) -> list[bytes]:
+    """A 16-byte digest of each tokenized sample's tokens and loss mask: what its stage rows depend on."""
+    return [hashlib.blake2b(e.input_ids.numpy().tobytes() + e.labels.numpy().tobytes(), digest_size=16).digest()
+            for e in examples]
+
+
+class RowCache:
+    """Finished rows of a stage by the content digest of their sample, independent of the pool they came from.
+
+    Each write is a `<id>.values.npy` and then its `<id>.digests.npy`, both renamed into place when complete; only
+    rows listed in a digests file are ever read, so a write cut short is never mistaken for a finished one. Ranks
+    write under distinct ids, so sharing a folder needs no locking.
+    """
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.index: dict[bytes, tuple[Path, int]] = {}
+        for digests in sorted(folder.glob("*.digests.npy")) if folder.is_dir() else []:
+            values = digests.with_name(digests.name.replace(".digests.", ".values."))
+            for row, digest in enumerate(np.load(digests)):
+                self.index[digest.tobytes()] = (values, row)
+
+    def known(self, digests: list[bytes]) -> dict[int, np.ndarray]:
+        """Position in `digests` → the cached row, for the positions whose content has been computed before."""
+        found, files = {}, {}
+        for position, digest in enumerate(digests):
+            if (hit := self.index.get(digest)) is not None:
+                path, row = hit
+                if path not in files:
+                    files[path] = np.load(path, mmap_mode="r")
+                found[position] = np.array(files[path][row])
+        return found
+
+    def add(self, digests: list[bytes], values: np.ndarray) -> None:
+        name = uuid.uuid4().hex
+        write_npy(self.folder / f"{name}.values.npy", values)
+        write_npy(self.folder / f"{name}.digests.npy", np.frombuffer(b"".join(digests), np.uint8).reshape(
+            len(digests), -1))
+        for row, digest in enumerate(digests):
+            self.index[digest] = (self.folder / f"{name}.values.npy", row)
+
+    def through(self, compute_rows: Callable[[list[int]], torch.Tensor], digests: list[bytes]):
+        """`compute_rows` that reads rows of known content from the cache and computes (and caches) the rest."""
+
+        def compute(rows: list[int]) -> torch.Tensor:
+            rows = list(rows)
+            known = self.known([digests[r] for r in rows])
+            missing = [r for position, r in enumerate(rows) if position not in known]
+            if missing:
+                computed = compute_rows(missing).numpy()
+                self.add([digests[r] for r in missing], computed)
+                known.update(zip([p for p in range(len(rows)) if p not in known], computed, strict=True))
+            return torch.from_numpy(np.stack([known[position] for position in range(len(rows))]))
+
+        return compute

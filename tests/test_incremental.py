@@ -1,0 +1,66 @@
+"""Incremental pools: rows of unchanged samples are read back by content, wherever they sit in the new pool."""
+
+import json
+import random
+
+import numpy as np
+from conftest import synthetic_pool, write_jsonl
+from test_cli import select_args
+
+from influence_distillation.cli import main
+from influence_distillation.runtime import pipeline
+from influence_distillation.runtime.shards import RowCache
+
+
+def _counting(monkeypatch):
+    """Count the pool rows the run actually embeds and differentiates."""
+    counts = {"embedded": 0, "differentiated": 0}
+    embed, gradients = pipeline.JvpEmbedder.__call__, pipeline.compute_gradients
+
+    def counted_embed(self, examples):
+        counts["embedded"] += len(examples)
+        return embed(self, examples)
+
+    def counted_gradients(model, examples, *args, **kwargs):
+        counts["differentiated"] += len(examples)
+        return gradients(model, examples, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline.JvpEmbedder, "__call__", counted_embed)
+    monkeypatch.setattr(pipeline, "compute_gradients", counted_gradients)
+    return counts
+
+
+def test_a_grown_and_reordered_pool_computes_only_its_new_samples(model_dir, data_files, tmp_path, monkeypatch):
+    _, target = data_files
+    model, cache = model_dir("llama"), tmp_path / "cache"
+    unique = list({json.dumps(r, sort_keys=True): r for r in synthetic_pool(80)}.values())  # no repeated content
+    records, grown = unique[:36], unique[:40]
+    random.Random(3).shuffle(grown)
+    old_pool = write_jsonl(tmp_path / "old.jsonl", records)
+    new_pool = write_jsonl(tmp_path / "grown.jsonl", [{**r, "id": f"r{i}"} for i, r in enumerate(grown)])
+    counts = _counting(monkeypatch)
+
+    # every sample a landmark, so every gradient is needed and the scores are exact (comparable across runs)
+    assert main([*select_args(old_pool, target, model, tmp_path / "old", 6, "--landmarks", "36"),
+                 "--cache-dir", str(cache)]) == 0
+    assert counts == {"embedded": 36, "differentiated": 36}
+    counts.update(embedded=0, differentiated=0)
+    assert main([*select_args(new_pool, target, model, tmp_path / "new", 6, "--landmarks", "40"),
+                 "--cache-dir", str(cache)]) == 0
+    assert counts == {"embedded": 4, "differentiated": 4}
+
+    # the same as computing the grown pool from scratch (up to float32 rounding of other batch compositions)
+    assert main(select_args(new_pool, target, model, tmp_path / "fresh", 6, "--landmarks", "40")) == 0
+    for name in ("embeddings.npy", "target_scores.npy"):
+        np.testing.assert_allclose(np.load(tmp_path / "new" / name), np.load(tmp_path / "fresh" / name),
+                                   rtol=1e-4, atol=1e-6)
+    assert (tmp_path / "new" / "selected.jsonl").read_text() == (tmp_path / "fresh" / "selected.jsonl").read_text()
+
+
+def test_row_cache_reads_only_completed_writes(tmp_path):
+    cache = RowCache(tmp_path)
+    cache.add([b"a" * 16, b"b" * 16], np.array([[1.0, 2.0], [3.0, 4.0]], dtype=np.float32))
+    (tmp_path / "orphan.values.npy").write_bytes(b"cut short")  # a write killed before its digests file
+    again = RowCache(tmp_path)
+    known = again.known([b"b" * 16, b"c" * 16, b"a" * 16])
+    assert sorted(known) == [0, 2] and known[0].tolist() == [3.0, 4.0] and known[2].tolist() == [1.0, 2.0]
