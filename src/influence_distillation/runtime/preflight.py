@@ -49,10 +49,12 @@ def available_memory() -> float:
 def estimate(config: SelectConfig) -> list[Estimate]:
     """Per-stage estimates for `config` (loads the model and data, times a few batches)."""
     config.validate()
+    start = time.perf_counter()  # loading and tokenizing are done here for real: their time is measured, not guessed
     model, tokenizer = load_model(config.model)
-    pool, target = (tokenize_samples(load_samples(path, name, config.data.split, config.data.subset), tokenizer, config.data.max_length,
-                                     config.data.template_fallback, name, False).examples
+    pool, target = (tokenize_samples(load_samples(path, name, config.data.split, config.data.subset), tokenizer,
+                                     config.data.max_length, config.data.template_fallback, name, False).examples
                     for name, path in (("pool", config.pool), ("target", config.target)))
+    load_seconds = time.perf_counter() - start
     if not pool or not target:
         raise ConfigError("no pool or target sample has a trainable token within --max-length")
     tokens = lambda examples: sum(len(e) for e in examples)
@@ -71,14 +73,10 @@ def estimate(config: SelectConfig) -> list[Estimate]:
     projector = make_projector(size, config.gradients.proj_dim, 0)
     sample = sorted(pool, key=len)[len(pool) // 2 : len(pool) // 2 + 2]  # two median-length samples
     projected_gradients(model, sample[:1], params, projector, progress=False)  # warm-up: first calls are slow
-    start = time.perf_counter()
-    projected_gradients(model, sample, params, projector, progress=False)
-    gradients_seconds = time.perf_counter() - start
+    gradients_seconds = _fastest(lambda: projected_gradients(model, sample, params, projector, progress=False))
     # A gradient costs a fixed projection plus a length-proportional backward: target samples are often much
     # shorter than pool samples, so one per-token rate would misjudge them.
-    start = time.perf_counter()
-    projector(torch.zeros(1, size))
-    per_gradient_fixed = min(time.perf_counter() - start, gradients_seconds / len(sample))
+    per_gradient_fixed = min(_fastest(lambda: projector(torch.zeros(1, size))), gradients_seconds / len(sample))
     per_gradient_token = (gradients_seconds - per_gradient_fixed * len(sample)) / tokens(sample)
 
     def gradient_seconds(examples) -> float:
@@ -87,17 +85,15 @@ def estimate(config: SelectConfig) -> list[Estimate]:
     padded = getattr(projector, "padded_dim", size)
     gradient_memory = model_bytes + size * 4 * 2 + padded * 4 * 3 + longest * hidden * layers * 48 * bytes_per
 
-    estimates = [Estimate("load + tokenize", 5.0, model_bytes, 0.0)]
+    estimates = [Estimate("load + tokenize", load_seconds, model_bytes, 0.0)]
     if config.method in ("influence", "exact") and not exact:
         embed = config.embedding
         backbone = truncated_backbone(model, embed.num_blocks)
         embedder = JvpEmbedder(backbone, embed.num_tangents, embed.dim, 0, embed.batch_size, pad_token_id(tokenizer),
                                embed.poolings(), embed.method)
         batch = sorted(pool, key=len)[len(pool) // 2 : len(pool) // 2 + embed.batch_size]
-        embedder(batch[:2])  # warm-up
-        start = time.perf_counter()
-        embedder(batch)
-        per_token = (time.perf_counter() - start) / tokens(batch)
+        embedder(batch)  # warm-up
+        per_token = _fastest(lambda: embedder(batch)) / tokens(batch)
         block_bytes = sum(p.numel() for p in backbone.parameters()) * bytes_per
         width = embedder.out_dim
         estimates.append(Estimate(
@@ -131,6 +127,16 @@ def estimate(config: SelectConfig) -> list[Estimate]:
     estimates.append(Estimate("write outputs", 1.0, model_bytes + len(pool) * len(target) * 16,
                               len(pool) * (len(target) * 4 + 64)))
     return estimates
+
+
+def _fastest(work, repeats: int = 3) -> float:
+    """The fastest of a few timings: calibration runs are short, so one timing is mostly the machine's noise."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - start)
+    return min(times)
 
 
 def _matmul_rate() -> float:
