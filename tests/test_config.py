@@ -47,3 +47,17 @@ def test_same_config_rejects_other_values_and_unreadable_configs():
     assert not same_config(other, config)
     assert not same_config({"no_such_key": 1}, config)
     assert not same_config(None, config)
+
+
+def test_a_missing_budget_is_named_as_required_not_as_out_of_range():
+    import pytest
+
+    from influence_distillation.errors import ConfigError
+
+    config = SelectConfig(pool="p.jsonl", target="t.jsonl", out="o")
+    config.model.path = "m"
+    with pytest.raises(ConfigError, match="--budget is required"):
+        config.validate()
+    config.selection.budget = -3
+    with pytest.raises(ConfigError, match="--budget must be at least 1, got -3"):
+        config.validate()

@@ -249,6 +249,8 @@ class SelectConfig:
                 raise ConfigError(f"{flag} is required")
         if not self.model.path:
             raise ConfigError("--model is required (a local model directory, smollm2-135m, or a Hub name in the cache)")
+        if self.selection.budget == 0:
+            raise ConfigError("--budget is required: the number of pool samples to select")
         check_ranges(self)
         if self.landmarks.count >= 1 and self.landmarks.count != int(self.landmarks.count):
             raise ConfigError(f"--landmarks must be an integer or a fraction below 1, got {self.landmarks.count}")
