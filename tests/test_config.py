@@ -2,7 +2,10 @@
 
 import dataclasses
 
+import pytest
+
 from influence_distillation.config import SelectConfig, from_dict, key_dict, same_config, to_dict
+from influence_distillation.errors import ConfigError
 
 
 def _added(config) -> list[tuple[str, str]]:
@@ -50,10 +53,6 @@ def test_same_config_rejects_other_values_and_unreadable_configs():
 
 
 def test_a_missing_budget_is_named_as_required_not_as_out_of_range():
-    import pytest
-
-    from influence_distillation.errors import ConfigError
-
     config = SelectConfig(pool="p.jsonl", target="t.jsonl", out="o")
     config.model.path = "m"
     with pytest.raises(ConfigError, match="--budget is required"):
