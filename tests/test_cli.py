@@ -37,6 +37,8 @@ def test_select_writes_every_output(kind, chat_template, model_dir, data_files, 
     assert manifest["config"]["selection"]["budget"] == 8
     assert set(manifest["stages"]) >= {"embeddings", "landmark_gradients", "verification", "target_gradients",
                                        "propagation"}
+    peaks = list(manifest["peak_memory_gib"].values())  # the process's peak so far, at the end of each stage
+    assert set(manifest["peak_memory_gib"]) == set(manifest["stages"]) and 0 < peaks[0] and peaks == sorted(peaks)
     selected = [json.loads(line) for line in (out / "selected.jsonl").read_text().splitlines()]
     pool_records = [json.loads(line) for line in pool.read_text().splitlines()]
     assert len(selected) == 8 and len({row["id"] for row in selected}) == 8

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import resource
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -65,8 +66,12 @@ log = logging.getLogger(__name__)
 
 
 class StageTimer:
+    """Wall time of each stage, and the process's peak resident memory when it ended (the peak so far: a stage that
+    needs more than the ones before it shows up as a step)."""
+
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
+        self.peak_gib: dict[str, float] = {}
 
     @contextlib.contextmanager
     def __call__(self, stage: str) -> Iterator[None]:
@@ -74,6 +79,7 @@ class StageTimer:
         start = time.perf_counter()
         yield
         self.seconds[stage] = round(time.perf_counter() - start, 3)
+        self.peak_gib[stage] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)  # KiB on Linux
         log.info("stage %s: %.1f s", stage, self.seconds[stage])
 
 
@@ -169,6 +175,7 @@ def run_selection(config: SelectConfig, overwrite: bool = False, progress: bool 
     with run.timer("write"):
         write_outputs(out, result, run.pool_samples, run.pool, run.target)
     manifest["stages"] = run.timer.seconds
+    manifest["peak_memory_gib"] = run.timer.peak_gib
     artifacts.write_json(out / artifacts.MANIFEST, {**manifest, "outputs": output_files(result),
                                                     "status": "complete"})
     result.manifest = manifest
