@@ -60,3 +60,14 @@ def test_a_missing_budget_is_named_as_required_not_as_out_of_range():
     config.selection.budget = -3
     with pytest.raises(ConfigError, match="--budget must be at least 1, got -3"):
         config.validate()
+
+
+def test_a_run_saved_before_an_option_whose_default_changes_behaviour_is_not_the_same_run():
+    """`--verify` defaults to verification landmarks; a run saved before it existed had none, so it must not be
+    reused as if it had been made with today's defaults."""
+    config = SelectConfig(pool="p.jsonl", target="t.jsonl", out="o")
+    config.selection.budget = 5
+    stored = _older(config)
+    assert same_config(stored, config)
+    del stored["landmarks"]["verify"]
+    assert not same_config(stored, config)

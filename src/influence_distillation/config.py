@@ -293,11 +293,28 @@ def key_dict(config: Any) -> dict[str, Any]:
 
 
 def same_config(stored: Any, config: Any) -> bool:
-    """Whether a config saved by `to_dict` (possibly by an older version, without later options) describes `config`."""
+    """Whether a config saved by `to_dict` (possibly by an older version) describes `config`. Only `added` options
+    may be missing from it: a missing option whose default changed what runs do (as `--verify` did) means the saved
+    run was made without it, so it is not the same run."""
     try:
-        return key_dict(from_dict(type(config), stored)) == key_dict(config)
+        from_dict(type(config), stored)  # well-formed, known keys, valid values
     except (ConfigError, TypeError):
         return False
+    return _without_added_defaults(stored, type(config)) == key_dict(config)
+
+
+def _without_added_defaults(values: dict[str, Any], cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    kept = {}
+    for spec in dataclasses.fields(cls):
+        if spec.name not in values:
+            continue
+        value = values[spec.name]
+        if dataclasses.is_dataclass(hints[spec.name]):
+            kept[spec.name] = _without_added_defaults(value, hints[spec.name])
+        elif not (spec.metadata.get("added") and value == spec.default):
+            kept[spec.name] = value
+    return kept
 
 
 def from_dict(cls: type, values: dict[str, Any], where: str = "config") -> Any:
