@@ -1,0 +1,148 @@
+"""The cost curve: cold selection time and peak memory against pool size, ours against RDS+ and LESS.
+
+Pools of growing size are nested random subsets of one BIG-bench pool built the demo's way (grown: more examples
+per task), so every size has the same task mix and the same target (the demo's `math`). Every (size, method) is a
+separate cold `influence-distill select` process with its own empty stage cache, timed whole (wall clock, peak RSS
+from `/usr/bin/time`) and per stage (its manifest: seconds and peak memory at the end of each stage).
+
+Ours runs with the library defaults (K = 4, m = 1, verification landmarks) twice: landmarks at a fixed fraction of
+the pool (`influence`, 5%) and at a fixed count (`influence-fixed`, 256). LESS needs a warm-up's AdamW state (timed
+once, not part of its selection time, as in the side-by-side benchmark); above `--less-max` samples it is not run but
+extrapolated from its largest measured run (fixed stages as measured, per-sample stages scaled with the pool) and
+marked as such. Usage (hours on a 2-core CPU at the default sizes; every finished run is kept and reused):
+
+    .venv/bin/python benchmarks/bench_scale.py --out runs/scale [--sizes 2500,5000,10000,20000] [--less-max 5000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from influence_distillation.evaluation.demo_data import DemoSizes, build_demo_data, fetch_bigbench
+from influence_distillation.runtime.artifacts import user_cache_dir, write_json
+
+METHODS = {"influence": ["--landmarks", "0.05"], "influence-fixed": ["--landmarks", "256"], "rds+": ["--method", "rds+"],
+           "less": ["--method", "less"]}
+PER_SAMPLE_STAGES = {"tokenize", "scores", "selection", "write"}  # LESS's: "scores" holds its pool gradients
+
+
+def build_pools(out: Path, sizes: list[int], seed: int) -> dict[int, Path]:
+    """pool-N.jsonl for each size: prefixes of one shuffled pool, so smaller pools are subsets of larger ones."""
+    data = out / "data"
+    if not (data / "pool.jsonl").is_file():
+        grown = DemoSizes(ni_per_subtask=max(50, max(sizes) // 30), extra_per_task=max(45, max(sizes) // 60))
+        build_demo_data(fetch_bigbench(user_cache_dir()), data, grown, seed)
+    records = (data / "pool.jsonl").read_text().splitlines()
+    if len(records) < max(sizes):
+        sys.exit(f"the grown pool has {len(records)} samples, fewer than --sizes asks for ({max(sizes)})")
+    pools = {}
+    for size in sizes:
+        pools[size] = data / f"pool-{size}.jsonl"
+        if not pools[size].is_file():
+            pools[size].write_text("\n".join(records[:size]) + "\n")
+    return pools
+
+
+def timed_select(args: list[str], folder: Path) -> dict:
+    """One cold select in its own process: wall seconds and peak RSS of the whole run, and its manifest."""
+    manifest_path = folder / "run" / "manifest.json"
+    if manifest_path.is_file() and (folder / "time.txt").is_file():
+        manifest = json.loads(manifest_path.read_text())
+    else:
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        command = ["/usr/bin/time", "-f", "%e %M", "-o", str(folder / "time.txt"), sys.executable, "-m",
+                   "influence_distillation", "select", *args, "--out", str(folder / "run"),
+                   "--cache-dir", str(folder / "stages"), "--quiet"]
+        subprocess.run(command, check=True)
+        manifest = json.loads(manifest_path.read_text())
+        shutil.rmtree(folder / "stages")  # the next size must not reuse anything
+    wall, peak_kib = (folder / "time.txt").read_text().split()[-2:]
+    return {"seconds": float(wall), "peak_gib": int(peak_kib) / 2**20, "stages": manifest["stages"],
+            "stage_peak_gib": manifest.get("peak_memory_gib", {})}
+
+
+def extrapolate(measured: dict, size_measured: int, size: int) -> dict:
+    """Per-sample stages scaled with the pool, fixed ones (model load, target gradients) kept."""
+    scale = size / size_measured
+    stages = {k: v * scale if k in PER_SAMPLE_STAGES else v for k, v in measured["stages"].items()}
+    fixed = measured["seconds"] - sum(measured["stages"].values())  # interpreter start-up and imports
+    return {"seconds": fixed + sum(stages.values()), "peak_gib": None, "stages": stages, "stage_peak_gib": {},
+            "extrapolated_from": size_measured}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="runs/scale")
+    parser.add_argument("--sizes", default="2500,5000,10000,20000")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--less-max", type=int, default=5000, help="largest pool LESS is run on; above: extrapolated")
+    parser.add_argument("--warmup-steps", type=int, default=40, help="LESS's warm-up (as in the benchmark)")
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    out, sizes = Path(args.out), sorted(int(s) for s in args.sizes.split(","))
+    methods = [m for m in args.methods.split(",") if m]
+    pools = build_pools(out, sizes, args.seed)
+    target = out / "data" / "targets" / "math" / "target.jsonl"
+    common = ["--target", str(target), "--model", args.model, "--seed", str(args.seed)]
+    results: dict[str, dict[int, dict]] = {m: {} for m in methods}
+    warmup = None
+    if "less" in methods:
+        warmup = out / "warmup"
+        if not (warmup / "optimizer.pt").is_file():
+            subprocess.run([sys.executable, "-m", "influence_distillation", "warmup", "--pool", str(pools[sizes[0]]),
+                            "--model", args.model, "--out", str(warmup), "--train-params", "mlp-down", "--size", "256",
+                            "--steps", str(args.warmup_steps), "--quiet", "--overwrite"], check=True)
+    for size in sizes:
+        budget = ["--budget", str(max(1, size // 20))]
+        for method in methods:
+            extra = METHODS[method] + (["--optimizer-state", str(warmup / "optimizer.pt")] if method == "less" else [])
+            if method == "less" and size > args.less_max:
+                largest = max(s for s in results[method] if "extrapolated_from" not in results[method][s])
+                results[method][size] = extrapolate(results[method][largest], largest, size)
+                continue
+            print(f"size {size}: {method} ...", flush=True)
+            results[method][size] = timed_select(["--pool", str(pools[size]), *common, *budget, *extra],
+                                                 out / f"{size}" / method)
+    write_json(out / "scale.json", {"sizes": sizes, "results": results})
+    print(format_table(results, sizes))
+    plot(results, sizes, out / "scale.png")
+
+
+def format_table(results: dict, sizes: list[int]) -> str:
+    lines = ["| pool | method | wall s | × influence | peak GiB | stages (s) |", "|---|---|---|---|---|---|"]
+    for size in sizes:
+        ours = results.get("influence", {}).get(size, {}).get("seconds")
+        for method, per_size in results.items():
+            row = per_size[size]
+            mark = f" (extrapolated from {row['extrapolated_from']})" if "extrapolated_from" in row else ""
+            ratio = f"{row['seconds'] / ours:.2f}" if ours else "n/a"
+            peak = f"{row['peak_gib']:.2f}" if row["peak_gib"] else "n/a"
+            stages = ", ".join(f"{k} {v:.0f}" for k, v in row["stages"].items() if v >= 0.5)
+            lines.append(f"| {size} | {method}{mark} | {row['seconds']:.0f} | {ratio} | {peak} | {stages} |")
+    return "\n".join(lines)
+
+
+def plot(results: dict, sizes: list[int], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method, per_size in results.items():
+        ax.plot(sizes, [per_size[s]["seconds"] for s in sizes], marker="o", label=method)
+    ax.set(xscale="log", yscale="log", xlabel="pool samples", ylabel="cold selection wall time (s)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()
