@@ -4,8 +4,9 @@ import dataclasses
 
 import pytest
 
-from influence_distillation.config import SelectConfig, from_dict, key_dict, same_config, to_dict
+from influence_distillation.config import SelectConfig
 from influence_distillation.errors import ConfigError
+from influence_distillation.options import from_dict, key_dict, same_config, to_dict
 
 
 def _added(config) -> list[tuple[str, str]]:

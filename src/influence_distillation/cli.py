@@ -16,8 +16,9 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from influence_distillation.config import SelectConfig, flag_of, from_dict, load_config_file, range_problem, scalar_type
+from influence_distillation.config import SelectConfig
 from influence_distillation.errors import InfDistError
+from influence_distillation.options import flag_of, from_dict, load_config_file, range_problem, scalar_type
 
 log = logging.getLogger("influence_distillation")
 
@@ -43,7 +44,7 @@ def number(text: str) -> float:
 
 
 class Ranged:
-    """An argparse type that parses a number and checks it against its option's range (`config.option`), so a bad
+    """An argparse type that parses a number and checks it against its option's range (`options.option`), so a bad
     value is refused at parse time with the flag's name, before anything loads."""
 
     def __init__(self, parse: Any, kind: type, metadata: Any = None):

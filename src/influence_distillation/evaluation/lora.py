@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from influence_distillation.config import ModelConfig, check_ranges, option, to_dict
+from influence_distillation.config import ModelConfig
 from influence_distillation.errors import ConfigError, DataError
 from influence_distillation.method.gradients import (
     backbone_and_head,
@@ -35,6 +35,7 @@ from influence_distillation.method.gradients import (
     batch_losses,
     token_log_likelihoods,
 )
+from influence_distillation.options import check_ranges, option, to_dict
 from influence_distillation.runtime.artifacts import write_json
 from influence_distillation.runtime.data import Sample, load_samples
 from influence_distillation.runtime.models import load_model, pad_token_id

@@ -6,9 +6,9 @@ import numpy as np
 import torch
 
 from influence_distillation import baselines
-from influence_distillation.config import key_dict
 from influence_distillation.method.selection import select
 from influence_distillation.method.stages import compute_gradients, gradient_space
+from influence_distillation.options import key_dict
 from influence_distillation.runtime import cost
 from influence_distillation.runtime.models import pad_token_id
 from influence_distillation.runtime.outputs import SelectionResult

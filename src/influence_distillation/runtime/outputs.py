@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from influence_distillation.config import to_dict
 from influence_distillation.method.weights import WeightSolution
+from influence_distillation.options import to_dict
 from influence_distillation.runtime import artifacts
 from influence_distillation.runtime.tokenization import TokenizedSet
 

@@ -18,7 +18,7 @@ import torch
 
 from influence_distillation import __version__
 from influence_distillation.baselines import BASELINES
-from influence_distillation.config import SelectConfig, key_dict, to_dict
+from influence_distillation.config import SelectConfig
 from influence_distillation.errors import DataError
 from influence_distillation.method.embeddings import JvpEmbedder
 from influence_distillation.method.gradients import projected_gradients
@@ -46,6 +46,7 @@ from influence_distillation.method.weights import (
     kkt_residual,
     solve_weights,
 )
+from influence_distillation.options import key_dict, to_dict
 from influence_distillation.runtime import artifacts, cost, distributed
 from influence_distillation.runtime.baseline_runs import select_baseline
 from influence_distillation.runtime.data import load_samples

@@ -121,10 +121,15 @@ class RowCache:
         return found
 
     def add(self, digests: list[bytes], values: np.ndarray) -> None:
+        """Keep rows for later runs; a failed write (a full disk) only loses that, so the stage goes on."""
         name = uuid.uuid4().hex
-        write_npy(self.folder / f"{name}.values.npy", values)
-        write_npy(self.folder / f"{name}.digests.npy", np.frombuffer(b"".join(digests), np.uint8).reshape(
-            len(digests), -1))
+        try:
+            write_npy(self.folder / f"{name}.values.npy", values)
+            write_npy(self.folder / f"{name}.digests.npy", np.frombuffer(b"".join(digests), np.uint8).reshape(
+                len(digests), -1))
+        except OSError as exc:
+            log.info("could not keep %d rows in %s for later runs (%s)", len(digests), self.folder, exc.strerror)
+            return
         for row, digest in enumerate(digests):
             self.index[digest] = (self.folder / f"{name}.values.npy", row)
 

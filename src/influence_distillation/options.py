@@ -1,0 +1,179 @@
+"""Config dataclass fields that describe their own command-line flags, and how configs are checked, compared,
+saved and read.
+
+`option` puts the flag, help text, choices and valid range into a field's metadata, so `--help`, config files,
+manifests and validation all describe the same fields. A whole config round-trips through `to_dict` / `from_dict`
+(which is how a run is replayed from its manifest); `key_dict` is what cache keys and run comparisons hash.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import types
+import typing
+from dataclasses import field
+from pathlib import Path
+from typing import Any
+
+from influence_distillation.errors import ConfigError
+
+
+def option(default: Any, help: str, flag: str | None = None, choices: tuple | None = None, added: bool = False,
+           minimum: float | None = None) -> Any:
+    """A dataclass field that also describes its command-line flag. Numbers must be positive unless `minimum` (the
+    smallest valid value) says otherwise, so a new option is range-checked without anyone remembering to. `added`
+    marks an option introduced after runs and caches already existed, whose default reproduces what they did: at its
+    default it is left out of `key_dict`, so an upgrade does not invalidate a finished run or a cached stage."""
+    return field(default=default, metadata={"help": help, "flag": flag, "choices": choices, "added": added,
+                                            "minimum": minimum})
+
+
+def scalar_type(annotation: Any) -> Any:
+    """`int` for `int | None`, and so on."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    return annotation
+
+
+def range_problem(metadata: Any, kind: Any, value: Any) -> str | None:
+    """Why a number is outside its option's range (see `option`), or None."""
+    if kind not in (int, float) or value is None or isinstance(value, bool):
+        return None
+    minimum = metadata.get("minimum")
+    if minimum is not None:
+        return f"must be at least {minimum}" if value < minimum else None
+    if kind is int:
+        return "must be at least 1" if value < 1 else None
+    return "must be greater than 0" if value <= 0 else None
+
+
+def flag_of(spec: dataclasses.Field) -> str:
+    return spec.metadata.get("flag") or "--" + spec.name.replace("_", "-")
+
+
+def check_ranges(config: Any) -> None:
+    """Every number of a (nested) config against its option's range, for configs built in Python."""
+    hints = typing.get_type_hints(type(config))
+    for spec in dataclasses.fields(config):
+        value = getattr(config, spec.name)
+        if dataclasses.is_dataclass(value):
+            check_ranges(value)
+        elif problem := range_problem(spec.metadata, scalar_type(hints[spec.name]), value):
+            raise ConfigError(f"{flag_of(spec)} {problem}, got {value}")
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def key_dict(config: Any) -> dict[str, Any]:
+    """`to_dict` without the `added` options that are at their defaults: what cache keys and run comparisons hash."""
+    values = {}
+    for spec in dataclasses.fields(config):
+        value = getattr(config, spec.name)
+        if spec.metadata.get("added") and value == spec.default:
+            continue
+        values[spec.name] = key_dict(value) if dataclasses.is_dataclass(value) else value
+    return values
+
+
+def same_config(stored: Any, config: Any) -> bool:
+    """Whether a config saved by `to_dict` (possibly by an older version) describes `config`. Only `added` options
+    may be missing from it: a missing option whose default changed what runs do (as `--verify` did) means the saved
+    run was made without it, so it is not the same run."""
+    try:
+        from_dict(type(config), stored)  # well-formed, known keys, valid values
+    except (ConfigError, TypeError):
+        return False
+    return _without_added_defaults(stored, type(config)) == key_dict(config)
+
+
+def _without_added_defaults(values: dict[str, Any], cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    kept = {}
+    for spec in dataclasses.fields(cls):
+        if spec.name not in values:
+            continue
+        value = values[spec.name]
+        if dataclasses.is_dataclass(hints[spec.name]):
+            kept[spec.name] = _without_added_defaults(value, hints[spec.name])
+        elif not (spec.metadata.get("added") and value == spec.default):
+            kept[spec.name] = value
+    return kept
+
+
+def from_dict(cls: type, values: dict[str, Any], where: str = "config") -> Any:
+    """Build `cls` from nested dicts, rejecting unknown keys and wrongly typed values by name."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(values).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(known)}"
+            raise ConfigError(f"{where}: unknown key '{key}'{hint}")
+        kind = hints[key]
+        if dataclasses.is_dataclass(kind):
+            kwargs[key] = from_dict(kind, value, f"{where}.{key}")
+        else:
+            kwargs[key] = coerce(value, kind, f"{where}.{key}")
+            if problem := range_problem(known[key].metadata, scalar_type(kind), kwargs[key]):
+                raise ConfigError(f"{where}.{key}: {problem}, got {value}")
+    return cls(**kwargs)
+
+
+def coerce(value: Any, kind: Any, where: str) -> Any:
+    """Check a scalar config value against its annotation (`int`, `float`, `str`, `bool`, `X | None`)."""
+    if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
+        options = [k for k in typing.get_args(kind) if k is not type(None)]
+        if value is None:
+            return None
+        kind = options[0]
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(f"{where}: must be a finite number, got {value!r}")
+            return value
+    elif kind is str:
+        if isinstance(value, str):
+            return value
+    else:  # pragma: no cover - only reached if a new annotation type is added without support here
+        raise TypeError(f"unsupported config type {kind}")
+    raise ConfigError(f"{where}: expected {kind.__name__}, got {value!r}")
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML, TOML or JSON config. A run's manifest.json works too: its `config` section is used."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix == ".toml":
+            import tomllib
+
+            values = tomllib.loads(text)
+        elif path.suffix == ".json":
+            values = json.loads(text)
+        else:
+            import yaml
+
+            values = yaml.safe_load(text) or {}
+    except Exception as exc:  # every parser raises its own type; all mean "cannot parse"
+        raise ConfigError(f"{path}: cannot parse config ({exc})".replace("\n", " ")) from None
+    if isinstance(values, dict) and "config" in values and "stages" in values:
+        values = values["config"]
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: a config file must hold a mapping of sections")
+    return values
