@@ -1,11 +1,13 @@
 """torchrun sharding and kill-and-resume, through real subprocesses on CPU (gloo)."""
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 from conftest import synthetic_pool, synthetic_target, write_jsonl
 from test_cli import select_args
@@ -30,7 +32,17 @@ def test_one_two_and_three_ranks_select_the_same(model_dir, data_files, tmp_path
         shards = sorted((out / "stages").glob("*/shard-*.npy"))
         assert len([p for p in shards if "embeddings" in str(p)]) == 8  # 36 samples in shards of 5
         assert len(result.stdout.strip().splitlines()) == 2  # only rank 0 reports
-    assert outputs[1] == outputs[2] == outputs[3]
+    assert_same_selection(outputs[1], outputs[2])
+    assert_same_selection(outputs[1], outputs[3])
+
+
+def assert_same_selection(a: str, b: str) -> None:
+    """Same samples in the same order; scores equal up to float32 rounding (ranks compute their shards with their
+    own thread counts, and float sums depend on them)."""
+    rows_a, rows_b = ([json.loads(line) for line in text.splitlines()] for text in (a, b))
+    assert [{k: v for k, v in r.items() if k != "score"} for r in rows_a] == \
+        [{k: v for k, v in r.items() if k != "score"} for r in rows_b]
+    np.testing.assert_allclose([r["score"] for r in rows_a], [r["score"] for r in rows_b], rtol=1e-5, atol=1e-7)
 
 
 def test_a_killed_run_resumes_from_its_shards_and_gives_the_same_selection(model_dir, tmp_path):

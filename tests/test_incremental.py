@@ -6,6 +6,7 @@ import random
 import numpy as np
 from conftest import synthetic_pool, write_jsonl
 from test_cli import select_args
+from test_distributed import assert_same_selection
 
 from influence_distillation.cli import main
 from influence_distillation.runtime import pipeline
@@ -54,7 +55,8 @@ def test_a_grown_and_reordered_pool_computes_only_its_new_samples(model_dir, dat
     for name in ("embeddings.npy", "target_scores.npy"):
         np.testing.assert_allclose(np.load(tmp_path / "new" / name), np.load(tmp_path / "fresh" / name),
                                    rtol=1e-4, atol=1e-6)
-    assert (tmp_path / "new" / "selected.jsonl").read_text() == (tmp_path / "fresh" / "selected.jsonl").read_text()
+    assert_same_selection((tmp_path / "new" / "selected.jsonl").read_text(),
+                          (tmp_path / "fresh" / "selected.jsonl").read_text())
 
 
 def test_row_cache_reads_only_completed_writes(tmp_path):

@@ -102,7 +102,8 @@ def test_prediction_streams_from_a_file_into_a_memmap(tmp_path):
     reader = NpyRows(tmp_path / "points.npy")
     assert reader.shape == (300, 8) and np.array_equal(reader[10:20], points[10:20].numpy())
     krr.predict(reader, chunk_size=64, out=out)
-    torch.testing.assert_close(torch.from_numpy(np.asarray(out)), krr.predict(points))
+    # float32 kernel blocks of another size: equal up to float32 rounding, which depends on the CPU's kernels
+    torch.testing.assert_close(torch.from_numpy(np.asarray(out)), krr.predict(points), rtol=1e-5, atol=1e-5)
 
 
 def test_leave_one_out_equals_refitting_without_each_landmark():

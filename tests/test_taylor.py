@@ -124,9 +124,10 @@ def test_gd_step_second_order_prediction_is_markedly_better(setup):
                   f"|err1|={errors[-1][0]:.2e} |err2|={errors[-1][1]:.2e}")
         for first_error, second_error in errors:
             assert second_error < first_error / 10
-        # Errors shrink with η: first order like η², second order faster.
+        # First-order errors shrink like η². The second-order ones (~1e-9) sit at the noise floor of Llama's RMSNorm,
+        # which computes in float32 even in a float64 model, so their own decay is not asserted: on another CPU's
+        # kernels it is not monotone. That they stay 10x below first order at every η is the claim.
         assert errors[0][0] > 3 * errors[1][0] > 9 * errors[2][0]
-        assert errors[0][1] > errors[1][1] > errors[2][1]
 
 
 def adam_state_of(optimizer, params):
