@@ -123,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "by runs on the same pool, e.g. other targets) instead of OUT/stages")
     select.add_argument("--dry-run", action="store_true", help="estimate each stage's time, memory and disk "
                         "(from a few timed calibration batches) and check they fit; run nothing else")
-    select.add_argument("--shard-rows", type=Ranged(int, int), metavar="N", help="rows per resumable shard of the pool-wide "
+    select.add_argument("--shard-rows", type=Ranged(int, int), metavar="N",
+                        help="rows per resumable shard of the pool-wide "
                         "stages (default: 256 for embeddings and forward passes, 32 for gradients); a killed run "
                         "loses at most one shard per rank")
     warmup = commands.add_parser(

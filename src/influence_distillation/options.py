@@ -71,13 +71,7 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 def key_dict(config: Any) -> dict[str, Any]:
     """`to_dict` without the `added` options that are at their defaults: what cache keys and run comparisons hash."""
-    values = {}
-    for spec in dataclasses.fields(config):
-        value = getattr(config, spec.name)
-        if spec.metadata.get("added") and value == spec.default:
-            continue
-        values[spec.name] = key_dict(value) if dataclasses.is_dataclass(value) else value
-    return values
+    return _without_added_defaults(to_dict(config), type(config))
 
 
 def same_config(stored: Any, config: Any) -> bool:
@@ -92,6 +86,7 @@ def same_config(stored: Any, config: Any) -> bool:
 
 
 def _without_added_defaults(values: dict[str, Any], cls: type) -> dict[str, Any]:
+    """A saved config (nested dicts) of `cls` without the `added` options that are at their defaults."""
     hints = typing.get_type_hints(cls)
     kept = {}
     for spec in dataclasses.fields(cls):

@@ -55,6 +55,18 @@ def pooling_weights(batch: Batch, pooling: str) -> torch.Tensor:
     return weights / weights.sum(dim=1, keepdim=True).clamp_min(1.0)
 
 
+def _split_inputs(backbone: nn.Module, batch: Batch, poolings: tuple[str, ...]):
+    """What both ways of differentiating share: the token-embedding module and its parameter's name, the other
+    parameters, the input embeddings, the (B, P, T) pooling weights and the backbone's other inputs."""
+    embedding = backbone.get_input_embeddings()
+    embedding_name = next(name for name, p in backbone.named_parameters() if p is embedding.weight)
+    params = {name: p for name, p in backbone.named_parameters() if name != embedding_name}
+    embeds = embedding(batch.input_ids)
+    weights = torch.stack([pooling_weights(batch, name) for name in poolings], dim=1).to(embeds.dtype)
+    inputs = {"attention_mask": batch.attention_mask, "position_ids": batch.position_ids, "use_cache": False}
+    return embedding, embedding_name, params, embeds, weights, inputs
+
+
 def jvp_outputs(backbone: nn.Module, tangents: dict[str, torch.Tensor], batch: Batch,
                 poolings: tuple[str, ...] = ("last",), with_primal: bool = False):
     """Tangent outputs read off by each of the P poolings, concatenated: (B, m, P·d_model), in the backbone's dtype;
@@ -67,16 +79,11 @@ def jvp_outputs(backbone: nn.Module, tangents: dict[str, torch.Tensor], batch: B
     computed directly and fed in through `inputs_embeds`. This keeps the vocabulary-sized embedding tangent out of
     the vmapped forward-mode pass (measured 10–30% faster, docs/BENCHMARKS.md).
     """
-    embedding = backbone.get_input_embeddings()
-    embedding_name = next(name for name, p in backbone.named_parameters() if p is embedding.weight)
-    params = {name: p for name, p in backbone.named_parameters() if name != embedding_name}
+    embedding, embedding_name, params, embeds, weights, inputs = _split_inputs(backbone, batch, poolings)
     block_tangents = {name: t for name, t in tangents.items() if name != embedding_name}
-    embeds = embedding(batch.input_ids)
     embed_tangents = torch.stack(
         [functional_call(embedding, {"weight": t}, (batch.input_ids,)) for t in tangents[embedding_name]]
     )
-    weights = torch.stack([pooling_weights(batch, name) for name in poolings], dim=1).to(embeds.dtype)  # (B, P, T)
-    inputs = {"attention_mask": batch.attention_mask, "position_ids": batch.position_ids, "use_cache": False}
 
     def pooled(p, inputs_embeds):
         out = functional_call(backbone, p, args=(), kwargs={**inputs, "inputs_embeds": inputs_embeds})
@@ -97,12 +104,7 @@ def difference_outputs(backbone: nn.Module, tangents: dict[str, torch.Tensor], b
                        poolings: tuple[str, ...] = ("last",), step: float = DIFFERENCE_STEP) -> torch.Tensor:
     """`jvp_outputs` by central differences, (h(θ + εv) − h(θ − εv)) / 2ε: two plain forward passes per tangent
     instead of forward-mode AD, exact up to O(ε²) truncation and the round-off of the difference."""
-    embedding = backbone.get_input_embeddings()
-    embedding_name = next(name for name, p in backbone.named_parameters() if p is embedding.weight)
-    params = {name: p for name, p in backbone.named_parameters() if name != embedding_name}
-    embeds = embedding(batch.input_ids)
-    weights = torch.stack([pooling_weights(batch, name) for name in poolings], dim=1).to(embeds.dtype)
-    inputs = {"attention_mask": batch.attention_mask, "position_ids": batch.position_ids, "use_cache": False}
+    embedding, embedding_name, params, embeds, weights, inputs = _split_inputs(backbone, batch, poolings)
     out = []
     for j in range(tangents[embedding_name].shape[0]):
         embed_tangent = functional_call(embedding, {"weight": tangents[embedding_name][j]}, (batch.input_ids,))

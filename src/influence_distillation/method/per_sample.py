@@ -3,8 +3,8 @@
 For a linear layer y = W x + b applied at every token, sample s's loss has ∇_W ℓ_s = Σ_t δ_{s,t} x_{s,t}ᵀ and
 ∇_b ℓ_s = Σ_t δ_{s,t}, with x the layer's input and δ = ∂ℓ_s/∂y at token t. Hooks record x on the forward pass
 and δ on the backward pass of Σ_s ℓ_s. Samples do not interact (attention is causal and padding is masked; there are
-no batch statistics), so δ_{s,·} is sample s's own and padded positions carry δ = 0 (and are masked out explicitly): the result is
-exactly the one-sample-at-a-time gradient.
+no batch statistics), so δ_{s,·} is sample s's own and padded positions carry δ = 0 (and are masked out
+explicitly): the result is exactly the one-sample-at-a-time gradient.
 
 Two uses:
 
@@ -62,6 +62,12 @@ def linear_layers(model: nn.Module, params: dict[str, nn.Parameter]) -> list[Lin
     return layers if covered == set(params) else None
 
 
+def _offsets(params: dict[str, nn.Parameter]) -> dict[str, int]:
+    """Where each parameter starts in the flat gradient (`params` order)."""
+    starts = np.cumsum([0] + [p.numel() for p in params.values()])[:-1]
+    return {name: int(start) for name, start in zip(params, starts, strict=True)}
+
+
 class _Recorder:
     """Forward hooks that keep each layer's input and, through a tensor hook on its output, the output's gradient."""
 
@@ -108,11 +114,9 @@ def batched_gradients(model: nn.Module, params: dict[str, nn.Parameter], layers:
     """Flat per-sample gradients (B, D) over `params`, in `params` order (as `gradients.flat_gradient`)."""
     records = record(model, params, layers, batch)
     dtype = working_dtype(next(iter(params.values())).dtype)
-    offsets, start = {}, 0
-    for name, p in params.items():
-        offsets[name] = start
-        start += p.numel()
-    out = torch.empty(batch.input_ids.shape[0], start, dtype=dtype, device=batch.input_ids.device)
+    offsets = _offsets(params)
+    out = torch.empty(batch.input_ids.shape[0], sum(p.numel() for p in params.values()), dtype=dtype,
+                      device=batch.input_ids.device)
     for layer in layers:
         x, delta = (t.to(dtype) for t in records[layer.module])
         if layer.weight:
@@ -149,10 +153,7 @@ class KroneckerProjector:
             self.maps[layer.module] = (torch.randn(self.factor, rows, generator=generator) / math.sqrt(self.factor),
                                        torch.randn(self.factor, cols, generator=generator) / math.sqrt(self.factor))
         self.out_dim = sum(self.factor**2 * bool(layer.weight) + self.factor * bool(layer.bias) for layer in layers)
-        self.offsets, start = {}, 0
-        for name, p in params.items():
-            self.offsets[name] = start
-            start += p.numel()
+        self.offsets = _offsets(params)
 
     def __call__(self, x: torch.Tensor, diag: torch.Tensor | None = None, normalize: bool = False) -> torch.Tensor:
         """Project rows of flat vectors (B, D) in `params` order → (B, out_dim), float32 (float64 stays)."""

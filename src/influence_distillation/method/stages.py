@@ -176,8 +176,8 @@ def round_sizes(count: int, rounds: int) -> list[int]:
 def verification_rows(scores: np.ndarray, landmarks: np.ndarray, count: int) -> np.ndarray:
     """The `count` samples with the highest propagated mean influence over the target samples, landmarks excluded
     (their values are exact already): the consensus candidates of the selection, where an exact gradient confirms
-    or removes a pick. (Measured: picking by mean confirms more of the final selection than picking each target
-    sample's own best, docs/BENCHMARKS.md.)"""
+    or removes a pick. (In a simulation on the benchmark suite, picking by the mean confirmed more of the final
+    selection than picking each target sample's own best.)"""
     masked = np.asarray(scores, dtype=np.float64).reshape(len(scores), -1).mean(axis=1)
     masked[landmarks] = masked.min() - 1.0  # below every other row: taken only if nothing else is left
     return select(masked[:, None], count, "top-k")

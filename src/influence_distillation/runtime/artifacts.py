@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -107,8 +107,9 @@ def read_manifest(out: Path) -> dict[str, Any] | None:
         return None
 
 
-def check_output_dir(out: Path, config: dict[str, Any], overwrite: bool) -> None:
-    """Refuse an output directory that holds something other than an earlier run of the same configuration."""
+def check_output_dir(out: Path, same_run: Callable[[dict[str, Any]], bool], overwrite: bool) -> None:
+    """Refuse an output directory that holds something other than an earlier run of the same configuration
+    (`same_run` says whether a saved manifest's config is this run's)."""
     if out.exists() and not out.is_dir():
         raise OutputError(f"--out {out} is a file; give a directory")
     if not out.exists() or overwrite or not any(out.iterdir()):
@@ -122,14 +123,10 @@ def check_output_dir(out: Path, config: dict[str, Any], overwrite: bool) -> None
                 "choose another directory or pass --overwrite"
             )
         return
-    if _comparable(manifest.get("config", {})) != _comparable(config):
+    if not same_run(manifest.get("config", {})):
         raise OutputError(
             f"--out {out} holds a run with a different configuration; choose another directory or pass --overwrite"
         )
-
-
-def _comparable(config: dict[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in config.items() if key != "out"}
 
 
 def begin_writing(out: Path) -> None:

@@ -5,6 +5,7 @@ the pool-wide ones in resumable shards, and writes the outputs (see `write_outpu
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import resource
 import time
@@ -46,12 +47,13 @@ from influence_distillation.method.weights import (
     kkt_residual,
     solve_weights,
 )
-from influence_distillation.options import key_dict, to_dict
+from influence_distillation.options import key_dict, same_config
 from influence_distillation.runtime import artifacts, cost, distributed
 from influence_distillation.runtime.baseline_runs import select_baseline
 from influence_distillation.runtime.data import load_samples
 from influence_distillation.runtime.distributed import DistInfo
-from influence_distillation.runtime.models import load_model, pad_token_id, truncated_backbone
+from influence_distillation.runtime.hub import resolve_data
+from influence_distillation.runtime.models import load_model, pad_token_id, resolve_model_path, truncated_backbone
 from influence_distillation.runtime.outputs import SelectionResult, manifest_base, output_files, write_outputs
 from influence_distillation.runtime.shards import (
     EMBEDDING_SHARD,
@@ -63,7 +65,6 @@ from influence_distillation.runtime.shards import (
 from influence_distillation.runtime.tokenization import TokenizedSet, tokenize_samples
 
 log = logging.getLogger(__name__)
-
 
 
 class StageTimer:
@@ -106,6 +107,11 @@ class _Run:
 
     shard_rows: int | None = None  # overrides the per-stage shard sizes
 
+    @functools.cached_property
+    def cache_basis(self) -> dict[str, Any]:
+        """Fingerprinted once per run: it reads the pool file and the model's small files."""
+        return _cache_basis(self.config)
+
     def sharded(self, stage: str, rows: int, compute_rows, shard_rows: int, last: bool = False,
                 by_content: tuple[str, list[bytes]] | None = None, **key_parts) -> torch.Tensor:
         """A pool-wide stage's (rows, width) array: computed in resumable shards shared by the ranks, or reused.
@@ -116,7 +122,7 @@ class _Run:
         """
         root = self.cache_dir or Path(self.config.out) / artifacts.STAGES
         shard_rows = self.shard_rows or shard_rows
-        basis = _cache_basis(self.config)
+        basis = self.cache_basis
         key = artifacts.fingerprint(**basis, stage=stage, shard_rows=shard_rows, **key_parts)
         if by_content:
             name, digests = by_content
@@ -151,7 +157,8 @@ def run_selection(config: SelectConfig, overwrite: bool = False, progress: bool 
     out = Path(config.out)
     info = dist or DistInfo()
     if info.is_main:
-        artifacts.check_output_dir(out, to_dict(config), overwrite)
+        artifacts.check_output_dir(out, lambda stored: isinstance(stored, dict) and same_config(
+            {**stored, "out": config.out}, config), overwrite)  # the same run, wherever --out was spelled
     run = _Run(config, progress and info.is_main, Path(cache_dir) if cache_dir else None, dist=info,
                shard_rows=shard_rows)
     run.seeds = {stage: derive_seed(config.seed, stage)
@@ -256,7 +263,7 @@ def _select_influence(run: _Run) -> SelectionResult:
         landmark_q = curvature(landmark_rows, hessian_rows, num_pool) if order == 2 else None
 
     with timer("propagation"):
-        bandwidth, ridge, coefficients, mean_scores, fidelity = None, None, None, mean_influence, None
+        bandwidth, ridge, coefficients, mean_scores, fidelity, warning = None, None, None, mean_influence, None, None
         if exact:
             scores = landmark_influence.numpy()
         else:
@@ -294,8 +301,7 @@ def _select_influence(run: _Run) -> SelectionResult:
         "influence": {"order": order, "exact": exact, "variant": "adamw" if space.adam_states is not None else "gd",
                       "learning_rate": eta, "normalized_gradients": space.normalize},
         "selection": {"strategy": strategy},
-        "propagation": {"bandwidth": bandwidth, "ridge": ridge, "heldout_spearman": fidelity,
-                        "warning": None if exact else fidelity_warning(fidelity, len(random_landmarks), num_pool)},
+        "propagation": {"bandwidth": bandwidth, "ridge": ridge, "heldout_spearman": fidelity, "warning": warning},
         "landmarks": {"first": int(len(random_landmarks)), "verified": int(len(landmarks) - len(random_landmarks)),
                       "strategy": config.landmarks.strategy},
         "cost": cost.influence_flops(model, pool.examples, landmark_examples, target.examples, config, exact,
@@ -330,8 +336,6 @@ def _verify(run: _Run, embeddings, landmarks, rows, target_rows, count, gradient
 
 def _cache_basis(config: SelectConfig) -> dict[str, Any]:
     """What every pool-wide stage depends on: the model and pool files, tokenisation, dtype and device."""
-    from influence_distillation.runtime.models import resolve_model_path
-
     optimizer = config.gradients.optimizer_state
     return {"model": artifacts.content_fingerprint(resolve_model_path(config.model.path)),
             "pool": _data_fingerprint(config), "data": key_dict(config.data),
@@ -355,8 +359,6 @@ def _manifest(run: _Run, result: SelectionResult) -> dict[str, Any]:
 
 def _data_fingerprint(config: SelectConfig) -> str | list[str]:
     """The pool file's content digest (one per file for a Hub dataset's split)."""
-    from influence_distillation.runtime.hub import resolve_data
-
     digests = [artifacts.content_fingerprint(path)
                for path in resolve_data(config.pool, config.data.split, config.data.subset)]
     return digests[0] if len(digests) == 1 else digests

@@ -19,10 +19,9 @@ import torch
 from influence_distillation.config import SelectConfig
 from influence_distillation.errors import ConfigError
 from influence_distillation.method.embeddings import JvpEmbedder
-from influence_distillation.method.gradients import projected_gradients, select_parameters
+from influence_distillation.method.gradients import projected_gradients
 from influence_distillation.method.landmarks import landmark_count
-from influence_distillation.method.projection import make_projector
-from influence_distillation.method.stages import verification_count
+from influence_distillation.method.stages import gradient_space, verification_count
 from influence_distillation.runtime.data import load_samples
 from influence_distillation.runtime.models import find_blocks, load_model, pad_token_id, truncated_backbone
 from influence_distillation.runtime.tokenization import tokenize_samples
@@ -68,12 +67,14 @@ def estimate(config: SelectConfig) -> list[Estimate]:
         landmarks += verification_count(config.landmarks.verify, config.selection.budget, landmarks, len(pool))
     landmark_examples = pool[:: max(1, len(pool) // max(1, landmarks))][:landmarks]
 
-    params = select_parameters(model, config.gradients.params)
-    size = sum(p.numel() for p in params.values())
-    projector = make_projector(size, config.gradients.proj_dim, 0)
+    space = gradient_space(model, config.gradients, 0)  # the run's parameters, projection and batching
+    params, projector = space.params, space.projector
+    size = space.num_coordinates
     sample = sorted(pool, key=len)[len(pool) // 2 : len(pool) // 2 + 2]  # two median-length samples
-    projected_gradients(model, sample[:1], params, projector, progress=False)  # warm-up: first calls are slow
-    gradients_seconds = _fastest(lambda: projected_gradients(model, sample, params, projector, progress=False))
+    calibrate = lambda examples: projected_gradients(model, examples, params, projector, progress=False,
+                                                     batch_size=space.batch_size)
+    calibrate(sample[:1])  # warm-up: first calls are slow
+    gradients_seconds = _fastest(lambda: calibrate(sample))
     # A gradient costs a fixed projection plus a length-proportional backward: target samples are often much
     # shorter than pool samples, so one per-token rate would misjudge them.
     per_gradient_fixed = min(_fastest(lambda: projector(torch.zeros(1, size))), gradients_seconds / len(sample))
