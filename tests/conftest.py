@@ -117,6 +117,20 @@ def make_model(kind: str, vocab_size: int, seed: int = 0, layers: int = 3):
     return model.eval()
 
 
+def adam_state_file(model_path, path: Path) -> Path:
+    """An AdamW state after one step on random gradients for the model saved at `model_path` (for --method less and
+    the Adam variant without a warm-up run)."""
+    from transformers import AutoModelForCausalLM
+
+    warm = AutoModelForCausalLM.from_pretrained(model_path)
+    optimizer = torch.optim.AdamW(warm.named_parameters(), lr=1e-3)
+    for p in warm.parameters():
+        p.grad = torch.randn_like(p)
+    optimizer.step()
+    torch.save(optimizer.state_dict(), path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     return make_tokenizer()

@@ -4,7 +4,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import make_model
+from conftest import adam_state_file, make_model
 from test_cli import select_args
 
 from influence_distillation import baselines
@@ -48,15 +48,7 @@ def test_every_method_writes_the_same_outputs(method, model_dir, data_files, tmp
     model = model_dir("llama")
     extra = ["--method", method]
     if method == "less":
-        from transformers import AutoModelForCausalLM
-
-        warm = AutoModelForCausalLM.from_pretrained(model)
-        optimizer = torch.optim.AdamW(warm.named_parameters(), lr=1e-3)
-        for p in warm.parameters():
-            p.grad = torch.randn_like(p)
-        optimizer.step()
-        torch.save(optimizer.state_dict(), tmp_path / "optimizer.pt")
-        extra += ["--optimizer-state", str(tmp_path / "optimizer.pt")]
+        extra += ["--optimizer-state", str(adam_state_file(model, tmp_path / "optimizer.pt"))]
     out = tmp_path / method
     assert main(select_args(pool, target, model, out, 7, *extra)) == 0
     manifest = json.loads((out / "manifest.json").read_text())

@@ -14,7 +14,8 @@ def test_quick_demo_writes_the_report(tmp_path, capsys):
     assert main(["demo", "--quick", "--out", str(out), "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert "| math | Influence Distillation |" in printed and f"report: {out / 'report.html'}" in printed
-    for name in ("report.html", "report.md", "results.png", "scores.png", "selection_mix.png", "data/pool.jsonl"):
+    for name in ("report.html", "report.md", "report_files/results.png", "report_files/math-scores-histogram.png",
+                 "report_files/knowledge-composition-shares.png", "data/pool.jsonl"):
         assert (out / name).is_file(), name
     data = json.loads((out / "data" / "data.json").read_text())
     for target in ("math", "reading", "knowledge"):
@@ -30,5 +31,8 @@ def test_quick_demo_writes_the_report(tmp_path, capsys):
             assert not pool_prompts & {row["prompt"] for row in rows}
     html = (out / "report.html").read_text()
     assert "data:image/png;base64," in html and "Influence Distillation" in html
+    for target in ("math", "reading", "knowledge"):  # each target's run, as `influence-distill report` shows it
+        for section in ("scores", "composition", "fidelity", "targets", "cost"):
+            assert f'<section id="{target}-{section}">' in html
     # A second run reuses every finished step.
     assert main(["demo", "--quick", "--out", str(out), "--quiet"]) == 0

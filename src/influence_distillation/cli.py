@@ -167,6 +167,31 @@ def build_parser() -> argparse.ArgumentParser:
             "relative to Influence Distillation."
         ),
     )
+    report = commands.add_parser(
+        "report",
+        help="an HTML page (and Markdown twin) on what a finished run selected and why, or two runs compared",
+        description=(
+            "Read a finished run directory (any method) and write a self-contained HTML page and its Markdown twin: "
+            "the run's settings and cost per stage, score distribution of pool and selection, composition of the "
+            "selection against the pool, whether the propagation held, the pool samples each target sample pulls "
+            "in, the weights (when solved) and the fine-tuning result (when `evaluate --out RUN` wrote "
+            "RUN/eval.json, or --eval). With two runs: overlap, composition difference, cost and settings side by "
+            "side. Reads the pool and target files named in the manifest; what it cannot read is left out with a "
+            "note."
+        ),
+        epilog="Examples: influence-distill report runs/first;  influence-distill report runs/first runs/rds "
+        "--group-by source --out compare.html",
+    )
+    report.add_argument("runs", nargs="+", metavar="RUN", help="a select --out directory; a second one to compare")
+    report.add_argument("--group-by", metavar="FIELD", help="record field to group the composition by (default: "
+                        "source, task or dataset when the records have one, else the id's prefix)")
+    report.add_argument("--out", metavar="FILE.html", help="where to write (default: RUN/report.html; for two runs "
+                        "RUN_A/compare-<RUN_B>.html); the .md twin and its figures go beside it")
+    report.add_argument("--eval", metavar="EVAL.json", help="the `evaluate` summary of this run's selection "
+                        "(default: RUN/eval.json when it exists)")
+    report.add_argument("--examples", type=Ranged(int, int, {"minimum": 0}), default=3, metavar="N",
+                        help="target samples whose top pool samples are listed (default: 3)")
+    report.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     for command, cls in ((demo, DemoConfig), (benchmark, BenchmarkConfig)):
         _add_fields(command, cls, "")
         command.add_argument("--quiet", action="store_true", help="no progress bars or stage logs")
@@ -222,6 +247,15 @@ def _select(args: argparse.Namespace) -> int:
     if propagation.get("warning"):
         print(f"warning: {propagation['warning']}")
     print(f"stage times: {stages}")
+    print(f"report: influence-distill report {config.out}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from influence_distillation.report import write_run_report
+
+    paths = write_run_report(args.runs, args.out, args.group_by, args.eval, args.examples)
+    print(f"report: {paths['html']} (Markdown: {paths['markdown']})")
     return 0
 
 
@@ -270,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S",
-                        level=logging.WARNING if args.quiet else logging.INFO, stream=sys.stderr)
+                        level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO, stream=sys.stderr)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     try:
@@ -279,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         transformers.logging.set_verbosity_error()
         transformers.utils.logging.disable_progress_bar()  # our own bars cover every stage
         return {"select": _select, "warmup": _warmup, "evaluate": _evaluate, "demo": _demo,
-                "benchmark": _benchmark}[args.command](args)
+                "benchmark": _benchmark, "report": _report}[args.command](args)
     except InfDistError as exc:
         if args.debug:
             raise

@@ -7,7 +7,7 @@
    others.
 4. For each target: LoRA fine-tunes on the selection and on a random subset of the same size, scored on the
    held-out test set with the untrained model as reference (`<out>/eval-<target>/eval.json`).
-5. `<out>/report.html`, `report.md` and PNG plots.
+5. `<out>/report.html` and its Markdown twin `report.md` (figures in `report_files/`).
 
 Every step is skipped when its output already exists for the same settings, and the run says so.
 """
@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,8 +72,7 @@ def run_demo(config: DemoConfig, progress: bool = True) -> dict[str, Any]:
     for target in targets:
         selections[target] = _select(target, data_dir, out, model_path, settings, cache, progress)
         results[target] = _evaluate(target, data_dir, out, model_path, settings, selections[target], progress)
-    pool_tasks = Counter(json.loads(line)["task"] for line in (data_dir / "pool.jsonl").read_text().splitlines())
-    paths = write_report(out, results, selections, pool_tasks, settings, data_summary)
+    paths = write_report(out, results, selections, settings, data_summary)
     return {"results": results, "report": paths, "table": results_table(results), "verdicts": verdicts(results)}
 
 

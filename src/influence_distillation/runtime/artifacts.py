@@ -28,7 +28,8 @@ EMBEDDINGS = "embeddings.npy"
 EXCLUDED = "excluded.jsonl"
 WEIGHTS = "weights.parquet"
 STAGES = "stages"  # resumable pool-wide stage shards, unless a shared --cache-dir is given
-OUTPUT_FILES = (SELECTED, SCORES, TARGET_SCORES, EMBEDDINGS, EXCLUDED, WEIGHTS, MANIFEST, STAGES)
+REPORT_FILES = ("report.html", "report.md", "report_files", "eval.json")  # what `report`/`evaluate` add to a run
+OUTPUT_FILES = (SELECTED, SCORES, TARGET_SCORES, EMBEDDINGS, EXCLUDED, WEIGHTS, MANIFEST, STAGES, *REPORT_FILES)
 
 
 @contextlib.contextmanager
