@@ -245,3 +245,10 @@ def test_report_renders_in_chromium_without_overflow_at_1280px(which, runs, tmp_
     assert measured["width"] == 1280 and measured["scroll"] <= 1280 and measured["right"] <= 1280, measured
     expected = COMPARE_SECTIONS if which == "compare" else set(RUN_SECTIONS) - {"weights", "evaluation"}
     assert set(expected) <= set(measured["sections"])
+    shot = tmp_path / "shot.png"  # and the page itself (no probe) as a picture
+    chromium(f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,2000", f"--screenshot={shot}",
+             out.as_uri())
+    from PIL import Image
+
+    with Image.open(shot) as image:
+        assert image.size == (1280, 2000) and len(image.getcolors(1 << 16) or range(1 << 16)) > 16  # not blank
