@@ -31,7 +31,8 @@ def test_one_two_and_three_ranks_select_the_same(model_dir, data_files, tmp_path
         outputs[ranks] = (out / "selected.jsonl").read_text()
         shards = sorted((out / "stages").glob("*/shard-*.npy"))
         assert len([p for p in shards if "embeddings" in str(p)]) == 8  # 36 samples in shards of 5
-        assert len(result.stdout.strip().splitlines()) == 2  # only rank 0 reports
+        printed = result.stdout.strip().splitlines()
+        assert len(printed) == 3 and printed[0].startswith("selected 8 of 36")  # only rank 0 reports
     assert_same_selection(outputs[1], outputs[2])
     assert_same_selection(outputs[1], outputs[3])
 

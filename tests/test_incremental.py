@@ -66,3 +66,32 @@ def test_row_cache_reads_only_completed_writes(tmp_path):
     again = RowCache(tmp_path)
     known = again.known([b"b" * 16, b"c" * 16, b"a" * 16])
     assert sorted(known) == [0, 2] and known[0].tolist() == [3.0, 4.0] and known[2].tolist() == [1.0, 2.0]
+
+
+def test_shard_rows_read_lazily_equal_the_concatenated_stage(tmp_path):
+    import torch
+
+    from influence_distillation.runtime.artifacts import write_npy_rows
+    from influence_distillation.runtime.distributed import DistInfo
+    from influence_distillation.runtime.shards import ShardedStage
+
+    full = np.random.default_rng(0).standard_normal((23, 5)).astype(np.float32)
+    store = ShardedStage(tmp_path / "stage", 23, 4, {"stage": "test"})
+    store.compute(DistInfo(), lambda rows: torch.from_numpy(full[rows]), "test", progress=False)
+    rows = store.reader()
+    assert rows.shape == (23, 5) and len(rows) == 23
+    for part in (slice(None), slice(0, 4), slice(3, 9), slice(7, 23), slice(22, 30), slice(5, 5), slice(1, 20, 3),
+                 slice(-6, None)):
+        assert np.array_equal(rows[part].numpy(), full[part]), part
+    for index in ([17, 0, 17, 5], np.array([22, 3]), torch.tensor([4, 8, 12]), [-1], []):
+        assert np.array_equal(rows[index].numpy(), full[np.asarray(index, dtype=np.int64)]), index
+    try:
+        rows[[23]]
+    except IndexError:
+        pass
+    else:
+        raise AssertionError("an out-of-range row must raise")
+    for source in (rows, torch.from_numpy(full), full):  # the streamed writer, against np.save's file
+        write_npy_rows(tmp_path / "streamed.npy", source, chunk_rows=6)
+        np.save(tmp_path / "saved.npy", full)
+        assert np.array_equal(np.load(tmp_path / "streamed.npy"), np.load(tmp_path / "saved.npy"))

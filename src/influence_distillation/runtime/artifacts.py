@@ -87,6 +87,18 @@ def write_npy(path: Path, array: np.ndarray) -> None:
         np.save(handle, array)
 
 
+def write_npy_rows(path: Path, rows, chunk_rows: int = 8192) -> None:
+    """A 2-D `.npy` written `chunk_rows` rows at a time from anything with `.shape` and row slices (a tensor, an
+    array, `ShardRows`), so writing an output never needs it whole in memory."""
+    first = np.asarray(rows[0:1])
+    header = {"descr": np.lib.format.dtype_to_descr(first.dtype), "fortran_order": False,
+              "shape": (int(rows.shape[0]), int(rows.shape[1]))}
+    with atomic_file(path, "wb") as handle:
+        np.lib.format.write_array_header_1_0(handle, header)
+        for start in range(0, header["shape"][0], chunk_rows):
+            handle.write(np.ascontiguousarray(np.asarray(rows[start : start + chunk_rows]), first.dtype).tobytes())
+
+
 def write_parquet(path: Path, columns: dict[str, Any], metadata: dict[str, str] | None = None) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -26,7 +26,7 @@ class SelectionResult:
     """Everything a run computed; row i of every pool-sized array is pool sample `pool_ids[i]`."""
 
     pool_ids: list[str]
-    embeddings: torch.Tensor | None  # (N, d_e); None in exact mode
+    embeddings: Any  # (N, d_e): a tensor, or `ShardRows` read from the stage cache on access; None in exact mode
     landmarks: np.ndarray  # (l,) row indices (every row in exact mode)
     landmark_influence: torch.Tensor  # (l, t)
     scores: np.ndarray  # (N, t) first-order influence on each target sample
@@ -86,7 +86,7 @@ def write_outputs(out: Path, result: SelectionResult, samples, pool: TokenizedSe
         artifacts.write_parquet(out / artifacts.WEIGHTS, {"id": result.pool_ids, "weight": weights})
     artifacts.write_npy(out / artifacts.TARGET_SCORES, result.scores.astype(np.float32))
     if result.embeddings is not None:
-        artifacts.write_npy(out / artifacts.EMBEDDINGS, result.embeddings.numpy())
+        artifacts.write_npy_rows(out / artifacts.EMBEDDINGS, result.embeddings)
     excluded = [{"id": i, "set": "pool", "reason": r} for i, r in pool.excluded]
     excluded += [{"id": i, "set": "target", "reason": r} for i, r in target.excluded]
     artifacts.write_jsonl(out / artifacts.EXCLUDED, excluded)

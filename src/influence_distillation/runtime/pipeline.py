@@ -113,10 +113,11 @@ class _Run:
         return _cache_basis(self.config)
 
     def sharded(self, stage: str, rows: int, compute_rows, shard_rows: int, last: bool = False,
-                by_content: tuple[str, list[bytes]] | None = None, **key_parts) -> torch.Tensor:
+                by_content: tuple[str, list[bytes]] | None = None, lazy: bool = False, **key_parts):
         """A pool-wide stage's (rows, width) array: computed in resumable shards shared by the ranks, or reused.
 
-        `last` marks the final sharded stage of a method: after it, ranks other than 0 are done. `by_content`
+        `last` marks the final sharded stage of a method: after it, ranks other than 0 are done. `lazy` returns the
+        rows as a `ShardRows` (read from the shard files on access) instead of one tensor in memory. `by_content`
         (a row cache's name, each row's content digest) also keeps rows by their sample's content, across pools:
         its key is the stage's without the pool and the row choice, so a grown pool recomputes only new samples.
         """
@@ -136,7 +137,7 @@ class _Run:
         store.compute(self.dist, compute_rows, stage, self.progress)
         if last and not self.dist.is_main:
             raise _OtherRankDone
-        return store.load()
+        return store.reader() if lazy else store.load()
 
 
 class _OtherRankDone(Exception):
@@ -211,12 +212,15 @@ def _select_influence(run: _Run) -> SelectionResult:
                                                   landmark_count(config.landmarks.count, num_pool), num_pool)
     if not exact:
         with timer("embeddings"):
+            # Lazy: propagation streams the rows from the shard files, so the (N, d_e) embeddings are never all in
+            # memory (k-means++ / k-center landmarks are the exception: they read every row at once).
             embeddings = run.sharded("embeddings", num_pool, embed, EMBEDDING_SHARD, last=order == 2 and not verify,
-                                     by_content=("embeddings", digests), embedding=key_dict(config.embedding),
-                                     seed=seeds["tangents"])
+                                     by_content=("embeddings", digests), lazy=True,
+                                     embedding=key_dict(config.embedding), seed=seeds["tangents"])
     with timer("landmarks"):
         landmarks = (np.arange(num_pool) if exact else choose_landmarks(
-            num_pool, config.landmarks.count, seeds["landmarks"], config.landmarks.strategy, embeddings))
+            num_pool, config.landmarks.count, seeds["landmarks"], config.landmarks.strategy,
+            embeddings[:] if config.landmarks.strategy != "random" else None))
     space = gradient_space(model, config.gradients, seeds["projection"])
     eta = space.learning_rate(config.influence.learning_rate)
 

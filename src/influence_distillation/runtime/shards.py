@@ -81,10 +81,54 @@ class ShardedStage:
         barrier(info)
 
     def load(self) -> torch.Tensor:
+        self._check_complete()
+        return torch.from_numpy(np.concatenate([np.load(self.path(s)) for s in range(self.count)]))
+
+    def reader(self) -> ShardRows:
+        """The finished stage as a lazy (rows, width) array: nothing is read until rows are asked for."""
+        self._check_complete()
+        return ShardRows([self.path(s) for s in range(self.count)], self.shard_rows, self.rows)
+
+    def _check_complete(self) -> None:
         missing = [s for s in range(self.count) if not self.path(s).is_file()]
         if missing:
             raise OutputError(f"{self.folder}: shards {missing[:5]} are missing; re-run to complete the stage")
-        return torch.from_numpy(np.concatenate([np.load(self.path(s)) for s in range(self.count)]))
+
+
+class ShardRows:
+    """A finished stage's rows, read from its shard files on access: row slices and row gathers return tensors.
+
+    Streaming consumers (propagation, writing embeddings.npy) then hold one chunk at a time instead of the whole
+    (N, width) stage, which for JVP embeddings of a large pool is the largest thing a run would otherwise keep.
+    """
+
+    def __init__(self, paths: list[Path], shard_rows: int, rows: int):
+        self.paths, self.shard_rows = paths, shard_rows
+        first = np.load(paths[0], mmap_mode="r")
+        self.shape, self.dtype = (rows, first.shape[1]), first.dtype
+        del first
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index) -> torch.Tensor:
+        if isinstance(index, slice):
+            start, stop, step = index.indices(self.shape[0])
+            if step == 1:
+                parts = [np.load(self.paths[s])[max(start - s * self.shard_rows, 0):stop - s * self.shard_rows]
+                         for s in range(start // self.shard_rows, -(-stop // self.shard_rows))] if stop > start else []
+                return torch.from_numpy(np.concatenate(parts) if parts else np.empty((0, self.shape[1]), self.dtype))
+            index = np.arange(start, stop, step)
+        rows = np.asarray(index, dtype=np.int64).reshape(-1)
+        if rows.size and (rows.min() < -self.shape[0] or rows.max() >= self.shape[0]):
+            raise IndexError(f"row index out of range for {self.shape[0]} rows")
+        rows = rows % max(self.shape[0], 1)
+        out = np.empty((rows.size, self.shape[1]), dtype=self.dtype)
+        shards = rows // self.shard_rows
+        for shard in np.unique(shards):
+            mask = shards == shard
+            out[mask] = np.load(self.paths[shard])[rows[mask] - shard * self.shard_rows]
+        return torch.from_numpy(out)
 
 
 def content_digests(examples) -> list[bytes]:
