@@ -78,7 +78,7 @@ def test_hessian_subset_is_a_reweighted_sum_of_per_sample_hessians(tokenizer, tm
     params = select_parameters(model, "mlp-down")
     vectors = torch.randn(2, sum(p.numel() for p in params.values()), generator=torch.Generator().manual_seed(0),
                           dtype=torch.float64)
-    rows = [targets.index(e) for e in subset]
+    rows = [[t.id for t in targets].index(e.id) for e in subset]
     per_sample = [target_hvp(model, params, [targets[i]], vectors, torch.ones(1, dtype=torch.float64)) for i in rows]
     expected = sum(w * h for w, h in zip(weights[rows] * (weights.sum() / weights[rows].sum()), per_sample))
     torch.testing.assert_close(target_hvp(model, params, subset, vectors, sub_weights), expected)

@@ -95,3 +95,26 @@ def test_training_batches_cover_each_epoch_and_group_lengths():
     assert sorted(first_epoch) == list(range(100))
     spread = np.mean([max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches])
     assert spread < 100  # random batches of 4 from U(1, 500) would spread by ~300
+
+
+def test_packed_examples_give_back_each_sample_as_tokenized(tokenizer):
+    from influence_distillation.runtime.tokenization import PackedExamples
+
+    rng = torch.Generator().manual_seed(0)
+    rows = []
+    packed = PackedExamples()
+    for i in range(7):
+        length = int(torch.randint(2, 40, (1,), generator=rng))
+        ids = torch.randint(0, 50_000, (length,), generator=rng)
+        labels = torch.where(torch.rand(length, generator=rng) < 0.5, torch.full_like(ids, IGNORE_INDEX), ids)
+        rows.append((f"s{i}", ids, labels, i % 2 == 0))
+        packed.append(f"s{i}", ids.tolist(), labels.tolist(), i % 2 == 0)
+    assert len(packed) == 7 and packed.ids == [r[0] for r in rows]
+    for index in (*range(7), -1):
+        example, (sample_id, ids, labels, truncated) = packed[index], rows[index]
+        assert (example.id, example.truncated) == (sample_id, truncated)
+        assert example.input_ids.dtype == torch.long and torch.equal(example.input_ids, ids)
+        assert torch.equal(example.labels, labels)
+    assert [e.id for e in packed[2:5]] == ["s2", "s3", "s4"] and [e.id for e in packed] == packed.ids
+    with pytest.raises(IndexError):
+        packed[7]

@@ -53,7 +53,7 @@ def _gradient_flops(model: nn.Module, examples: list[Example], transform_size: i
 
 def influence_flops(model, pool, landmarks, targets, config, exact: bool, projector, order: int) -> dict[str, float]:
     padded = getattr(projector, "padded_dim", None)
-    parts = {"gradients": _gradient_flops(model, landmarks + targets, padded)}
+    parts = {"gradients": _gradient_flops(model, [*landmarks, *targets], padded)}
     if not exact:
         tangents = config.embedding.num_tangents
         parts["embeddings"] = (1 + 2 * tangents) * 2 * _block_parameters(model, config.embedding.num_blocks) \
@@ -70,12 +70,12 @@ def baseline_flops(method: str, model, pool, targets, config) -> dict[str, float
     elif method == "mid-ppl":
         parts = {"forward": forward_flops(model, pool, logits=True)}
     elif method == "rds+":
-        parts = {"forward": forward_flops(model, pool + targets, logits=False)}
+        parts = {"forward": forward_flops(model, [*pool, *targets], logits=False)}
     elif method == "embed-sim":
-        parts = {"minilm_forward": 2 * MINILM_PARAMETERS * _tokens(pool + targets)}
+        parts = {"minilm_forward": 2 * MINILM_PARAMETERS * _tokens([*pool, *targets])}
     else:  # less
         padded = 1 << max(0, (sum(p.numel() for p in _grad_params(model, config)) - 1).bit_length())
-        parts = {"gradients": _gradient_flops(model, pool + targets, padded)}
+        parts = {"gradients": _gradient_flops(model, [*pool, *targets], padded)}
     return {"flops": float(sum(parts.values())), "parts": parts}
 
 

@@ -9,10 +9,12 @@ in a loss span get labels; every other label is -100. When a tokenizer has no ch
 
 from __future__ import annotations
 
+from array import array
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -44,16 +46,54 @@ class Example:
         return self.input_ids.numel()
 
 
+class PackedExamples(Sequence):
+    """Tokenized samples packed into flat int32 arrays, 8 bytes a token and no Python object per sample but its id;
+    `examples[i]` builds the `Example` when asked. Two tensors and a dataclass per sample cost about 2 KB more than
+    a short sample's tokens, which for a pool of millions is gigabytes."""
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+        self._tokens, self._labels = array("i"), array("i")
+        self._offsets, self._truncated = array("q", [0]), bytearray()
+
+    def append(self, sample_id: str, input_ids: list[int], labels: list[int], truncated: bool) -> None:
+        self.ids.append(sample_id)
+        self._tokens.extend(input_ids)
+        self._labels.extend(labels)
+        self._offsets.append(len(self._tokens))
+        self._truncated.append(truncated)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        index = int(index)
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"example {index} of {len(self)}")
+        start, stop = self._offsets[index], self._offsets[index + 1]
+
+        def column(values: array) -> torch.Tensor:  # a copy: no view keeps the arrays from growing
+            return torch.from_numpy(np.frombuffer(values, dtype=np.int32)[start:stop].astype(np.int64))
+
+        return Example(self.ids[index], column(self._tokens), column(self._labels), bool(self._truncated[index]))
+
+
 @dataclass
 class TokenizedSet:
     """Tokenized samples that can be trained on, plus what was dropped and why."""
 
-    examples: list[Example]
+    examples: Sequence[Example]  # PackedExamples from `tokenize_samples`; any sequence of Examples works
     excluded: list[tuple[str, str]] = field(default_factory=list)  # (id, reason)
     num_truncated: int = 0
 
     @property
     def ids(self) -> list[str]:
+        if isinstance(self.examples, PackedExamples):
+            return list(self.examples.ids)
         return [example.id for example in self.examples]
 
     def counts(self) -> dict[str, object]:
@@ -72,7 +112,7 @@ def tokenize_samples(
 ) -> TokenizedSet:
     """Tokenize samples, truncate them to `max_length` tokens, and drop those left with no trainable token."""
     template = chat_template(tokenizer, template_fallback) if any(s.messages for s in samples) else None
-    result = TokenizedSet(examples=[])
+    result = TokenizedSet(examples=PackedExamples())
     for sample in tqdm(samples, desc=desc, unit="sample", disable=not progress or len(samples) < 2000, leave=False):
         if sample.messages is not None:
             input_ids, labels = _encode_chat(sample.messages, tokenizer, template)
@@ -87,9 +127,7 @@ def tokenize_samples(
             result.excluded.append((sample.id, reason))
             continue
         result.num_truncated += truncated
-        result.examples.append(
-            Example(sample.id, torch.tensor(input_ids, dtype=torch.long), torch.tensor(labels, dtype=torch.long), truncated)
-        )
+        result.examples.append(sample.id, input_ids, labels, truncated)
     return result
 
 
