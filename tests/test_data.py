@@ -83,3 +83,43 @@ def test_missing_and_unreadable_files(tmp_path):
     (tmp_path / "bad.parquet").write_text(json.dumps({"text": "not parquet"}))
     with pytest.raises(DataError, match="cannot read parquet"):
         load_samples(tmp_path / "bad.parquet")
+
+
+def test_samples_stream_one_record_at_a_time(tmp_path):
+    from influence_distillation.runtime.data import iter_samples
+
+    path = tmp_path / "pool.jsonl"
+    path.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "c", "completion": "d"}\n{not json\n')
+    stream = iter_samples(path)
+    assert [next(stream).id, next(stream).id] == ["0", "1"]  # read before the bad line is reached
+    with pytest.raises(DataError, match=r"pool.jsonl:3: invalid JSON"):
+        next(stream)
+
+
+def test_a_pool_that_changes_during_the_run_is_refused_before_any_output(tmp_path, model_dir, data_files,
+                                                                        monkeypatch):
+    import json
+
+    from test_cli import select_args
+
+    from influence_distillation.cli import main
+
+    pool, target = data_files
+    out = tmp_path / "run"
+    assert main(select_args(pool, target, model_dir("llama"), out, 5)) == 0
+    before = (out / "manifest.json").read_text()
+    selected = {json.loads(line)["prompt"] for line in (out / "selected.jsonl").read_text().splitlines()}
+    rows = [json.loads(line) for line in pool.read_text().splitlines()]
+    edited = tmp_path / "edited.jsonl"  # scored as the pool was; the selected rows are deleted before the write
+    edited.write_text(pool.read_text())
+    from influence_distillation.runtime import pipeline
+
+    real = pipeline._selected_records
+
+    def edit_then_read(run, result):  # rows without ids: the remaining rows now carry the deleted rows' ids
+        edited.write_text("".join(json.dumps(row) + "\n" for row in rows if row["prompt"] not in selected))
+        return real(run, result)
+
+    monkeypatch.setattr(pipeline, "_selected_records", edit_then_read)
+    assert main(select_args(edited, target, model_dir("llama"), out, 5, "--overwrite")) == 2
+    assert (out / "manifest.json").read_text() == before

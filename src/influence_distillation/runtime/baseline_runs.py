@@ -40,7 +40,7 @@ def select_baseline(run) -> SelectionResult:
                                          last=True)
                 targets = embed(target.examples)
             else:
-                kept = _kept(run.pool_samples, pool)
+                kept = _kept(list(run.pool_records()), pool)
                 embeddings = run.sharded("minilm_embeddings", len(kept), lambda rows: baselines.minilm_embeddings(
                     [kept[i] for i in rows], progress=False), len(kept), last=True)
                 targets = baselines.minilm_embeddings(_kept(run.target_samples, target), progress=False)

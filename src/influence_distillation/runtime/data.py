@@ -39,18 +39,23 @@ class Sample:
 
 def load_samples(path: str | Path, what: str = "pool", split: str | None = None,
                  subset: str | None = None) -> list[Sample]:
-    """Read every record of `path` (JSONL, parquet, a save_to_disk folder, or `org/name` of a cached Hugging Face
-    dataset, whose `split`/`subset` files are read in order) into samples.
+    """Every record of `path` (JSONL, parquet, a save_to_disk folder, or `org/name` of a cached Hugging Face
+    dataset, whose `split`/`subset` files are read in order) as samples; `iter_samples` reads them one at a time.
 
     Raises:
         DataError: naming the file and line/row for a missing or empty file, bad JSON, an unknown, mixed or
             malformed record, or duplicate ids.
     """
+    return list(iter_samples(path, what, split, subset))
+
+
+def iter_samples(path: str | Path, what: str = "pool", split: str | None = None,
+                 subset: str | None = None) -> Iterator[Sample]:
+    """`load_samples` one sample at a time, checked as it goes: a pool is never all in memory as records."""
     files = resolve_data(path, split, subset, f"--{what}")
     path = Path(path)
     if not files[0].exists():
         raise DataError(f"{what} file not found: {path}")
-    samples: list[Sample] = []
     file_format: str | None = None
     has_ids: bool | None = None
     first_line_of_id: dict[str, str] = {}
@@ -67,14 +72,13 @@ def load_samples(path: str | Path, what: str = "pool", split: str | None = None,
             )
         if has_ids != ("id" in record):
             raise DataError(f"{where}: some records have an 'id' field and some do not; give every record an id")
-        sample_id = _record_id(record, where) if has_ids else str(len(samples))
+        sample_id = _record_id(record, where) if has_ids else str(len(first_line_of_id))
         if sample_id in first_line_of_id:
             raise DataError(f"{where}: duplicate id {sample_id!r} (first seen at {first_line_of_id[sample_id]})")
         first_line_of_id[sample_id] = where
-        samples.append(_to_sample(sample_id, record, fmt, where))
-    if not samples:
+        yield _to_sample(sample_id, record, fmt, where)
+    if not first_line_of_id:
         raise DataError(f"{what} file {path} holds no records")
-    return samples
 
 
 def detect_format(record: dict[str, Any], where: str) -> str:
@@ -101,11 +105,16 @@ def _read_records(path: Path) -> Iterator[tuple[str, Any]]:
         import pyarrow.parquet as pq
 
         try:
-            table = pq.read_table(path)
+            batches = pq.ParquetFile(path).iter_batches(batch_size=4096)  # streamed, a batch at a time
+            row = 0
+            for batch in batches:
+                for record in batch.to_pylist():
+                    yield f"{path} row {row}", record
+                    row += 1
+        except DataError:
+            raise
         except Exception as exc:  # pyarrow raises several types for unreadable files
             raise DataError(f"{path}: cannot read parquet ({exc})") from None
-        for row, record in enumerate(table.to_pylist()):
-            yield f"{path} row {row}", record
     else:
         try:
             handle = path.open(encoding="utf-8")

@@ -60,8 +60,9 @@ def output_files(result: SelectionResult) -> list[str]:
     return files + [artifacts.MANIFEST]
 
 
-def write_outputs(out: Path, result: SelectionResult, samples, pool: TokenizedSet, target: TokenizedSet) -> None:
-    """Every output except the manifest, each written atomically."""
+def write_outputs(out: Path, result: SelectionResult, records: dict[str, dict[str, Any]], pool: TokenizedSet,
+                  target: TokenizedSet) -> None:
+    """Every output except the manifest, each written atomically; `records` holds the selected samples' records."""
     artifacts.begin_writing(out)
     mean_score = result.scores.mean(axis=1)
     rank = np.full(len(result.pool_ids), -1, dtype=np.int64)
@@ -69,7 +70,6 @@ def write_outputs(out: Path, result: SelectionResult, samples, pool: TokenizedSe
     is_landmark = np.zeros(len(result.pool_ids), dtype=bool)
     is_landmark[result.landmarks] = True
     weights = result.weights.weights.numpy() if result.weights is not None else None
-    records = {sample.id: sample.record for sample in samples}
     selected_rows = []
     for row in result.selected:
         sample_id = result.pool_ids[row]

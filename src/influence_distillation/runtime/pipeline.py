@@ -50,7 +50,7 @@ from influence_distillation.method.weights import (
 from influence_distillation.options import key_dict, same_config
 from influence_distillation.runtime import artifacts, cost, distributed
 from influence_distillation.runtime.baseline_runs import select_baseline
-from influence_distillation.runtime.data import load_samples
+from influence_distillation.runtime.data import iter_samples, load_samples
 from influence_distillation.runtime.distributed import DistInfo
 from influence_distillation.runtime.hub import resolve_data
 from influence_distillation.runtime.models import load_model, pad_token_id, resolve_model_path, truncated_backbone
@@ -98,7 +98,6 @@ class _Run:
     stage_keys: dict[str, str] = field(default_factory=dict)  # pool-wide stage → its cache fingerprint
     model: Any = None
     tokenizer: Any = None
-    pool_samples: list = field(default_factory=list)
     target_samples: list = field(default_factory=list)
     pool: TokenizedSet | None = None
     target: TokenizedSet | None = None
@@ -106,6 +105,12 @@ class _Run:
     dist: DistInfo = field(default_factory=DistInfo)
 
     shard_rows: int | None = None  # overrides the per-stage shard sizes
+
+    def pool_records(self):
+        """The pool's samples, read again one at a time (the run does not keep them: a large pool's records would
+        be most of its memory)."""
+        data = self.config.data
+        return iter_samples(self.config.pool, "pool", data.split, data.subset)
 
     @functools.cached_property
     def cache_basis(self) -> dict[str, Any]:
@@ -165,14 +170,13 @@ def run_selection(config: SelectConfig, overwrite: bool = False, progress: bool 
     run.seeds = {stage: derive_seed(config.seed, stage)
                  for stage in ("tangents", "landmarks", "projection", "kernel", "selection")}
     with run.timer("load"):
-        run.pool_samples = load_samples(config.pool, "pool", config.data.split, config.data.subset)
         run.target_samples = load_samples(config.target, "target", config.data.split, config.data.subset)
         run.model, run.tokenizer = load_model(config.model)
-    with run.timer("tokenize"):
+    with run.timer("tokenize"):  # the pool streams from its file into packed tokens
         run.pool, run.target = (
             tokenize_samples(samples, run.tokenizer, config.data.max_length, config.data.template_fallback, name,
                              progress)
-            for name, samples in (("pool", run.pool_samples), ("target", run.target_samples)))
+            for name, samples in (("pool", run.pool_records()), ("target", run.target_samples)))
     _check_usable(run.pool, run.target, config)
     try:
         result = select_baseline(run) if config.method in BASELINES else _select_influence(run)
@@ -182,13 +186,30 @@ def run_selection(config: SelectConfig, overwrite: bool = False, progress: bool 
     if run.reused:
         log.info("reused cached %s from %s", " and ".join(run.reused), cache_dir)
     with run.timer("write"):
-        write_outputs(out, result, run.pool_samples, run.pool, run.target)
+        write_outputs(out, result, _selected_records(run, result), run.pool, run.target)
     manifest["stages"] = run.timer.seconds
     manifest["peak_memory_gib"] = run.timer.peak_gib
     artifacts.write_json(out / artifacts.MANIFEST, {**manifest, "outputs": output_files(result),
                                                     "status": "complete"})
     result.manifest = manifest
     return result
+
+
+def _selected_records(run: _Run, result: SelectionResult) -> dict[str, dict[str, Any]]:
+    """The selected samples' records, read again from the pool file, each checked to tokenize as it did when it was
+    scored: a file edited during the run (rows moved, ids shifted) is refused, not written as the selection."""
+    rows = {result.pool_ids[row]: row for row in result.selected}
+    found = [sample for sample in run.pool_records() if sample.id in rows]
+    again = tokenize_samples(found, run.tokenizer, run.config.data.max_length, run.config.data.template_fallback,
+                             progress=False)
+    by_id = {example.id: example for example in again.examples}
+    for sample_id, row in rows.items():
+        scored, now = run.pool.examples[row], by_id.get(sample_id)
+        if now is None or not (torch.equal(now.input_ids, scored.input_ids) and torch.equal(now.labels, scored.labels)):
+            raise DataError(f"pool sample {sample_id!r} is not in {run.config.pool} as it was when it was scored: "
+                            "the file changed during the run; re-run on a file that stays put (the finished stages "
+                            "are kept)")
+    return {sample.id: sample.record for sample in found}
 
 
 def _select_influence(run: _Run) -> SelectionResult:

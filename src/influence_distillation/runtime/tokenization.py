@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from array import array
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence, Sized
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -107,14 +107,18 @@ class TokenizedSet:
 
 
 def tokenize_samples(
-    samples: list[Sample], tokenizer, max_length: int, template_fallback: bool = True, desc: str = "tokenize",
+    samples: Iterable[Sample], tokenizer, max_length: int, template_fallback: bool = True, desc: str = "tokenize",
     progress: bool = True,
 ) -> TokenizedSet:
-    """Tokenize samples, truncate them to `max_length` tokens, and drop those left with no trainable token."""
-    template = chat_template(tokenizer, template_fallback) if any(s.messages for s in samples) else None
+    """Tokenize samples (any iterable: a pool can stream from `iter_samples`), truncate them to `max_length` tokens,
+    and drop those left with no trainable token."""
+    template = None
     result = TokenizedSet(examples=PackedExamples())
-    for sample in tqdm(samples, desc=desc, unit="sample", disable=not progress or len(samples) < 2000, leave=False):
+    total = len(samples) if isinstance(samples, Sized) else None
+    for sample in tqdm(samples, desc=desc, unit="sample", total=total, leave=False,
+                       disable=not progress or (total is not None and total < 2000)):
         if sample.messages is not None:
+            template = template or chat_template(tokenizer, template_fallback)
             input_ids, labels = _encode_chat(sample.messages, tokenizer, template)
         else:
             input_ids = tokenizer(sample.text, add_special_tokens=True)["input_ids"]
