@@ -114,12 +114,12 @@ def test_a_pool_that_changes_during_the_run_is_refused_before_any_output(tmp_pat
     edited.write_text(pool.read_text())
     from influence_distillation.runtime import pipeline
 
-    real = pipeline._selected_records
+    real = pipeline.selected_records
 
-    def edit_then_read(run, result):  # rows without ids: the remaining rows now carry the deleted rows' ids
+    def edit_then_read(*args):  # rows without ids: the remaining rows now carry the deleted rows' ids
         edited.write_text("".join(json.dumps(row) + "\n" for row in rows if row["prompt"] not in selected))
-        return real(run, result)
+        return real(*args)
 
-    monkeypatch.setattr(pipeline, "_selected_records", edit_then_read)
+    monkeypatch.setattr(pipeline, "selected_records", edit_then_read)
     assert main(select_args(edited, target, model_dir("llama"), out, 5, "--overwrite")) == 2
     assert (out / "manifest.json").read_text() == before

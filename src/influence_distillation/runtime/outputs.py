@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from influence_distillation.errors import DataError
 from influence_distillation.method.weights import WeightSolution
 from influence_distillation.options import to_dict
 from influence_distillation.runtime import artifacts
@@ -58,6 +59,20 @@ def output_files(result: SelectionResult) -> list[str]:
     files += [artifacts.EMBEDDINGS] if result.embeddings is not None else []
     files += [artifacts.WEIGHTS] if result.weights is not None else []
     return files + [artifacts.MANIFEST]
+
+
+def selected_records(samples, result: SelectionResult, pool: TokenizedSet, tokenize, source: str) -> dict[str, Any]:
+    """The selected samples' records from `samples` (the pool read again, streaming), each checked to `tokenize` as
+    it did when it was scored: a file edited during the run (rows moved, ids shifted) is refused, not written."""
+    rows = {result.pool_ids[row]: row for row in result.selected}
+    found = [sample for sample in samples if sample.id in rows]
+    by_id = {example.id: example for example in tokenize(found).examples}
+    for sample_id, row in rows.items():
+        scored, now = pool.examples[row], by_id.get(sample_id)
+        if now is None or not (torch.equal(now.input_ids, scored.input_ids) and torch.equal(now.labels, scored.labels)):
+            raise DataError(f"pool sample {sample_id!r} is not in {source} as it was when it was scored: the file "
+                            "changed during the run; re-run on a file that stays put (the finished stages are kept)")
+    return {sample.id: sample.record for sample in found}
 
 
 def write_outputs(out: Path, result: SelectionResult, records: dict[str, dict[str, Any]], pool: TokenizedSet,

@@ -54,7 +54,13 @@ from influence_distillation.runtime.data import iter_samples, load_samples
 from influence_distillation.runtime.distributed import DistInfo
 from influence_distillation.runtime.hub import resolve_data
 from influence_distillation.runtime.models import load_model, pad_token_id, resolve_model_path, truncated_backbone
-from influence_distillation.runtime.outputs import SelectionResult, manifest_base, output_files, write_outputs
+from influence_distillation.runtime.outputs import (
+    SelectionResult,
+    manifest_base,
+    output_files,
+    selected_records,
+    write_outputs,
+)
 from influence_distillation.runtime.shards import (
     EMBEDDING_SHARD,
     GRADIENT_SHARD,
@@ -186,30 +192,15 @@ def run_selection(config: SelectConfig, overwrite: bool = False, progress: bool 
     if run.reused:
         log.info("reused cached %s from %s", " and ".join(run.reused), cache_dir)
     with run.timer("write"):
-        write_outputs(out, result, _selected_records(run, result), run.pool, run.target)
+        records = selected_records(run.pool_records(), result, run.pool, lambda samples: tokenize_samples(
+            samples, run.tokenizer, config.data.max_length, config.data.template_fallback, progress=False), config.pool)
+        write_outputs(out, result, records, run.pool, run.target)
     manifest["stages"] = run.timer.seconds
     manifest["peak_memory_gib"] = run.timer.peak_gib
     artifacts.write_json(out / artifacts.MANIFEST, {**manifest, "outputs": output_files(result),
                                                     "status": "complete"})
     result.manifest = manifest
     return result
-
-
-def _selected_records(run: _Run, result: SelectionResult) -> dict[str, dict[str, Any]]:
-    """The selected samples' records, read again from the pool file, each checked to tokenize as it did when it was
-    scored: a file edited during the run (rows moved, ids shifted) is refused, not written as the selection."""
-    rows = {result.pool_ids[row]: row for row in result.selected}
-    found = [sample for sample in run.pool_records() if sample.id in rows]
-    again = tokenize_samples(found, run.tokenizer, run.config.data.max_length, run.config.data.template_fallback,
-                             progress=False)
-    by_id = {example.id: example for example in again.examples}
-    for sample_id, row in rows.items():
-        scored, now = run.pool.examples[row], by_id.get(sample_id)
-        if now is None or not (torch.equal(now.input_ids, scored.input_ids) and torch.equal(now.labels, scored.labels)):
-            raise DataError(f"pool sample {sample_id!r} is not in {run.config.pool} as it was when it was scored: "
-                            "the file changed during the run; re-run on a file that stays put (the finished stages "
-                            "are kept)")
-    return {sample.id: sample.record for sample in found}
 
 
 def _select_influence(run: _Run) -> SelectionResult:
