@@ -138,6 +138,7 @@ def test_weights_section_of_a_second_order_run(runs, tmp_path):
     assert report(runs["order2"], "--out", out) == 0
     text = page_of(out)
     weights = np.asarray(pq.read_table(runs["order2"] / "weights.parquet").to_pydict()["weight"])
+    assert ["method", "influence (second order, AdamW)"] in tables_in(section_of(text, "overview"))[0]
     section = section_of(text, "weights")
     assert f"{int((weights > 0).sum())} non-zero weights (sum {weights.sum():.4g})" in section
     assert "data:image/png;base64," in section

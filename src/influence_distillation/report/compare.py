@@ -18,8 +18,8 @@ def overlap(a: RunData, b: RunData) -> Section:
     both = set(chosen_a) & set(chosen_b)
     union = set(chosen_a) | set(chosen_b)
     section = Section("overlap", "Overlap of the selections")
-    rows = [["A", a.name, str(a.manifest.get("method")), str(len(chosen_a))],
-            ["B", b.name, str(b.manifest.get("method")), str(len(chosen_b))]]
+    rows = [["A", a.name, a.method, str(len(chosen_a))],
+            ["B", b.name, b.method, str(len(chosen_b))]]
     section.add(Table(["", "run", "method", "selected"], rows))
     section.add(f"{len(both)} samples are in both selections: {len(both) / max(len(chosen_a), 1):.1%} of A's, "
                 f"{len(both) / max(len(chosen_b), 1):.1%} of B's (Jaccard {len(both) / max(len(union), 1):.2f}).")
@@ -102,7 +102,7 @@ def score_histograms(a: RunData, b: RunData) -> Section:
         ax.hist(run.scores[~run.selected], bins=bins, color="#bbbbbb")
         ax.hist(run.scores[run.selected], bins=bins, color=color)
         ax.set_yscale("log")
-        ax.set_title(f"{label}: {clip(run.name, 40)} ({run.manifest.get('method')})", fontsize=9)
+        ax.set_title(f"{label}: {clip(run.name, 40)} ({run.method})", fontsize=9)
     return Section("score-distributions", "Score distributions").add(
         "Each run's own score (their scales differ between methods); the selection in colour.",
         Figure("score-distributions", figure_png(fig), "score distributions of A and B"))

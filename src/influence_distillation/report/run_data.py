@@ -46,6 +46,16 @@ class RunData:
     def config(self) -> dict[str, Any]:
         return self.manifest.get("config", {})
 
+    @property
+    def method(self) -> str:
+        """The method with the variant that tells two influence runs apart: 'influence (second order, AdamW)'."""
+        method = str(self.manifest.get("method"))
+        influence = self.manifest.get("influence") or {}
+        variant = [name for name, on in (("exact", influence.get("exact") and method != "exact"),
+                                         ("second order", influence.get("order") == 2),
+                                         ("AdamW", influence.get("variant") == "adamw")) if on]
+        return f"{method} ({', '.join(variant)})" if variant else method
+
 
 def load_run(folder: str | Path, evaluation: str | Path | None = None) -> RunData:
     """Read a finished run; `evaluation` is an eval.json (default: the run's own, if `evaluate --out RUN` wrote one).

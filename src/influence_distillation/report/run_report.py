@@ -40,13 +40,13 @@ def build_report(runs: list[Path], group_by: str | None = None, evaluation: Path
     field = grouping(loaded[0], group_by)
     if len(loaded) == 1:
         run = loaded[0]
-        method = run.manifest.get("method")
+        method = run.method
         counts = run.manifest.get("counts", {})
         subtitle = (f"{run.folder}: {method} selected {counts.get('selected')} of "
                     f"{(counts.get('pool') or {}).get('kept')} pool samples for {Path(str(run.config.get('target'))).name}.")
         return Page(f"Selection report: {run.name}", subtitle, run_sections(run, field, examples))
     a, b = loaded
-    subtitle = f"A = {a.folder} ({a.manifest.get('method')}), B = {b.folder} ({b.manifest.get('method')})."
+    subtitle = f"A = {a.folder} ({a.method}), B = {b.folder} ({b.method})."
     page_sections = [compare.overlap(a, b), compare.composition_difference(a, b, field),
                      compare.score_histograms(a, b), compare.cost_side_by_side(a, b), compare.settings_difference(a, b)]
     for label, run in (("A", a), ("B", b)):

@@ -42,7 +42,7 @@ def overview(run: RunData, anchor: str = "overview") -> Section:
     pool, target = counts.get("pool", {}), counts.get("target", {})
     landmarks = manifest.get("landmarks") or {}
     config = run.config
-    rows = [["method", str(manifest.get("method"))], ["created", str(manifest.get("created"))],
+    rows = [["method", run.method], ["created", str(manifest.get("created"))],
             ["model", f"{config.get('model', {}).get('path')} ({(manifest.get('model') or {}).get('class')}, "
                       f"{(manifest.get('model') or {}).get('parameters', 0) / 1e6:.0f}M parameters)"],
             ["pool", f"{config.get('pool')}: {pool.get('kept')} scored, {pool.get('excluded', 0)} excluded, "
