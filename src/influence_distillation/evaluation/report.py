@@ -7,7 +7,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-from influence_distillation.report.page import Code, Figure, Page, Section, Table, figure_png, write_page
+from influence_distillation.report.page import (
+    Code,
+    Figure,
+    Page,
+    Section,
+    Table,
+    figure_png,
+    markdown_table,
+    write_page,
+)
 from influence_distillation.report.run_data import load_run
 from influence_distillation.report.run_report import grouping, run_sections
 
@@ -15,9 +24,9 @@ ROWS = (("untrained", "untrained"), ("random", "random subset"), ("selection", "
 COLORS = {"untrained": "#9e9e9e", "random": "#f28e2b", "selection": "#4e79a7"}
 
 
-def results_table(results: dict[str, dict[str, Any]]) -> str:
-    """Markdown: one row per target × model, test loss and accuracy (mean ± std when there are several seeds)."""
-    lines = ["| target | model | test loss | accuracy |", "|---|---|---|---|"]
+def results_rows(results: dict[str, dict[str, Any]]) -> Table:
+    """One row per target × model, test loss and accuracy (mean ± std when there are several seeds)."""
+    rows = []
     for target, summary in results.items():
         spread = summary["config"]["seeds"] > 1
         for key, label in ROWS:
@@ -29,8 +38,13 @@ def results_table(results: dict[str, dict[str, Any]]) -> str:
                 text = f"{values[metric]:.{digits}f}"
                 return text + (f" ± {values[metric + '_std']:.{digits}f}" if spread and key != "untrained" else "")
 
-            lines.append(f"| {target} | {label} | {cell('test_loss', 4)} | {cell('accuracy', 3)} |")
-    return "\n".join(lines)
+            rows.append([target, label, cell("test_loss", 4), cell("accuracy", 3)])
+    return Table(["target", "model", "test loss", "accuracy"], rows)
+
+
+def results_table(results: dict[str, dict[str, Any]]) -> str:
+    """`results_rows` as Markdown (what the demo prints)."""
+    return markdown_table(results_rows(results))
 
 
 def verdicts(results: dict[str, dict[str, Any]]) -> list[str]:
@@ -80,7 +94,7 @@ def write_report(out: Path, results: dict[str, dict], selections: dict[str, Path
         "For each target the selection and a random subset of the same size fine-tune LoRA adapters with the same "
         "recipe; the untrained model is the reference. Test loss is the teacher-forced loss on the held-out test "
         "answers; accuracy (multiple-choice targets) picks the most likely option.",
-        _table(results_table(results)), *verdicts(results),
+        results_rows(results), *verdicts(results),
         Figure("results", _plot_results(results), "test loss and accuracy per target"))
     sections = [evaluation]
     for target, folder in selections.items():
@@ -93,9 +107,3 @@ def write_report(out: Path, results: dict[str, dict], selections: dict[str, Path
     page = Page("Influence Distillation demo", "Selection against a random subset on three BIG-bench targets; "
                 "below the results, what each target's run selected and what it cost.", sections)
     return write_page(page, out / "report.html")
-
-
-def _table(markdown: str) -> Table:
-    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in markdown.splitlines()
-            if not line.startswith("|---")]
-    return Table(rows[0], rows[1:])

@@ -9,7 +9,7 @@ import numpy as np
 
 from influence_distillation.report.page import Figure, Note, Section, Table, clip, figure_png
 from influence_distillation.report.run_data import RunData, pool_groups, selection_groups
-from influence_distillation.report.sections import OTHER_COLOR, SELECTED_COLOR, TOP_GROUPS, share_bars
+from influence_distillation.report.sections import OTHER_COLOR, SELECTED_COLOR, TOP_GROUPS, draw_scores, share_bars
 
 
 def overlap(a: RunData, b: RunData) -> Section:
@@ -97,11 +97,7 @@ def score_histograms(a: RunData, b: RunData) -> Section:
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3))
     for ax, run, label, color in ((axes[0], a, "A", SELECTED_COLOR), (axes[1], b, "B", OTHER_COLOR)):
-        low, high = float(run.scores.min()), float(run.scores.max())
-        bins = np.linspace(low, high if high > low else low + 1, 40)
-        ax.hist(run.scores[~run.selected], bins=bins, color="#bbbbbb")
-        ax.hist(run.scores[run.selected], bins=bins, color=color)
-        ax.set_yscale("log")
+        draw_scores(ax, run, color, bins=40)
         ax.set_title(f"{label}: {clip(run.name, 40)} ({run.method})", fontsize=9)
     return Section("score-distributions", "Score distributions").add(
         "Each run's own score (their scales differ between methods); the selection in colour.",

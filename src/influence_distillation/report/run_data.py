@@ -181,10 +181,8 @@ def selection_groups(run: RunData, field: str | None) -> list[str]:
     return [group_of(record, str(record.get("id", "")), field) for record in run.selection]
 
 
-def record_text(sample: Sample | dict[str, Any]) -> str:
-    """A sample as one string for display: its turns, or its text."""
-    if isinstance(sample, Sample):
-        if sample.messages is not None:
-            return " ".join(f"[{role}] {content}" for role, content in sample.messages)
-        return sample.text or ""
-    return json.dumps(sample, ensure_ascii=False)
+def record_text(sample: Sample) -> str:
+    """A sample as one string for display: its turns with their roles, or its text."""
+    if sample.messages is not None:
+        return " ".join(f"[{role}] {content}" for role, content in sample.messages)
+    return sample.text or ""

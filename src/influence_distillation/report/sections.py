@@ -92,23 +92,24 @@ def scores(run: RunData, anchor: str = "scores") -> Section:
                     f"{above:.1%} of the pool scores at least the lowest selected score"
                     + (" (round-robin picks each target sample's best, so some picks sit low on the mean)."
                        if (run.manifest.get("selection") or {}).get("strategy") == "round-robin" else "."))
-    section.add(Figure(f"{anchor}-histogram", _histogram(run), "score distribution of the pool and the selection"))
-    return section
-
-
-def _histogram(run: RunData) -> bytes:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 3.2))
-    low, high = float(run.scores.min()), float(run.scores.max())
-    bins = np.linspace(low, high if high > low else low + 1, 50)
-    ax.hist(run.scores[~run.selected], bins=bins, color=POOL_COLOR, label="not selected")
-    ax.hist(run.scores[run.selected], bins=bins, color=SELECTED_COLOR, label="selected")
-    ax.set_yscale("log")
+    draw_scores(ax, run, SELECTED_COLOR, bins=50)
     ax.set_xlabel("score")
     ax.set_ylabel("pool samples")
     ax.legend(fontsize=8)
-    return figure_png(fig)
+    section.add(Figure(f"{anchor}-histogram", figure_png(fig), "score distribution of the pool and the selection"))
+    return section
+
+
+def draw_scores(ax, run: RunData, color: str, bins: int) -> None:
+    """The run's score histogram on a log scale: the rest of the pool in grey, the selection in `color`."""
+    low, high = float(run.scores.min()), float(run.scores.max())
+    edges = np.linspace(low, high if high > low else low + 1, bins)
+    ax.hist(run.scores[~run.selected], bins=edges, color=POOL_COLOR, label="not selected")
+    ax.hist(run.scores[run.selected], bins=edges, color=color, label="selected")
+    ax.set_yscale("log")
 
 
 def composition(run: RunData, field: str | None, anchor: str = "composition") -> Section:

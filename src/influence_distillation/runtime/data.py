@@ -111,8 +111,6 @@ def _read_records(path: Path) -> Iterator[tuple[str, Any]]:
                 for record in batch.to_pylist():
                     yield f"{path} row {row}", record
                     row += 1
-        except DataError:
-            raise
         except Exception as exc:  # pyarrow raises several types for unreadable files
             raise DataError(f"{path}: cannot read parquet ({exc})") from None
     else:

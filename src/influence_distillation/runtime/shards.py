@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from influence_distillation.errors import OutputError
-from influence_distillation.runtime.artifacts import atomic_file, write_npy
+from influence_distillation.runtime.artifacts import NpyRows, atomic_file, write_npy
 from influence_distillation.runtime.distributed import DistInfo, barrier
 
 log = logging.getLogger(__name__)
@@ -104,9 +104,8 @@ class ShardRows:
 
     def __init__(self, paths: list[Path], shard_rows: int, rows: int):
         self.paths, self.shard_rows = paths, shard_rows
-        first = np.load(paths[0], mmap_mode="r")
+        first = NpyRows(paths[0])  # reads the header only
         self.shape, self.dtype = (rows, first.shape[1]), first.dtype
-        del first
 
     def __len__(self) -> int:
         return self.shape[0]

@@ -86,15 +86,13 @@ class PackedExamples(Sequence):
 class TokenizedSet:
     """Tokenized samples that can be trained on, plus what was dropped and why."""
 
-    examples: Sequence[Example]  # PackedExamples from `tokenize_samples`; any sequence of Examples works
+    examples: PackedExamples
     excluded: list[tuple[str, str]] = field(default_factory=list)  # (id, reason)
     num_truncated: int = 0
 
     @property
     def ids(self) -> list[str]:
-        if isinstance(self.examples, PackedExamples):
-            return list(self.examples.ids)
-        return [example.id for example in self.examples]
+        return list(self.examples.ids)
 
     def counts(self) -> dict[str, object]:
         reasons = Counter(reason for _, reason in self.excluded)
