@@ -123,3 +123,15 @@ def test_a_pool_that_changes_during_the_run_is_refused_before_any_output(tmp_pat
     monkeypatch.setattr(pipeline, "selected_records", edit_then_read)
     assert main(select_args(edited, target, model_dir("llama"), out, 5, "--overwrite")) == 2
     assert (out / "manifest.json").read_text() == before
+
+
+def test_duplicate_ids_are_found_by_hash_and_confirmed_by_value(tmp_path, monkeypatch):
+    from influence_distillation.runtime import data
+
+    path = tmp_path / "pool.jsonl"
+    path.write_text("".join(json.dumps({"id": f"s{i}", "text": "a b"}) + "\n" for i in range(5)))
+    monkeypatch.setattr(data, "_id_hash", lambda sample_id: 7)  # every id collides: none is a duplicate
+    assert [s.id for s in load_samples(path)] == [f"s{i}" for i in range(5)]
+    path.write_text(path.read_text() + json.dumps({"id": "s3", "text": "c"}) + "\n")
+    with pytest.raises(DataError, match=r"pool.jsonl:6: duplicate id 's3' \(first seen at .*pool.jsonl:4\)"):
+        load_samples(path)

@@ -95,3 +95,21 @@ def test_shard_rows_read_lazily_equal_the_concatenated_stage(tmp_path):
         write_npy_rows(tmp_path / "streamed.npy", source, chunk_rows=6)
         np.save(tmp_path / "saved.npy", full)
         assert np.array_equal(np.load(tmp_path / "streamed.npy"), np.load(tmp_path / "saved.npy"))
+
+
+def test_row_cache_finds_every_row_added_before_among_many_writes(tmp_path):
+    rng = np.random.default_rng(0)
+    cache, rows = RowCache(tmp_path), {}
+    for write in range(40):  # sizes vary so that the sorted runs merge unevenly
+        size = int(rng.integers(1, 30))
+        digests = [rng.bytes(16) for _ in range(size)] + ([b"\x00" * 15 + bytes([write])] if write % 3 == 0 else [])
+        values = rng.standard_normal((len(digests), 2)).astype(np.float32)
+        cache.add(digests, values)
+        rows.update(zip(digests, values))
+        assert len(cache.runs) <= 2 * np.log2(len(rows)) + 2
+    unknown = [rng.bytes(16) for _ in range(50)]
+    for current in (cache, RowCache(tmp_path)):  # this process's index, and a later run's read from disk
+        queries = [*rows, *unknown]
+        found = current.known(queries)
+        assert sorted(found) == list(range(len(rows)))
+        assert all(np.array_equal(found[i], rows[digest]) for i, digest in enumerate(queries[: len(rows)]))

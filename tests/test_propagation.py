@@ -137,3 +137,37 @@ def test_tuned_kernel_ridge_is_the_best_grid_point_by_refitting():
     assert (bandwidth, ridge) == pytest.approx((median * best_factor, best_ridge))
     assert score == pytest.approx(best)
     assert best > min(brute.values()) + 0.05  # the grid matters here, so picking the best is a real choice
+
+
+def test_npy_rows_written_and_gathered_on_disk_equal_the_array(tmp_path):
+    import numpy as np
+
+    from influence_distillation.runtime.artifacts import NpyRows
+
+    full = np.random.default_rng(0).standard_normal((50, 3))
+    rows = NpyRows.create(tmp_path / "rows.npy", full.shape, np.float64)
+    assert np.array_equal(np.asarray(rows), np.zeros_like(full))
+    for start in range(0, 50, 16):
+        rows[start : start + 16] = full[start : start + 16]
+    rows[[4, 9]] = -full[[4, 9]]
+    full[[4, 9]] *= -1
+    assert np.array_equal(np.load(tmp_path / "rows.npy"), full)  # an ordinary .npy
+    assert np.array_equal(rows[[49, 0, 4, -1]], full[[49, 0, 4, -1]]) and np.array_equal(rows[7:23], full[7:23])
+    with pytest.raises(IndexError):
+        rows[[50]]
+
+
+def test_propagation_into_a_file_equals_propagation_in_memory(tmp_path):
+    import numpy as np
+
+    from influence_distillation.config import PropagationConfig
+    from influence_distillation.method.stages import propagate
+    from influence_distillation.runtime.artifacts import NpyRows
+
+    torch.manual_seed(5)
+    points, landmarks = torch.randn(200, 6), np.array([3, 50, 7, 120, 199, 0, 88, 42, 9, 150])
+    values = torch.randn(len(landmarks), 3, dtype=torch.float64)
+    config = PropagationConfig(chunk_size=32)
+    in_memory, _ = propagate(points, landmarks, values, config, seed=1)
+    on_disk, _ = propagate(points, landmarks, values, config, 1, NpyRows.create(tmp_path / "s.npy", (200, 3), float))
+    assert np.array_equal(np.asarray(on_disk), in_memory) and np.array_equal(in_memory[landmarks], values.numpy())

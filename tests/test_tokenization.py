@@ -118,3 +118,57 @@ def test_packed_examples_give_back_each_sample_as_tokenized(tokenizer):
     assert [e.id for e in packed[2:5]] == ["s2", "s3", "s4"] and [e.id for e in packed] == packed.ids
     with pytest.raises(IndexError):
         packed[7]
+
+
+def test_packed_examples_in_files_equal_those_in_memory_and_reopen(tmp_path):
+    from influence_distillation.runtime.packed import PackedExamples, content_digest
+
+    rng = torch.Generator().manual_seed(1)
+    memory, files = PackedExamples(), PackedExamples(tmp_path)
+    for i in range(300):
+        length = int(torch.randint(2, 30, (1,), generator=rng))
+        ids = torch.randint(0, 50_000, (length,), generator=rng).tolist()
+        labels = [IGNORE_INDEX if j % 3 == 0 else token for j, token in enumerate(ids)]
+        for packed in (memory, files):
+            packed.append(f"sample-{i}-é", ids, labels, i % 7 == 0)
+        if i == 150:  # reads while appending see what was written so far
+            assert torch.equal(files[150].input_ids, memory[150].input_ids)
+    files.save()
+    reopened = PackedExamples.open(tmp_path)
+    for packed in (files, reopened):
+        assert len(packed) == 300 and packed.ids == memory.ids and list(packed.ids[290:]) == list(memory.ids[290:])
+        assert (packed.total_tokens, packed.completion_tokens) == (memory.total_tokens, memory.completion_tokens)
+        assert packed.total_tokens == sum(len(e) for e in memory)
+        assert packed.completion_tokens == sum(int((e.labels[1:] != IGNORE_INDEX).sum()) for e in memory)
+        assert packed.lengths().tolist() == [len(e) for e in memory]
+        for index in (0, 17, 299, -1):
+            a, b = packed[index], memory[index]
+            assert (a.id, a.truncated) == (b.id, b.truncated)
+            assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.labels, b.labels)
+            assert packed.digests[index % 300] == content_digest(b.input_ids, b.labels)
+    assert len(set(reopened.digests)) == 300
+
+
+def test_a_tokenized_folder_is_complete_or_absent(tmp_path, tokenizer):
+    from influence_distillation.runtime.shards import tokenized_in
+
+    samples = [chat(("user", f"Question {i}?"), ("assistant", f"Answer {i}."), sample_id=f"q{i}") for i in range(5)]
+    empty = Sample("empty", {}, (("user", "x" * 50), ("assistant", "y")), None)
+    folder = tmp_path / "tokens"
+
+    def failing(staging):
+        tokenize_samples(samples[:3], tokenizer, 512, folder=staging)
+        raise RuntimeError("killed while tokenizing")
+
+    with pytest.raises(RuntimeError):
+        tokenized_in(folder, failing)
+    assert list(tmp_path.iterdir()) == []  # neither the folder nor its staging copy is left
+    made, reused = tokenized_in(folder, lambda staging: tokenize_samples([*samples, empty], tokenizer, 12,
+                                                                         folder=staging))
+    again, reused_again = tokenized_in(folder, lambda staging: pytest.fail("tokenized twice"))
+    direct = tokenize_samples([*samples, empty], tokenizer, 12)
+    assert (reused, reused_again) == (False, True) and [p.name for p in tmp_path.iterdir()] == ["tokens"]
+    for tokenized in (made, again):
+        assert tokenized.ids == direct.ids and tokenized.excluded == direct.excluded
+        assert tokenized.num_truncated == direct.num_truncated and tokenized.counts() == direct.counts()
+        assert all(torch.equal(a.input_ids, b.input_ids) for a, b in zip(tokenized.examples, direct.examples))

@@ -53,7 +53,17 @@ class _RowMeans:
         self.scores, self.shape = scores, (scores.shape[0], 1)
 
     def __getitem__(self, rows: slice) -> np.ndarray:
-        return np.asarray(self.scores[rows], dtype=np.float64).mean(axis=1, keepdims=True)
+        return row_means(self.scores[rows])[:, None]
+
+
+def row_means(scores, chunk_rows: int | None = None) -> np.ndarray:
+    """The mean of each row of an (N, t) matrix (or the values of a vector), float64, read `chunk_rows` at a time."""
+    chunk_rows = chunk_rows or CHUNK_ROWS
+    means = np.empty(scores.shape[0])
+    for start in range(0, scores.shape[0], chunk_rows):
+        part = np.asarray(scores[start : start + chunk_rows], dtype=np.float64)
+        means[start : start + len(part)] = part.reshape(len(part), -1).mean(axis=1)
+    return means
 
 
 def top_k(scores, budget: int) -> np.ndarray:

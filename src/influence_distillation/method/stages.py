@@ -27,7 +27,7 @@ from influence_distillation.method.preconditioning import (
 )
 from influence_distillation.method.projection import CountSketchProjector, make_projector
 from influence_distillation.method.propagation import KernelRidge, fit_propagation
-from influence_distillation.method.selection import select
+from influence_distillation.method.selection import row_means, select
 from influence_distillation.runtime.models import truncated_backbone
 from influence_distillation.runtime.tokenization import Example
 
@@ -111,14 +111,21 @@ def compute_gradients(
 
 def propagate(
     embeddings: torch.Tensor, landmark_rows: np.ndarray, landmark_values: torch.Tensor, config: PropagationConfig,
-    seed: int,
-) -> tuple[np.ndarray, KernelRidge]:
-    """Stage 4: KRR from the landmarks' values (l, t) to every row, (N, t); landmark rows keep their exact values."""
+    seed: int, out=None,
+) -> tuple[Any, KernelRidge]:
+    """Stage 4: KRR from the landmarks' values (l, t) to every row, (N, t); landmark rows keep their exact values.
+
+    The scores are an array, or `out` (any (N, t) array that takes row-slice writes: an on-disk `NpyRows` keeps a
+    large pool's scores out of memory)."""
     rows = torch.as_tensor(landmark_rows)
     krr = fit_propagation(embeddings[rows], landmark_values, config.ridge, config.bandwidth, config.tune, seed)
-    scores = krr.predict(embeddings, config.chunk_size)
-    scores[rows] = landmark_values.double().reshape(len(rows), -1)
-    return scores.numpy(), krr
+    scores = krr.predict(embeddings, config.chunk_size, out)
+    exact = landmark_values.double().reshape(len(rows), -1)
+    if out is None:
+        scores[rows] = exact
+        return scores.numpy(), krr
+    scores[np.asarray(landmark_rows)] = exact.numpy()
+    return scores, krr
 
 
 LOW_FIDELITY = 0.6  # held-out Spearman below which the propagated ranking is not to be trusted
@@ -178,21 +185,22 @@ def verification_rows(scores: np.ndarray, landmarks: np.ndarray, count: int) -> 
     (their values are exact already): the consensus candidates of the selection, where an exact gradient confirms
     or removes a pick. (In a simulation on the benchmark suite, picking by the mean confirmed more of the final
     selection than picking each target sample's own best.)"""
-    masked = np.asarray(scores, dtype=np.float64).reshape(len(scores), -1).mean(axis=1)
+    masked = row_means(scores)
     masked[landmarks] = masked.min() - 1.0  # below every other row: taken only if nothing else is left
     return select(masked[:, None], count, "top-k")
 
 
 def verify_landmarks(embeddings: torch.Tensor, landmarks: np.ndarray, values: torch.Tensor, count: int, rounds: int,
-                     config: PropagationConfig, seed: int, measure):
+                     config: PropagationConfig, seed: int, measure, out=None):
     """Verification rounds: propagate from the landmarks so far, `measure` the exact values (l', t) of the
-    `verification_rows` (called as measure(rows, round_number)), add them as landmarks, repeat.
+    `verification_rows` (called as measure(rows, round_number)), add them as landmarks, repeat. `out` is where each
+    round's propagated scores go, as in `propagate`.
 
     Returns the landmarks (sorted), their values, and the permutation that sorted the concatenation of the first
     landmarks and each round's rows in order, for callers that keep more per landmark than its values.
     """
     for number, size in enumerate(round_sizes(count, rounds), 1):
-        scores, _ = propagate(embeddings, landmarks, values, config, seed)
+        scores, _ = propagate(embeddings, landmarks, values, config, seed, out)
         picks = verification_rows(scores, landmarks, size)
         values = torch.cat([values.reshape(len(landmarks), -1), measure(picks, number).reshape(len(picks), -1)])
         landmarks = np.concatenate([landmarks, picks])

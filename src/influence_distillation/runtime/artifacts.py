@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -87,10 +87,10 @@ def write_npy(path: Path, array: np.ndarray) -> None:
         np.save(handle, array)
 
 
-def write_npy_rows(path: Path, rows, chunk_rows: int = 8192) -> None:
-    """A 2-D `.npy` written `chunk_rows` rows at a time from anything with `.shape` and row slices (a tensor, an
-    array, `ShardRows`), so writing an output never needs it whole in memory."""
-    first = np.asarray(rows[0:1])
+def write_npy_rows(path: Path, rows, chunk_rows: int = 8192, dtype=None) -> None:
+    """A 2-D `.npy` (of `dtype`, else the rows' own) written `chunk_rows` rows at a time from anything with `.shape`
+    and row slices (a tensor, an array, `ShardRows`, `NpyRows`), so writing an output never needs it whole in memory."""
+    first = np.asarray(rows[0:1], dtype=dtype)
     header = {"descr": np.lib.format.dtype_to_descr(first.dtype), "fortran_order": False,
               "shape": (int(rows.shape[0]), int(rows.shape[1]))}
     with atomic_file(path, "wb") as handle:
@@ -99,15 +99,24 @@ def write_npy_rows(path: Path, rows, chunk_rows: int = 8192) -> None:
             handle.write(np.ascontiguousarray(np.asarray(rows[start : start + chunk_rows]), first.dtype).tobytes())
 
 
-def write_parquet(path: Path, columns: dict[str, Any], metadata: dict[str, str] | None = None) -> None:
+def write_parquet(path: Path, columns: dict[str, Any] | Iterable[dict[str, Any]],
+                  metadata: dict[str, str] | None = None) -> None:
+    """A parquet file from one dict of columns, or from an iterable of them (each a row group written as it comes,
+    so a table larger than memory streams through)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pa.table(columns)
-    if metadata:
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
+    writer = None
     with atomic_file(path, "wb") as handle:
-        pq.write_table(table, handle)
+        for part in [columns] if isinstance(columns, dict) else columns:
+            table = pa.table(part)
+            if writer is None:
+                schema = table.schema.with_metadata({**(table.schema.metadata or {}), **(metadata or {})})
+                writer = pq.ParquetWriter(handle, schema)
+            writer.write_table(table.cast(writer.schema))
+        if writer is None:
+            raise ValueError(f"{path}: no rows to write")
+        writer.close()
 
 
 def read_manifest(out: Path) -> dict[str, Any] | None:
@@ -179,8 +188,9 @@ def fingerprint(**parts: Any) -> str:
 
 
 class NpyRows:
-    """Row-slice access to a 2-D `.npy` file by plain reads: unlike a memmap, rows already read do not stay
-    resident, so streaming over a file larger than memory keeps the footprint at one chunk."""
+    """Row access to a 2-D `.npy` file by plain reads and writes: unlike a memmap, rows already read or written do
+    not stay resident, so streaming over a file larger than memory keeps the footprint at one chunk. Row slices and
+    row-index arrays can be read, and written too when the file was made by `create`."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -193,15 +203,55 @@ class NpyRows:
         if fortran or len(self.shape) != 2:
             raise ValueError(f"{self.path}: expected a C-ordered 2-D array")
 
+    @classmethod
+    def create(cls, path: str | Path, shape: tuple[int, int], dtype) -> NpyRows:
+        """A new `.npy` of `shape` (zeros until written), to be filled by row slices."""
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
+                  "shape": tuple(int(n) for n in shape)}
+        with Path(path).open("wb") as handle:
+            np.lib.format.write_array_header_1_0(handle, header)
+            handle.truncate(handle.tell() + shape[0] * shape[1] * np.dtype(dtype).itemsize)
+        return cls(path)
+
     def __len__(self) -> int:
         return self.shape[0]
 
-    def __getitem__(self, rows: slice) -> np.ndarray:
-        start, stop, step = rows.indices(self.shape[0])
-        if step != 1:
-            raise ValueError("only contiguous row slices are supported")
+    @property
+    def ndim(self) -> int:
+        return 2
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        return self[:] if dtype is None else self[:].astype(dtype)
+
+    def _extent(self, row: int) -> int:
+        return self.offset + row * self.shape[1] * self.dtype.itemsize
+
+    def _row_list(self, rows) -> list[int]:
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if rows.size and (rows.min() < -self.shape[0] or rows.max() >= self.shape[0]):
+            raise IndexError(f"row index out of range for {self.shape[0]} rows")
+        return (rows % max(self.shape[0], 1)).tolist()
+
+    def __getitem__(self, rows) -> np.ndarray:
         width = self.shape[1] * self.dtype.itemsize
         with self.path.open("rb") as handle:
-            handle.seek(self.offset + start * width)
-            data = np.fromfile(handle, dtype=self.dtype, count=max(0, stop - start) * self.shape[1])
-        return data.reshape(-1, self.shape[1])
+            if isinstance(rows, slice):
+                start, stop, step = rows.indices(self.shape[0])
+                if step != 1:
+                    raise ValueError("only contiguous row slices are supported")
+                data = os.pread(handle.fileno(), max(0, stop - start) * width, self._extent(start))
+            else:
+                data = b"".join(os.pread(handle.fileno(), width, self._extent(row)) for row in self._row_list(rows))
+        return np.frombuffer(data, dtype=self.dtype).reshape(-1, self.shape[1]).copy()
+
+    def __setitem__(self, rows, values) -> None:
+        values = np.ascontiguousarray(values, dtype=self.dtype).reshape(-1, self.shape[1])
+        with self.path.open("r+b") as handle:
+            if isinstance(rows, slice):
+                start, stop, step = rows.indices(self.shape[0])
+                if step != 1 or stop - start != len(values):
+                    raise ValueError("write a contiguous row slice of the values' length")
+                os.pwrite(handle.fileno(), values.tobytes(), self._extent(start))
+                return
+            for row, value in zip(self._row_list(rows), values, strict=True):
+                os.pwrite(handle.fileno(), value.tobytes(), self._extent(row))

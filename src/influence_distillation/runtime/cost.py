@@ -5,26 +5,38 @@ decoder blocks, plus 2·d·V per token where vocabulary logits are computed (we 
 only); a backward pass costs twice its forward; a forward-mode JVP along m tangents with the primal shared costs
 (1 + 2m) forwards of the K kept blocks; a Walsh–Hadamard transform of n points costs n·log2(n) additions; an
 RBF-KRR propagation costs 2·N·l·d_e for the kernel. Embedding lookups are free. These are estimates for the
-ratios between methods, not measurements.
+ratios between methods, not measurements. `StageTimer` measures what a run actually took: wall time and peak memory
+per stage.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
+import resource
+import time
+from collections.abc import Iterator
 
 from torch import nn
 
 from influence_distillation.runtime.models import find_blocks
 from influence_distillation.runtime.tokenization import IGNORE_INDEX, Example
 
+log = logging.getLogger(__name__)
+
 MINILM_PARAMETERS = 22_700_000  # all-MiniLM-L6-v2
 
 
 def _tokens(examples: list[Example]) -> int:
+    if hasattr(examples, "total_tokens"):  # a PackedExamples counts as it packs: no sample is read back
+        return examples.total_tokens
     return sum(len(e) for e in examples)
 
 
 def _completion_tokens(examples: list[Example]) -> int:
+    if hasattr(examples, "completion_tokens"):
+        return examples.completion_tokens
     return sum(int((e.labels[1:] != IGNORE_INDEX).sum()) for e in examples)
 
 
@@ -83,3 +95,21 @@ def _grad_params(model, config):
     from influence_distillation.method.gradients import select_parameters
 
     return select_parameters(model, config.gradients.params).values()
+
+
+class StageTimer:
+    """Wall time of each stage, and the process's peak resident memory when it ended (the peak so far: a stage that
+    needs more than the ones before it shows up as a step)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.peak_gib: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        log.info("stage %s: started", stage)
+        start = time.perf_counter()
+        yield
+        self.seconds[stage] = round(time.perf_counter() - start, 3)
+        self.peak_gib[stage] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)  # KiB on Linux
+        log.info("stage %s: %.1f s", stage, self.seconds[stage])

@@ -15,11 +15,15 @@ The original record is kept untouched so the selection can be written back verba
 
 from __future__ import annotations
 
+import hashlib
 import json
+from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from influence_distillation.errors import DataError
 from influence_distillation.runtime.hub import resolve_data
@@ -51,14 +55,15 @@ def load_samples(path: str | Path, what: str = "pool", split: str | None = None,
 
 def iter_samples(path: str | Path, what: str = "pool", split: str | None = None,
                  subset: str | None = None) -> Iterator[Sample]:
-    """`load_samples` one sample at a time, checked as it goes: a pool is never all in memory as records."""
+    """`load_samples` one sample at a time, checked as it goes (duplicate ids when the stream ends, from an 8-byte
+    hash of each id): a pool is never all in memory as records."""
     files = resolve_data(path, split, subset, f"--{what}")
     path = Path(path)
     if not files[0].exists():
         raise DataError(f"{what} file not found: {path}")
     file_format: str | None = None
     has_ids: bool | None = None
-    first_line_of_id: dict[str, str] = {}
+    count, id_hashes = 0, array("q")  # 8 bytes an id, not a dict of every id: pools have millions of rows
     for where, record in (item for file in files for item in _read_records(file)):
         if not isinstance(record, dict):
             raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
@@ -72,13 +77,37 @@ def iter_samples(path: str | Path, what: str = "pool", split: str | None = None,
             )
         if has_ids != ("id" in record):
             raise DataError(f"{where}: some records have an 'id' field and some do not; give every record an id")
-        sample_id = _record_id(record, where) if has_ids else str(len(first_line_of_id))
-        if sample_id in first_line_of_id:
-            raise DataError(f"{where}: duplicate id {sample_id!r} (first seen at {first_line_of_id[sample_id]})")
-        first_line_of_id[sample_id] = where
+        sample_id = _record_id(record, where) if has_ids else str(count)
+        if has_ids:
+            id_hashes.append(_id_hash(sample_id))
+        count += 1
         yield _to_sample(sample_id, record, fmt, where)
-    if not first_line_of_id:
+    if not count:
         raise DataError(f"{what} file {path} holds no records")
+    hashes = np.frombuffer(id_hashes, dtype=np.int64)
+    if len(np.unique(hashes)) < len(hashes):
+        _raise_duplicate(files, set(_repeated(hashes).tolist()))
+
+
+def _id_hash(sample_id: str) -> int:
+    return int.from_bytes(hashlib.blake2b(sample_id.encode(), digest_size=8).digest(), "little", signed=True)
+
+
+def _repeated(values: np.ndarray) -> np.ndarray:
+    ordered = np.sort(values)
+    return ordered[1:][ordered[1:] == ordered[:-1]]
+
+
+def _raise_duplicate(files: list[Path], suspects: set[int]) -> None:
+    """Read the files again for the ids whose hash repeats: the first real duplicate is an error naming both
+    places (a hash collision of two different ids is not)."""
+    first_seen: dict[str, str] = {}
+    for where, record in (item for file in files for item in _read_records(file)):
+        sample_id = _record_id(record, where)
+        if _id_hash(sample_id) in suspects:
+            if sample_id in first_seen:
+                raise DataError(f"{where}: duplicate id {sample_id!r} (first seen at {first_seen[sample_id]})")
+            first_seen[sample_id] = where
 
 
 def detect_format(record: dict[str, Any], where: str) -> str:

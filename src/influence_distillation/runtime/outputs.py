@@ -6,6 +6,7 @@ removed: a run directory is finished if and only if its manifest says `"status":
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 
 from influence_distillation.errors import DataError
+from influence_distillation.method.selection import row_means
 from influence_distillation.method.weights import WeightSolution
 from influence_distillation.options import to_dict
 from influence_distillation.runtime import artifacts
@@ -26,11 +28,11 @@ from influence_distillation.runtime.tokenization import TokenizedSet
 class SelectionResult:
     """Everything a run computed; row i of every pool-sized array is pool sample `pool_ids[i]`."""
 
-    pool_ids: list[str]
+    pool_ids: Sequence[str]  # a list, or the pool's ids read from its token cache on access
     embeddings: Any  # (N, d_e): a tensor, or `ShardRows` read from the stage cache on access; None in exact mode
     landmarks: np.ndarray  # (l,) row indices (every row in exact mode)
     landmark_influence: torch.Tensor  # (l, t)
-    scores: np.ndarray  # (N, t) first-order influence on each target sample
+    scores: Any  # (N, t) first-order influence on each target sample: an array, or `artifacts.NpyRows` on disk
     selected: np.ndarray  # (k,) row indices in selection order
     weights: WeightSolution | None = None
     manifest: dict[str, Any] = field(default_factory=dict)
@@ -76,30 +78,37 @@ def selected_records(samples, result: SelectionResult, pool: TokenizedSet, token
 
 
 def write_outputs(out: Path, result: SelectionResult, records: dict[str, dict[str, Any]], pool: TokenizedSet,
-                  target: TokenizedSet) -> None:
-    """Every output except the manifest, each written atomically; `records` holds the selected samples' records."""
+                  target: TokenizedSet, chunk_rows: int = 1 << 16) -> None:
+    """Every output except the manifest, each written atomically; `records` holds the selected samples' records.
+    The pool-sized outputs are written `chunk_rows` rows at a time from `result`'s arrays (which may be on disk)."""
     artifacts.begin_writing(out)
-    mean_score = result.scores.mean(axis=1)
-    rank = np.full(len(result.pool_ids), -1, dtype=np.int64)
-    rank[result.selected] = np.arange(len(result.selected))
-    is_landmark = np.zeros(len(result.pool_ids), dtype=bool)
-    is_landmark[result.landmarks] = True
+    num_rows, selected = len(result.pool_ids), np.asarray(result.selected, dtype=np.int64)
     weights = result.weights.weights.numpy() if result.weights is not None else None
+    selected_scores = np.asarray(result.scores[selected], dtype=np.float64).reshape(len(selected), -1).mean(axis=1)
     selected_rows = []
-    for row in result.selected:
+    for row, score in zip(selected.tolist(), selected_scores.tolist()):
         sample_id = result.pool_ids[row]
         extra = {"weight": float(weights[row])} if weights is not None else {}
-        selected_rows.append({**records[sample_id], "id": records[sample_id].get("id", sample_id),
-                              "score": float(mean_score[row]), **extra})
+        selected_rows.append({**records[sample_id], "id": records[sample_id].get("id", sample_id), "score": score,
+                              **extra})
     artifacts.write_jsonl(out / artifacts.SELECTED, selected_rows)
-    columns = {"id": result.pool_ids, "score": mean_score, "selected": rank >= 0, "rank": rank,
-               "landmark": is_landmark}
-    artifacts.write_parquet(out / artifacts.SCORES, columns | ({"weight": weights} if weights is not None else {}),
+    rank_of = dict(zip(selected.tolist(), range(len(selected))))
+    landmarks = np.asarray(result.landmarks, dtype=np.int64)
+
+    def score_columns():
+        for start in range(0, num_rows, chunk_rows):
+            stop = min(start + chunk_rows, num_rows)
+            rank = np.array([rank_of.get(row, -1) for row in range(start, stop)], dtype=np.int64)
+            yield {"id": result.pool_ids[start:stop], "score": row_means(result.scores[start:stop]),
+                   "selected": rank >= 0, "rank": rank, "landmark": np.isin(np.arange(start, stop), landmarks)} | (
+                {"weight": weights[start:stop]} if weights is not None else {})
+
+    artifacts.write_parquet(out / artifacts.SCORES, score_columns(),
                             metadata={"method": "influence-distillation",
                                       "score": "mean first-order influence over target samples"})
     if weights is not None:
-        artifacts.write_parquet(out / artifacts.WEIGHTS, {"id": result.pool_ids, "weight": weights})
-    artifacts.write_npy(out / artifacts.TARGET_SCORES, result.scores.astype(np.float32))
+        artifacts.write_parquet(out / artifacts.WEIGHTS, {"id": list(result.pool_ids), "weight": weights})
+    artifacts.write_npy_rows(out / artifacts.TARGET_SCORES, result.scores, chunk_rows, np.float32)
     if result.embeddings is not None:
         artifacts.write_npy_rows(out / artifacts.EMBEDDINGS, result.embeddings)
     excluded = [{"id": i, "set": "pool", "reason": r} for i, r in pool.excluded]

@@ -4,12 +4,10 @@ the pool-wide ones in resumable shards, and writes the outputs (see `write_outpu
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
-import resource
-import time
-from collections.abc import Iterator
+import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,28 +65,11 @@ from influence_distillation.runtime.shards import (
     RowCache,
     ShardedStage,
     content_digests,
+    tokenized_in,
 )
-from influence_distillation.runtime.tokenization import TokenizedSet, tokenize_samples
+from influence_distillation.runtime.tokenization import TokenizedSet, check_usable, tokenize_samples
 
 log = logging.getLogger(__name__)
-
-
-class StageTimer:
-    """Wall time of each stage, and the process's peak resident memory when it ended (the peak so far: a stage that
-    needs more than the ones before it shows up as a step)."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-        self.peak_gib: dict[str, float] = {}
-
-    @contextlib.contextmanager
-    def __call__(self, stage: str) -> Iterator[None]:
-        log.info("stage %s: started", stage)
-        start = time.perf_counter()
-        yield
-        self.seconds[stage] = round(time.perf_counter() - start, 3)
-        self.peak_gib[stage] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)  # KiB on Linux
-        log.info("stage %s: %.1f s", stage, self.seconds[stage])
 
 
 @dataclass
@@ -98,7 +79,7 @@ class _Run:
     config: SelectConfig
     progress: bool
     cache_dir: Path | None
-    timer: StageTimer = field(default_factory=StageTimer)
+    timer: cost.StageTimer = field(default_factory=cost.StageTimer)
     seeds: dict[str, int] = field(default_factory=dict)
     reused: list[str] = field(default_factory=list)
     stage_keys: dict[str, str] = field(default_factory=dict)  # pool-wide stage → its cache fingerprint
@@ -111,6 +92,7 @@ class _Run:
     dist: DistInfo = field(default_factory=DistInfo)
 
     shard_rows: int | None = None  # overrides the per-stage shard sizes
+    scratch: list[Path] = field(default_factory=list)  # files removed when the run ends
 
     def pool_records(self):
         """The pool's samples, read again one at a time (the run does not keep them: a large pool's records would
@@ -123,6 +105,31 @@ class _Run:
         """Fingerprinted once per run: it reads the pool file and the model's small files."""
         return _cache_basis(self.config)
 
+    @property
+    def cache_root(self) -> Path:
+        return self.cache_dir or Path(self.config.out) / artifacts.STAGES
+
+    def tokenized_pool(self) -> TokenizedSet:
+        """The pool, streamed from its file into token files in the stage cache (or read back from there): a run
+        keeps 33 bytes a sample in memory, and a re-run on the same pool, model and data settings does not
+        tokenize again."""
+        data = self.config.data
+        folder = self.cache_root / f"tokens-{artifacts.fingerprint(**self.cache_basis, stage='tokens')[:16]}"
+        pool, reused = tokenized_in(folder, lambda staging: tokenize_samples(
+            self.pool_records(), self.tokenizer, data.max_length, data.template_fallback, "pool", self.progress,
+            folder=staging))
+        if reused:
+            self.reused.append("tokens")
+        return pool
+
+    def scores_file(self, rows: int, columns: int) -> artifacts.NpyRows:
+        """A scratch (rows, columns) float64 file for propagated scores, removed when the run ends."""
+        self.cache_root.mkdir(parents=True, exist_ok=True)
+        handle, path = tempfile.mkstemp(dir=self.cache_root, prefix=".scores-", suffix=".npy")
+        os.close(handle)
+        self.scratch.append(Path(path))
+        return artifacts.NpyRows.create(path, (rows, columns), np.float64)
+
     def sharded(self, stage: str, rows: int, compute_rows, shard_rows: int, last: bool = False,
                 by_content: tuple[str, list[bytes]] | None = None, lazy: bool = False, **key_parts):
         """A pool-wide stage's (rows, width) array: computed in resumable shards shared by the ranks, or reused.
@@ -132,7 +139,7 @@ class _Run:
         (a row cache's name, each row's content digest) also keeps rows by their sample's content, across pools:
         its key is the stage's without the pool and the row choice, so a grown pool recomputes only new samples.
         """
-        root = self.cache_dir or Path(self.config.out) / artifacts.STAGES
+        root = self.cache_root
         shard_rows = self.shard_rows or shard_rows
         basis = self.cache_basis
         key = artifacts.fingerprint(**basis, stage=stage, shard_rows=shard_rows, **key_parts)
@@ -178,19 +185,27 @@ def run_selection(config: SelectConfig, overwrite: bool = False, progress: bool 
     with run.timer("load"):
         run.target_samples = load_samples(config.target, "target", config.data.split, config.data.subset)
         run.model, run.tokenizer = load_model(config.model)
-    with run.timer("tokenize"):  # the pool streams from its file into packed tokens
-        run.pool, run.target = (
-            tokenize_samples(samples, run.tokenizer, config.data.max_length, config.data.template_fallback, name,
-                             progress)
-            for name, samples in (("pool", run.pool_records()), ("target", run.target_samples)))
-    _check_usable(run.pool, run.target, config)
+    with run.timer("tokenize"):  # the pool streams from its file into token files
+        run.pool = run.tokenized_pool()
+        run.target = tokenize_samples(run.target_samples, run.tokenizer, config.data.max_length,
+                                      config.data.template_fallback, "target", progress)
+    check_usable(run.pool, run.target, config)
     try:
         result = select_baseline(run) if config.method in BASELINES else _select_influence(run)
+        return _finish(run, result, out)
     except _OtherRankDone:
         return None
+    finally:
+        for path in run.scratch:
+            path.unlink(missing_ok=True)
+
+
+def _finish(run: _Run, result: SelectionResult, out: Path) -> SelectionResult:
+    """Write the outputs and, last, the manifest."""
+    config = run.config
     manifest = _manifest(run, result)
     if run.reused:
-        log.info("reused cached %s from %s", " and ".join(run.reused), cache_dir)
+        log.info("reused cached %s from %s", " and ".join(run.reused), run.cache_root)
     with run.timer("write"):
         records = selected_records(run.pool_records(), result, run.pool, lambda samples: tokenize_samples(
             samples, run.tokenizer, config.data.max_length, config.data.template_fallback, progress=False), config.pool)
@@ -200,6 +215,8 @@ def run_selection(config: SelectConfig, overwrite: bool = False, progress: bool 
     artifacts.write_json(out / artifacts.MANIFEST, {**manifest, "outputs": output_files(result),
                                                     "status": "complete"})
     result.manifest = manifest
+    if isinstance(result.scores, artifacts.NpyRows):  # the scratch file goes; the run's own copy stays
+        result.scores = artifacts.NpyRows(out / artifacts.TARGET_SCORES)
     return result
 
 
@@ -208,7 +225,7 @@ def _select_influence(run: _Run) -> SelectionResult:
     config, timer, seeds, model, pool, target = run.config, run.timer, run.seeds, run.model, run.pool, run.target
     order, exact = config.influence.order, config.influence.exact or config.method == "exact"
     strategy = config.selection.resolved(order, config.method)
-    num_pool, digests = len(pool.examples), content_digests(pool.examples)
+    num_pool, digests = len(pool.examples), content_digests(pool.examples)  # both kept by the packed pool
     embeddings, embedder = None, None
 
     def embed(rows):
@@ -283,7 +300,8 @@ def _select_influence(run: _Run) -> SelectionResult:
         if exact:
             scores = landmark_influence.numpy()
         else:
-            scores, krr = propagate(embeddings, landmarks, landmark_influence, config.propagation, seeds["kernel"])
+            scores, krr = propagate(embeddings, landmarks, landmark_influence, config.propagation, seeds["kernel"],
+                                    run.scores_file(num_pool, landmark_influence.shape[1]))
             bandwidth, ridge = krr.bandwidth, krr.ridge
             # On the first, random landmarks only: the verified ones are not a sample of the pool.
             fidelity = heldout_fidelity(embeddings[torch.as_tensor(random_landmarks)], random_values,
@@ -346,7 +364,7 @@ def _verify(run: _Run, embeddings, landmarks, rows, target_rows, count, gradient
 
     landmarks, _, order = verify_landmarks(embeddings, landmarks, first_order_influence(rows, target_rows), count,
                                            config.landmarks.verify_rounds, config.propagation, run.seeds["kernel"],
-                                           measure)
+                                           measure, run.scores_file(len(embeddings), target_rows.shape[0]))
     return landmarks, torch.cat(pieces)[torch.as_tensor(order)]
 
 
@@ -375,24 +393,8 @@ def _manifest(run: _Run, result: SelectionResult) -> dict[str, Any]:
 
 def _data_fingerprint(config: SelectConfig) -> str | list[str]:
     """The pool file's content digest (one per file for a Hub dataset's split)."""
-    digests = [artifacts.content_fingerprint(path)
-               for path in resolve_data(config.pool, config.data.split, config.data.subset)]
+    files = resolve_data(config.pool, config.data.split, config.data.subset, "--pool")
+    if not files[0].exists():
+        raise DataError(f"pool file not found: {config.pool}")
+    digests = [artifacts.content_fingerprint(path) for path in files]
     return digests[0] if len(digests) == 1 else digests
-
-
-def _check_usable(pool: TokenizedSet, target: TokenizedSet, config: SelectConfig) -> None:
-    for name, tokenized, path in (("target", target, config.target), ("pool", pool, config.pool)):
-        if not tokenized.examples:
-            raise DataError(
-                f"{name} {path}: none of its {len(tokenized.excluded)} samples has a trainable token within "
-                f"--max-length {config.data.max_length}"
-            )
-    if config.selection.budget > len(pool.examples):
-        raise DataError(
-            f"--budget {config.selection.budget} exceeds the {len(pool.examples)} selectable pool samples "
-            f"({len(pool.excluded)} excluded for having no trainable token)"
-        )
-    for name, tokenized in (("pool", pool), ("target", target)):
-        counts = tokenized.counts()
-        log.info("%s: %d samples kept, %d truncated, %d excluded %s", name, counts["kept"], counts["truncated"],
-                 counts["excluded"], counts["excluded_by_reason"] or "")

@@ -17,11 +17,13 @@ grows or changes, the rows of unchanged samples are read back instead of recompu
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import logging
+import os
+import shutil
+import tempfile
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +33,8 @@ from tqdm.auto import tqdm
 from influence_distillation.errors import OutputError
 from influence_distillation.runtime.artifacts import NpyRows, atomic_file, write_npy
 from influence_distillation.runtime.distributed import DistInfo, barrier
+from influence_distillation.runtime.packed import PackedExamples, content_digest
+from influence_distillation.runtime.tokenization import TokenizedSet
 
 log = logging.getLogger(__name__)
 
@@ -130,10 +134,31 @@ class ShardRows:
         return torch.from_numpy(out)
 
 
-def content_digests(examples) -> list[bytes]:
-    """A 16-byte digest of each tokenized sample's tokens and loss mask: what its stage rows depend on."""
-    return [hashlib.blake2b(e.input_ids.numpy().tobytes() + e.labels.numpy().tobytes(), digest_size=16).digest()
-            for e in examples]
+def content_digests(examples) -> Sequence[bytes]:
+    """Each tokenized sample's `content_digest` (kept by a `PackedExamples`, computed for a list of examples)."""
+    if isinstance(examples, PackedExamples):
+        return examples.digests
+    return [content_digest(e.input_ids, e.labels) for e in examples]
+
+
+def tokenized_in(folder: Path, tokenize: Callable[[Path], TokenizedSet]) -> tuple[TokenizedSet, bool]:
+    """The tokenized set kept in `folder` and whether it was there already; otherwise `tokenize(staging)` writes it
+    into a staging sibling that is renamed into place once saved, so a folder that exists is complete (ranks that
+    race keep whichever finished first)."""
+    if folder.is_dir():
+        return TokenizedSet.open(folder), True
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
+    try:
+        tokenize(staging).save()
+        try:
+            os.rename(staging, folder)
+        except OSError:
+            if not folder.is_dir():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return TokenizedSet.open(folder), False
 
 
 class RowCache:
@@ -146,35 +171,51 @@ class RowCache:
 
     def __init__(self, folder: Path):
         self.folder = folder
-        self.index: dict[bytes, tuple[Path, int]] = {}
+        self.paths: list[Path] = []
+        # Sorted runs of (digest, file, row) arrays, merged like a binary counter so there are O(log n) of them:
+        # 24 bytes a cached row, where a dict of digests took about 200.
+        self.runs: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         for digests in sorted(folder.glob("*.digests.npy")) if folder.is_dir() else []:
-            values = digests.with_name(digests.name.replace(".digests.", ".values."))
-            for row, digest in enumerate(np.load(digests)):
-                self.index[digest.tobytes()] = (values, row)
+            self._index(np.load(digests), digests.with_name(digests.name.replace(".digests.", ".values.")))
+
+    def _index(self, digests: np.ndarray, values: Path) -> None:
+        keys = np.ascontiguousarray(digests, dtype=np.uint8).view("S16").reshape(-1)
+        order = np.argsort(keys, kind="stable")
+        self.runs.append((keys[order], np.full(len(keys), len(self.paths), dtype=np.int32),
+                          np.arange(len(keys), dtype=np.int32)[order]))
+        self.paths.append(values)
+        while len(self.runs) > 1 and len(self.runs[-2][0]) <= 2 * len(self.runs[-1][0]):
+            newer, older = self.runs.pop(), self.runs.pop()
+            merged = [np.concatenate(pair) for pair in zip(older, newer)]
+            order = np.argsort(merged[0], kind="stable")
+            self.runs.append(tuple(column[order] for column in merged))
 
     def known(self, digests: list[bytes]) -> dict[int, np.ndarray]:
         """Position in `digests` → the cached row, for the positions whose content has been computed before."""
         found, files = {}, {}
-        for position, digest in enumerate(digests):
-            if (hit := self.index.get(digest)) is not None:
-                path, row = hit
-                if path not in files:
-                    files[path] = np.load(path, mmap_mode="r")
-                found[position] = np.array(files[path][row])
+        queries = np.array(digests, dtype="S16")
+        for keys, file_of, row_of in self.runs:
+            at = np.minimum(np.searchsorted(keys, queries), len(keys) - 1)
+            for position in np.flatnonzero(keys[at] == queries).tolist():
+                if position in found:
+                    continue
+                file, row = int(file_of[at[position]]), int(row_of[at[position]])
+                if file not in files:
+                    files[file] = np.load(self.paths[file], mmap_mode="r")
+                found[position] = np.array(files[file][row])
         return found
 
     def add(self, digests: list[bytes], values: np.ndarray) -> None:
         """Keep rows for later runs; a failed write (a full disk) only loses that, so the stage goes on."""
         name = uuid.uuid4().hex
+        stored = np.frombuffer(b"".join(digests), np.uint8).reshape(len(digests), -1)
         try:
             write_npy(self.folder / f"{name}.values.npy", values)
-            write_npy(self.folder / f"{name}.digests.npy", np.frombuffer(b"".join(digests), np.uint8).reshape(
-                len(digests), -1))
+            write_npy(self.folder / f"{name}.digests.npy", stored)
         except OSError as exc:
             log.info("could not keep %d rows in %s for later runs (%s)", len(digests), self.folder, exc.strerror)
             return
-        for row, digest in enumerate(digests):
-            self.index[digest] = (self.folder / f"{name}.values.npy", row)
+        self._index(stored, self.folder / f"{name}.values.npy")
 
     def through(self, compute_rows: Callable[[list[int]], torch.Tensor], digests: list[bytes]):
         """`compute_rows` that reads rows of known content from the cache and computes (and caches) the rest."""

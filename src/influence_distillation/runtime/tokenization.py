@@ -9,19 +9,22 @@ in a loss span get labels; every other label is -100. When a tokenizer has no ch
 
 from __future__ import annotations
 
-from array import array
+import json
+import logging
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence, Sized
 from dataclasses import dataclass, field
+from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from influence_distillation.errors import DataError, ModelError
 from influence_distillation.runtime.data import Sample
+from influence_distillation.runtime.packed import IGNORE_INDEX, Example, PackedExamples
 
-IGNORE_INDEX = -100
+log = logging.getLogger(__name__)
+
 
 # Newlines are written as string literals: transformers renders templates with trim_blocks=True.
 FALLBACK_TEMPLATE = (
@@ -33,55 +36,6 @@ FALLBACK_TEMPLATE = (
 )
 
 
-@dataclass(frozen=True)
-class Example:
-    """A tokenized sample. `labels[j]` is the target of position j (HF convention: shifted inside the loss)."""
-
-    id: str
-    input_ids: torch.Tensor  # (T,) int64
-    labels: torch.Tensor  # (T,) int64, IGNORE_INDEX where no loss
-    truncated: bool
-
-    def __len__(self) -> int:
-        return self.input_ids.numel()
-
-
-class PackedExamples(Sequence):
-    """Tokenized samples packed into flat int32 arrays, 8 bytes a token and no Python object per sample but its id;
-    `examples[i]` builds the `Example` when asked. Two tensors and a dataclass per sample cost about 2 KB more than
-    a short sample's tokens, which for a pool of millions is gigabytes."""
-
-    def __init__(self) -> None:
-        self.ids: list[str] = []
-        self._tokens, self._labels = array("i"), array("i")
-        self._offsets, self._truncated = array("q", [0]), bytearray()
-
-    def append(self, sample_id: str, input_ids: list[int], labels: list[int], truncated: bool) -> None:
-        self.ids.append(sample_id)
-        self._tokens.extend(input_ids)
-        self._labels.extend(labels)
-        self._offsets.append(len(self._tokens))
-        self._truncated.append(truncated)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        index = int(index)
-        if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError(f"example {index} of {len(self)}")
-        start, stop = self._offsets[index], self._offsets[index + 1]
-
-        def column(values: array) -> torch.Tensor:  # a copy: no view keeps the arrays from growing
-            return torch.from_numpy(np.frombuffer(values, dtype=np.int32)[start:stop].astype(np.int64))
-
-        return Example(self.ids[index], column(self._tokens), column(self._labels), bool(self._truncated[index]))
-
-
 @dataclass
 class TokenizedSet:
     """Tokenized samples that can be trained on, plus what was dropped and why."""
@@ -91,8 +45,8 @@ class TokenizedSet:
     num_truncated: int = 0
 
     @property
-    def ids(self) -> list[str]:
-        return list(self.examples.ids)
+    def ids(self) -> Sequence[str]:
+        return self.examples.ids
 
     def counts(self) -> dict[str, object]:
         reasons = Counter(reason for _, reason in self.excluded)
@@ -103,15 +57,28 @@ class TokenizedSet:
             "excluded_by_reason": dict(reasons),
         }
 
+    def save(self) -> None:
+        """Write a folder-backed set's index and exclusions next to its columns."""
+        self.examples.save()
+        (self.examples.folder / "excluded.json").write_text(json.dumps(
+            {"excluded": self.excluded, "truncated": self.num_truncated}))
+
+    @classmethod
+    def open(cls, folder: Path) -> TokenizedSet:
+        """A set written by `save`."""
+        stored = json.loads((folder / "excluded.json").read_text())
+        return cls(PackedExamples.open(folder), [tuple(pair) for pair in stored["excluded"]], stored["truncated"])
+
 
 def tokenize_samples(
     samples: Iterable[Sample], tokenizer, max_length: int, template_fallback: bool = True, desc: str = "tokenize",
-    progress: bool = True,
+    progress: bool = True, folder: Path | None = None,
 ) -> TokenizedSet:
     """Tokenize samples (any iterable: a pool can stream from `iter_samples`), truncate them to `max_length` tokens,
-    and drop those left with no trainable token."""
+    and drop those left with no trainable token. With a `folder`, the tokens go to files there (call `save` on the
+    result to keep them) instead of memory."""
     template = None
-    result = TokenizedSet(examples=PackedExamples())
+    result = TokenizedSet(examples=PackedExamples(folder))
     total = len(samples) if isinstance(samples, Sized) else None
     for sample in tqdm(samples, desc=desc, unit="sample", total=total, leave=False,
                        disable=not progress or (total is not None and total < 2000)):
@@ -131,6 +98,25 @@ def tokenize_samples(
         result.num_truncated += truncated
         result.examples.append(sample.id, input_ids, labels, truncated)
     return result
+
+
+def check_usable(pool: TokenizedSet, target: TokenizedSet, config) -> None:
+    """Refuse a pool or target with nothing to train on, or a budget larger than the pool; log the counts."""
+    for name, tokenized, path in (("target", target, config.target), ("pool", pool, config.pool)):
+        if not tokenized.examples:
+            raise DataError(
+                f"{name} {path}: none of its {len(tokenized.excluded)} samples has a trainable token within "
+                f"--max-length {config.data.max_length}"
+            )
+    if config.selection.budget > len(pool.examples):
+        raise DataError(
+            f"--budget {config.selection.budget} exceeds the {len(pool.examples)} selectable pool samples "
+            f"({len(pool.excluded)} excluded for having no trainable token)"
+        )
+    for name, tokenized in (("pool", pool), ("target", target)):
+        counts = tokenized.counts()
+        log.info("%s: %d samples kept, %d truncated, %d excluded %s", name, counts["kept"], counts["truncated"],
+                 counts["excluded"], counts["excluded_by_reason"] or "")
 
 
 def chat_template(tokenizer, template_fallback: bool) -> str:
