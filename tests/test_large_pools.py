@@ -1,6 +1,7 @@
 """What lets a pool larger than memory through a run: tokens in files, scores on disk, outputs written in chunks."""
 
 import json
+import os
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -54,3 +55,8 @@ def test_a_rerun_reads_the_pool_tokens_back_and_selects_the_same(model_dir, data
     folders = sorted(p.name for p in cache.iterdir())
     assert sum(name.startswith("tokens-") for name in folders) == 1
     assert not [name for name in folders if name.startswith(".")]  # no staging folder, no scratch scores left
+    umask = os.umask(0)
+    os.umask(umask)  # outputs and cache folders are ordinary files and folders, not private temporaries
+    assert {(tmp_path / "first" / name).stat().st_mode & 0o777 for name in ("selected.jsonl", "scores.parquet",
+                                                                          "manifest.json")} == {0o666 & ~umask}
+    assert {p.stat().st_mode & 0o777 for p in cache.iterdir()} == {0o777 & ~umask}

@@ -18,9 +18,16 @@ from __future__ import annotations
 import torch
 
 
-def first_order_influence(landmark_grads: torch.Tensor, target_grads: torch.Tensor) -> torch.Tensor:
-    """p_L = G_L G_Tᵀ: (l, k_p) × (t, k_p) → (l, t), one column per target sample."""
-    return landmark_grads.double() @ target_grads.double().T
+def first_order_influence(landmark_grads, target_grads: torch.Tensor, chunk_rows: int = 4096) -> torch.Tensor:
+    """p_L = G_L G_Tᵀ: (l, k_p) × (t, k_p) → (l, t), one column per target sample.
+
+    `landmark_grads` may also be rows read from disk on access (`shards.ShardRows`: exact mode's gradient of every
+    pool sample), multiplied `chunk_rows` at a time so they are never all in memory."""
+    targets = target_grads.double().T
+    if isinstance(landmark_grads, torch.Tensor):
+        return landmark_grads.double() @ targets
+    return torch.cat([torch.as_tensor(landmark_grads[start : start + chunk_rows]).double() @ targets
+                      for start in range(0, len(landmark_grads), chunk_rows)])
 
 
 def curvature(rows: torch.Tensor, hessian_rows: torch.Tensor, num_pool: int) -> torch.Tensor:

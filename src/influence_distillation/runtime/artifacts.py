@@ -42,6 +42,7 @@ def atomic_file(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; the result is an ordinary file
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -55,19 +56,29 @@ def atomic_directory(path: Path) -> Iterator[Path]:
     is removed first), otherwise it is deleted. A folder named `path` is therefore always complete."""
     import shutil
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    staging = staging_directory(path)
     try:
         yield staging
         if path.exists():
             shutil.rmtree(path)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary folder
         os.replace(staging, path)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def staging_directory(path: Path) -> Path:
+    """A new empty hidden sibling of `path`, with the permissions of an ordinary folder, to be renamed to `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private
+    return staging
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 def write_json(path: Path, value: Any) -> None:

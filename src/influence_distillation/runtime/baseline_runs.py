@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from influence_distillation import baselines
+from influence_distillation.method.influence import first_order_influence
 from influence_distillation.method.selection import select
 from influence_distillation.method.stages import compute_gradients, gradient_space
 from influence_distillation.options import key_dict
@@ -50,10 +51,11 @@ def select_baseline(run) -> SelectionResult:
             pool_rows = run.sharded("less_gradients", len(pool.examples), lambda rows: baselines.less_rows(
                 model, [pool.examples[i] for i in rows], space.params, space.projector, space.adam_states, False,
                 space.batch_size),
-                GRADIENT_SHARD, last=True, gradients=key_dict(config.gradients), seed=run.seeds["projection"])
+                GRADIENT_SHARD, last=True, lazy=True, gradients=key_dict(config.gradients),
+                seed=run.seeds["projection"])
             target_rows = compute_gradients(model, target.examples, space, precondition=False,
                                             desc="target gradients", progress=run.progress)
-            scores = (pool_rows.double() @ target_rows.double().T).numpy()
+            scores = first_order_influence(pool_rows, target_rows).numpy()  # the rows stream from their shards
     with timer("selection"):
         if selected is None:
             selected = select(scores, budget, strategy, run.seeds["selection"])
@@ -62,12 +64,6 @@ def select_baseline(run) -> SelectionResult:
                    "cost": cost.baseline_flops(method, model, pool.examples, target.examples, config)}
     return SelectionResult(pool.ids, embeddings, np.zeros(0, dtype=np.int64), torch.zeros(0, scores.shape[1]),
                            scores, np.asarray(selected))
-
-
-def _kept(samples: list, tokenized: TokenizedSet) -> list:
-    """The samples that survived tokenisation, in the order of `tokenized.examples`."""
-    by_id = {sample.id: sample for sample in samples}
-    return [by_id[i] for i in tokenized.ids]
 
 
 def _kept(samples: list, tokenized: TokenizedSet) -> list:

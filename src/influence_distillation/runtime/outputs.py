@@ -78,7 +78,7 @@ def selected_records(samples, result: SelectionResult, pool: TokenizedSet, token
 
 
 def write_outputs(out: Path, result: SelectionResult, records: dict[str, dict[str, Any]], pool: TokenizedSet,
-                  target: TokenizedSet, chunk_rows: int = 1 << 16) -> None:
+                  target: TokenizedSet, chunk_rows: int = 1 << 14) -> None:
     """Every output except the manifest, each written atomically; `records` holds the selected samples' records.
     The pool-sized outputs are written `chunk_rows` rows at a time from `result`'s arrays (which may be on disk)."""
     artifacts.begin_writing(out)

@@ -253,10 +253,10 @@ def _select_influence(run: _Run) -> SelectionResult:
     space = gradient_space(model, config.gradients, seeds["projection"])
     eta = space.learning_rate(config.influence.learning_rate)
 
-    def gradient_stage(stage: str, rows: np.ndarray, last: bool) -> torch.Tensor:
+    def gradient_stage(stage: str, rows: np.ndarray, last: bool) -> torch.Tensor:  # exact mode's stay on disk
         return run.sharded(stage, len(rows), lambda part: compute_gradients(
             model, [pool.examples[rows[i]] for i in part], space, precondition=True, progress=False), GRADIENT_SHARD,
-            last=last, by_content=("gradients", [digests[r] for r in rows]), landmarks=rows.tolist(),
+            last=last, by_content=("gradients", [digests[r] for r in rows]), lazy=exact, landmarks=rows.tolist(),
             gradients=key_dict(config.gradients), seed=seeds["projection"])
 
     with timer("target_gradients"):
@@ -275,7 +275,7 @@ def _select_influence(run: _Run) -> SelectionResult:
                 hessian_weights, space.preconditioner, space.normalize, progress=run.progress)
         else:
             landmark_rows = gradient_stage("landmark_gradients", landmarks, last=order == 1 and not verify)
-    random_landmarks, random_values = landmarks, first_order_influence(landmark_rows, target_rows)
+    random_landmarks, random_values = landmarks, first_order_influence(landmark_rows, target_rows)  # (l, t)
     if verify:
         with timer("verification"):
             landmarks, landmark_rows = _verify(run, embeddings, landmarks, landmark_rows, target_rows, verify,
@@ -287,12 +287,12 @@ def _select_influence(run: _Run) -> SelectionResult:
                     hessian_weights, space.preconditioner, space.normalize, progress=run.progress)
     landmark_examples = [pool.examples[i] for i in landmarks]
     with timer("influence"):
-        landmark_influence = first_order_influence(landmark_rows, target_rows)
+        landmark_influence = first_order_influence(landmark_rows, target_rows) if verify else random_values
         target_direction = target_rows.double().mean(0)
         if order == 2 and space.adam_states is not None:  # p_Adam = U (g_T − η H b)
             target_direction -= eta * space.projector(target_hvp(model, space.params, hessian_targets,
                                                                  space.offset()[None], hessian_weights))[0].double()
-        mean_influence = landmark_rows.double() @ target_direction  # (l,)
+        mean_influence = first_order_influence(landmark_rows, target_direction[None])[:, 0]  # (l,)
         landmark_q = curvature(landmark_rows, hessian_rows, num_pool) if order == 2 else None
 
     with timer("propagation"):

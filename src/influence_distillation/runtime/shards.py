@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -31,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from influence_distillation.errors import OutputError
-from influence_distillation.runtime.artifacts import NpyRows, atomic_file, write_npy
+from influence_distillation.runtime.artifacts import NpyRows, atomic_file, staging_directory, write_npy
 from influence_distillation.runtime.distributed import DistInfo, barrier
 from influence_distillation.runtime.packed import PackedExamples, content_digest
 from influence_distillation.runtime.tokenization import TokenizedSet
@@ -147,8 +146,7 @@ def tokenized_in(folder: Path, tokenize: Callable[[Path], TokenizedSet]) -> tupl
     race keep whichever finished first)."""
     if folder.is_dir():
         return TokenizedSet.open(folder), True
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
+    staging = staging_directory(folder)
     try:
         tokenize(staging).save()
         try:
