@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 MINILM_PARAMETERS = 22_700_000  # all-MiniLM-L6-v2
 
 
-def _tokens(examples: list[Example]) -> int:
+def token_count(examples: list[Example]) -> int:
     if hasattr(examples, "total_tokens"):  # a PackedExamples counts as it packs: no sample is read back
         return examples.total_tokens
     return sum(len(e) for e in examples)
@@ -51,7 +51,7 @@ def _head_flops(model: nn.Module) -> int:
 
 
 def forward_flops(model: nn.Module, examples: list[Example], logits: bool) -> float:
-    total = 2 * _block_parameters(model) * _tokens(examples)
+    total = 2 * _block_parameters(model) * token_count(examples)
     return total + (_head_flops(model) * _completion_tokens(examples) if logits else 0)
 
 
@@ -65,11 +65,11 @@ def _gradient_flops(model: nn.Module, examples: list[Example], transform_size: i
 
 def influence_flops(model, pool, landmarks, targets, config, exact: bool, projector, order: int) -> dict[str, float]:
     padded = getattr(projector, "padded_dim", None)
-    parts = {"gradients": _gradient_flops(model, [*landmarks, *targets], padded)}
+    parts = {"gradients": _gradient_flops(model, landmarks, padded) + _gradient_flops(model, targets, padded)}
     if not exact:
         tangents = config.embedding.num_tangents
         parts["embeddings"] = (1 + 2 * tangents) * 2 * _block_parameters(model, config.embedding.num_blocks) \
-            * _tokens(pool)
+            * token_count(pool)
         parts["propagation"] = 2.0 * len(pool) * len(landmarks) * projector.out_dim
     if order == 2:  # one double-backward (≈ 2 gradients) over every target sample per landmark vector
         parts["hessian_vector_products"] = 2 * len(landmarks) * _gradient_flops(model, targets, None)
@@ -82,12 +82,12 @@ def baseline_flops(method: str, model, pool, targets, config) -> dict[str, float
     elif method == "mid-ppl":
         parts = {"forward": forward_flops(model, pool, logits=True)}
     elif method == "rds+":
-        parts = {"forward": forward_flops(model, [*pool, *targets], logits=False)}
+        parts = {"forward": forward_flops(model, pool, logits=False) + forward_flops(model, targets, logits=False)}
     elif method == "embed-sim":
-        parts = {"minilm_forward": 2 * MINILM_PARAMETERS * _tokens([*pool, *targets])}
+        parts = {"minilm_forward": 2 * MINILM_PARAMETERS * (token_count(pool) + token_count(targets))}
     else:  # less
         padded = 1 << max(0, (sum(p.numel() for p in _grad_params(model, config)) - 1).bit_length())
-        parts = {"gradients": _gradient_flops(model, [*pool, *targets], padded)}
+        parts = {"gradients": _gradient_flops(model, pool, padded) + _gradient_flops(model, targets, padded)}
     return {"flops": float(sum(parts.values())), "parts": parts}
 
 

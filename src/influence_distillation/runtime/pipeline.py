@@ -285,7 +285,7 @@ def _select_influence(run: _Run) -> SelectionResult:
                 landmark_rows, hessian_rows = gradient_and_hessian_rows(
                     model, [pool.examples[i] for i in landmarks], space.params, space.projector, hessian_targets,
                     hessian_weights, space.preconditioner, space.normalize, progress=run.progress)
-    landmark_examples = [pool.examples[i] for i in landmarks]
+    landmark_examples = pool.examples if exact else [pool.examples[i] for i in landmarks]  # for the cost
     with timer("influence"):
         landmark_influence = first_order_influence(landmark_rows, target_rows) if verify else random_values
         target_direction = target_rows.double().mean(0)

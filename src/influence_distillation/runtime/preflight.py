@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from influence_distillation.config import SelectConfig
@@ -22,11 +23,13 @@ from influence_distillation.method.embeddings import JvpEmbedder
 from influence_distillation.method.gradients import projected_gradients
 from influence_distillation.method.landmarks import landmark_count
 from influence_distillation.method.stages import gradient_space, verification_count
-from influence_distillation.runtime.data import load_samples
+from influence_distillation.runtime.cost import token_count
+from influence_distillation.runtime.data import iter_samples
 from influence_distillation.runtime.models import find_blocks, load_model, pad_token_id, truncated_backbone
 from influence_distillation.runtime.tokenization import tokenize_samples
 
 GIB = 1 << 30
+PER_SAMPLE_BYTES = 57  # kept per pool sample: the packed index (33 bytes) and the row cache (24)
 
 
 @dataclass
@@ -50,14 +53,16 @@ def estimate(config: SelectConfig) -> list[Estimate]:
     config.validate()
     start = time.perf_counter()  # loading and tokenizing are done here for real: their time is measured, not guessed
     model, tokenizer = load_model(config.model)
-    pool, target = (tokenize_samples(load_samples(path, name, config.data.split, config.data.subset), tokenizer,
+    pool, target = (tokenize_samples(iter_samples(path, name, config.data.split, config.data.subset), tokenizer,
                                      config.data.max_length, config.data.template_fallback, name, False).examples
-                    for name, path in (("pool", config.pool), ("target", config.target)))
+                    for name, path in (("pool", config.pool), ("target", config.target)))  # the pool streams
     load_seconds = time.perf_counter() - start
     if not pool or not target:
         raise ConfigError("no pool or target sample has a trainable token within --max-length")
-    tokens = lambda examples: sum(len(e) for e in examples)
-    longest = max(len(e) for e in pool)
+    tokens = token_count
+    by_length = np.argsort(pool.lengths(), kind="stable")  # no Example is built per pool sample
+    median_length = lambda count: [pool[int(i)] for i in by_length[len(pool) // 2 : len(pool) // 2 + count]]
+    longest = int(pool.lengths().max())
     bytes_per = torch.finfo(next(model.parameters()).dtype).bits // 8
     model_bytes = sum(p.numel() for p in model.parameters()) * bytes_per
     hidden, layers = model.config.hidden_size, len(find_blocks(model)[2])
@@ -70,7 +75,7 @@ def estimate(config: SelectConfig) -> list[Estimate]:
     space = gradient_space(model, config.gradients, 0)  # the run's parameters, projection and batching
     params, projector = space.params, space.projector
     size = space.num_coordinates
-    sample = sorted(pool, key=len)[len(pool) // 2 : len(pool) // 2 + 2]  # two median-length samples
+    sample = median_length(2)
     calibrate = lambda examples: projected_gradients(model, examples, params, projector, progress=False,
                                                      batch_size=space.batch_size)
     calibrate(sample[:1])  # warm-up: first calls are slow
@@ -92,7 +97,7 @@ def estimate(config: SelectConfig) -> list[Estimate]:
         backbone = truncated_backbone(model, embed.num_blocks)
         embedder = JvpEmbedder(backbone, embed.num_tangents, embed.dim, 0, embed.batch_size, pad_token_id(tokenizer),
                                embed.poolings(), embed.method)
-        batch = sorted(pool, key=len)[len(pool) // 2 : len(pool) // 2 + embed.batch_size]
+        batch = median_length(embed.batch_size)
         embedder(batch)  # warm-up
         per_token = _fastest(lambda: embedder(batch)) / tokens(batch)
         block_bytes = sum(p.numel() for p in backbone.parameters()) * bytes_per
@@ -101,7 +106,7 @@ def estimate(config: SelectConfig) -> list[Estimate]:
             "embeddings", per_token * tokens(pool),
             model_bytes + block_bytes * (1 + embed.num_tangents)
             + embed.batch_size * longest * hidden * embed.num_blocks * 64 * (1 + embed.num_tangents) * bytes_per
-            + len(pool) * width * 4, len(pool) * width * 4))
+            + len(pool) * PER_SAMPLE_BYTES, len(pool) * width * 4))
     if config.method in ("influence", "exact", "less"):
         estimates.append(Estimate("target gradients", gradient_seconds(target), gradient_memory, 0.0))
         estimates.append(Estimate("landmark gradients" if config.method != "less" else "pool gradients",
@@ -115,8 +120,8 @@ def estimate(config: SelectConfig) -> list[Estimate]:
         chunk, width = config.propagation.chunk_size, estimates[-3].disk / max(1, len(pool)) / 4
         flops = 2 * len(pool) * landmarks * width + landmarks**3 / 3 + 2 * landmarks**2 * width
         estimates.append(Estimate("propagation", flops / _matmul_rate(),
-                                  model_bytes + landmarks**2 * 16 + chunk * landmarks * 8 + len(pool) * len(target) * 8,
-                                  0.0))
+                                  model_bytes + landmarks**2 * 16 + chunk * landmarks * 8 + len(pool) * PER_SAMPLE_BYTES,
+                                  len(pool) * len(target) * 8))  # the scores go to a scratch file
     if config.method in ("mid-ppl", "rds+"):
         device = next(model.parameters()).device
         with torch.no_grad():
@@ -125,7 +130,7 @@ def estimate(config: SelectConfig) -> list[Estimate]:
             model(input_ids=sample[0].input_ids[None].to(device))
         estimates.append(Estimate("pool forward passes", (time.perf_counter() - start) / len(sample[0])
                                   * tokens(pool), model_bytes + 16 * longest * hidden * 8 * bytes_per, 0.0))
-    estimates.append(Estimate("write outputs", 1.0, model_bytes + len(pool) * len(target) * 16,
+    estimates.append(Estimate("write outputs", 1.0, model_bytes + len(pool) * PER_SAMPLE_BYTES,
                               len(pool) * (len(target) * 4 + 64)))
     return estimates
 
