@@ -161,20 +161,3 @@ def test_central_differences_match_forward_mode():
         assert approximate.shape == exact.shape
         error = (approximate - exact).norm() / exact.norm()
         assert error < tolerance if tolerance else error > 0.05, (dtype, step)  # the test can tell a bad step
-
-
-def test_auto_computes_differences_in_full_precision_and_the_jvp_in_half():
-    from influence_distillation.method.embeddings import JvpEmbedder, difference_outputs, resolved_method
-
-    assert [resolved_method("auto", d) for d in (torch.float32, torch.float64, torch.bfloat16, torch.float16)] == [
-        "difference", "difference", "jvp", "jvp"]
-    assert resolved_method("jvp", torch.float32) == "jvp" and resolved_method("difference", torch.bfloat16) == \
-        "difference"
-    examples = labelled_examples(64, [6, 9, 7])
-    for dtype, expected in ((torch.float32, difference_outputs), (torch.bfloat16, jvp_outputs)):
-        backbone = truncated_backbone(make_model("llama", 64).to(dtype), 2)
-        auto = JvpEmbedder(backbone, 1, 4096, seed=3, method="auto")
-        explicit = JvpEmbedder(backbone, 1, 4096, seed=3, method="difference" if expected is difference_outputs
-                               else "jvp")
-        assert auto.outputs is expected
-        assert torch.equal(auto(examples), explicit(examples))

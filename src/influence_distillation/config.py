@@ -54,10 +54,9 @@ class EmbeddingConfig:
     )
     batch_size: int = option(8, "Samples per JVP batch (length-bucketed).", "--embedding-batch-size")
     method: str = option(
-        "auto", "How the directional derivatives are computed: jvp (forward-mode AD, exact: the paper's), difference "
-        "(central differences: two plain forward passes per tangent, about 1e-4 relative error in float32, 1.6-1.7x "
-        "faster on a CPU at equal fidelity), or auto: difference for a float32/float64 model, jvp in half precision "
-        "(coarser than the difference's step).", "--embedding-method", choices=("auto", "jvp", "difference"))
+        "jvp", "How the directional derivatives are computed: jvp (forward-mode AD, exact) or difference (central "
+        "differences: two plain forward passes per tangent, about 1e-4 relative error in float32).", "--embedding-method",
+        choices=("jvp", "difference"), added=True)
     pooling: str = option(
         "last", "Which K-block outputs the embedding reads: last (the last real token, the paper's), mean (every "
         "real token), weighted (position-weighted mean), completion (the positions that predict the completion), "

@@ -97,14 +97,6 @@ def jvp_outputs(backbone: nn.Module, tangents: dict[str, torch.Tensor], batch: B
     return (tangent, primal.flatten(1)) if with_primal else tangent
 
 
-def resolved_method(method: str, dtype: torch.dtype) -> str:
-    """What `auto` stands for: central differences where their step is far above the precision (float32/float64;
-    1.6-1.7x faster than the JVP on a CPU, equal fidelity: docs/BENCHMARKS.md), the exact JVP in half precision."""
-    if method != "auto":
-        return method
-    return "difference" if dtype in (torch.float32, torch.float64) else "jvp"
-
-
 DIFFERENCE_STEP = 1e-5  # ε for unit-Gaussian tangents: 1e-3 is already in the non-linear range (BENCHMARKS.md)
 
 
@@ -136,8 +128,7 @@ class JvpEmbedder:
     def __init__(self, backbone: nn.Module, num_tangents: int, dim: int, seed: int, batch_size: int = 8,
                  pad_id: int = 0, poolings: tuple[str, ...] = ("last",), method: str = "jvp"):
         self.backbone, self.batch_size, self.pad_id, self.poolings = backbone, batch_size, pad_id, poolings
-        self.method = resolved_method(method, next(backbone.parameters()).dtype)
-        self.outputs = difference_outputs if self.method == "difference" else jvp_outputs
+        self.outputs = difference_outputs if method == "difference" else jvp_outputs
         self.tangents = sample_tangents(dict(backbone.named_parameters()), num_tangents, seed)
         self.num_tangents, self.hidden = num_tangents, backbone.config.hidden_size
         self.width = num_tangents * self.hidden  # per pooling
@@ -182,7 +173,6 @@ def jvp_embeddings(
         seed: fixes the tangents and the projection.
         pad_id: any token id; padded positions are masked out.
         poolings: the P ways of reading the K-block outputs (`POOLINGS`), one embedding block each.
-        method: "jvp" (forward-mode AD), "difference" (central differences, `difference_outputs`) or "auto"
-            (`resolved_method`).
+        method: "jvp" (forward-mode AD) or "difference" (central differences, `difference_outputs`).
     """
     return JvpEmbedder(backbone, num_tangents, dim, seed, batch_size, pad_id, poolings, method)(examples, progress)
