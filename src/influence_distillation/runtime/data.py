@@ -84,9 +84,9 @@ def iter_samples(path: str | Path, what: str = "pool", split: str | None = None,
         yield _to_sample(sample_id, record, fmt, where)
     if not count:
         raise DataError(f"{what} file {path} holds no records")
-    hashes = np.frombuffer(id_hashes, dtype=np.int64)
-    if len(np.unique(hashes)) < len(hashes):
-        _raise_duplicate(files, set(_repeated(hashes).tolist()))
+    repeated = _repeated(np.frombuffer(id_hashes, dtype=np.int64))
+    if repeated.size:
+        _raise_duplicate(files, set(repeated.tolist()))
 
 
 def _id_hash(sample_id: str) -> int:

@@ -92,13 +92,13 @@ def write_outputs(out: Path, result: SelectionResult, records: dict[str, dict[st
         selected_rows.append({**records[sample_id], "id": records[sample_id].get("id", sample_id), "score": score,
                               **extra})
     artifacts.write_jsonl(out / artifacts.SELECTED, selected_rows)
-    rank_of = dict(zip(selected.tolist(), range(len(selected))))
     landmarks = np.asarray(result.landmarks, dtype=np.int64)
 
     def score_columns():
         for start in range(0, num_rows, chunk_rows):
             stop = min(start + chunk_rows, num_rows)
-            rank = np.array([rank_of.get(row, -1) for row in range(start, stop)], dtype=np.int64)
+            rank, inside = np.full(stop - start, -1, dtype=np.int64), (selected >= start) & (selected < stop)
+            rank[selected[inside] - start] = np.flatnonzero(inside)
             yield {"id": result.pool_ids[start:stop], "score": row_means(result.scores[start:stop]),
                    "selected": rank >= 0, "rank": rank, "landmark": np.isin(np.arange(start, stop), landmarks)} | (
                 {"weight": weights[start:stop]} if weights is not None else {})

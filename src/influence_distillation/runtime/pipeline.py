@@ -64,7 +64,6 @@ from influence_distillation.runtime.shards import (
     GRADIENT_SHARD,
     RowCache,
     ShardedStage,
-    content_digests,
     tokenized_in,
 )
 from influence_distillation.runtime.tokenization import TokenizedSet, check_usable, tokenize_samples
@@ -225,7 +224,7 @@ def _select_influence(run: _Run) -> SelectionResult:
     config, timer, seeds, model, pool, target = run.config, run.timer, run.seeds, run.model, run.pool, run.target
     order, exact = config.influence.order, config.influence.exact or config.method == "exact"
     strategy = config.selection.resolved(order, config.method)
-    num_pool, digests = len(pool.examples), content_digests(pool.examples)  # both kept by the packed pool
+    num_pool, digests = len(pool.examples), pool.examples.digests  # the content digests the pool keeps
     embeddings, embedder = None, None
 
     def embed(rows):

@@ -22,7 +22,7 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +32,6 @@ from tqdm.auto import tqdm
 from influence_distillation.errors import OutputError
 from influence_distillation.runtime.artifacts import NpyRows, atomic_file, staging_directory, write_npy
 from influence_distillation.runtime.distributed import DistInfo, barrier
-from influence_distillation.runtime.packed import PackedExamples, content_digest
 from influence_distillation.runtime.tokenization import TokenizedSet
 
 log = logging.getLogger(__name__)
@@ -131,13 +130,6 @@ class ShardRows:
             mask = shards == shard
             out[mask] = np.load(self.paths[shard])[rows[mask] - shard * self.shard_rows]
         return torch.from_numpy(out)
-
-
-def content_digests(examples) -> Sequence[bytes]:
-    """Each tokenized sample's `content_digest` (kept by a `PackedExamples`, computed for a list of examples)."""
-    if isinstance(examples, PackedExamples):
-        return examples.digests
-    return [content_digest(e.input_ids, e.labels) for e in examples]
 
 
 def tokenized_in(folder: Path, tokenize: Callable[[Path], TokenizedSet]) -> tuple[TokenizedSet, bool]:
