@@ -2,25 +2,30 @@
 
 Pools of growing size are nested random subsets of one BIG-bench pool built the demo's way (grown: more examples
 per task), so every size has the same task mix and the same target (the demo's `math`). Every (size, method) is a
-separate cold `influence-distill select` process with its own empty stage cache, timed whole (wall clock, peak RSS
-from `/usr/bin/time`) and per stage (its manifest: seconds and peak memory at the end of each stage).
+separate cold `influence-distill select` process with its own empty stage cache, timed whole (wall clock, and the
+child's own peak RSS from `os.wait4`) and per stage (its manifest: seconds, peak memory at the end of each stage, and
+on a GPU each stage's peak of allocated GPU memory).
 
 Ours runs with the library defaults (K = 4, m = 1, verification landmarks) twice: landmarks at a fixed fraction of
 the pool (`influence`, 5%) and at a fixed count (`influence-fixed`, 256). LESS needs a warm-up's AdamW state (timed
 once, not part of its selection time, as in the side-by-side benchmark); above `--less-max` samples it is not run but
 extrapolated from its largest measured run (fixed stages as measured, per-sample stages scaled with the pool) and
-marked as such. Usage (hours on a 2-core CPU at the default sizes; every finished run is kept and reused):
+marked as such. Usage (hours on a 2-core CPU at the default sizes; every finished run is kept and reused, and
+scale.json is rewritten after each one, so an interrupted benchmark resumes where it stopped):
 
     .venv/bin/python benchmarks/bench_scale.py --out runs/scale [--sizes 2500,5000,10000,20000] [--less-max 5000]
+    python3 benchmarks/bench_scale.py --model DIR --methods influence,rds+ ...   # e.g. on a GPU (gpu_check.sh)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from influence_distillation.evaluation.demo_data import DemoSizes, build_demo_data, fetch_bigbench
@@ -51,20 +56,25 @@ def build_pools(out: Path, sizes: list[int], seed: int) -> dict[int, Path]:
 def timed_select(args: list[str], folder: Path) -> dict:
     """One cold select in its own process: wall seconds and peak RSS of the whole run, and its manifest."""
     manifest_path = folder / "run" / "manifest.json"
-    if manifest_path.is_file() and (folder / "time.txt").is_file():
-        manifest = json.loads(manifest_path.read_text())
-    else:
+    if not (manifest_path.is_file() and (folder / "time.txt").is_file()):
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
-        command = ["/usr/bin/time", "-f", "%e %M", "-o", str(folder / "time.txt"), sys.executable, "-m",
-                   "influence_distillation", "select", *args, "--out", str(folder / "run"),
+        command = [sys.executable, "-m", "influence_distillation", "select", *args, "--out", str(folder / "run"),
                    "--cache-dir", str(folder / "stages"), "--quiet"]
-        subprocess.run(command, check=True)
-        manifest = json.loads(manifest_path.read_text())
+        start = time.perf_counter()
+        child = subprocess.Popen(command)
+        _, status, usage = os.wait4(child.pid, 0)  # this child's own rusage, not the maximum over all children
+        child.returncode = os.waitstatus_to_exitcode(status)
+        if child.returncode != 0:
+            raise subprocess.CalledProcessError(child.returncode, command)
+        (folder / "time.txt").write_text(f"{time.perf_counter() - start:.2f} {usage.ru_maxrss}\n")
         shutil.rmtree(folder / "stages")  # the next size must not reuse anything
+    manifest = json.loads(manifest_path.read_text())
     wall, peak_kib = (folder / "time.txt").read_text().split()[-2:]
     return {"seconds": float(wall), "peak_gib": int(peak_kib) / 2**20, "stages": manifest["stages"],
-            "stage_peak_gib": manifest.get("peak_memory_gib", {})}
+            "stage_peak_gib": manifest.get("peak_memory_gib", {}),
+            "stage_gpu_peak_gib": manifest.get("gpu_peak_memory_gib", {}),
+            "device": manifest["environment"].get("gpu", manifest["environment"]["device"])}
 
 
 def extrapolate(measured: dict, size_measured: int, size: int) -> dict:
@@ -110,13 +120,14 @@ def main() -> None:
             print(f"size {size}: {method} ...", flush=True)
             results[method][size] = timed_select(["--pool", str(pools[size]), *common, *budget, *extra],
                                                  out / f"{size}" / method)
-    write_json(out / "scale.json", {"sizes": sizes, "results": results})
+            write_json(out / "scale.json", {"sizes": sizes, "results": results})
     print(format_table(results, sizes))
     plot(results, sizes, out / "scale.png")
 
 
 def format_table(results: dict, sizes: list[int]) -> str:
-    lines = ["| pool | method | wall s | × influence | peak GiB | stages (s) |", "|---|---|---|---|---|---|"]
+    lines = ["| pool | method | wall s | × influence | peak RSS GiB | peak GPU GiB | stages (s) |",
+             "|---|---|---|---|---|---|---|"]
     for size in sizes:
         ours = results.get("influence", {}).get(size, {}).get("seconds")
         for method, per_size in results.items():
@@ -124,8 +135,10 @@ def format_table(results: dict, sizes: list[int]) -> str:
             mark = f" (extrapolated from {row['extrapolated_from']})" if "extrapolated_from" in row else ""
             ratio = f"{row['seconds'] / ours:.2f}" if ours else "n/a"
             peak = f"{row['peak_gib']:.2f}" if row["peak_gib"] else "n/a"
-            stages = ", ".join(f"{k} {v:.0f}" for k, v in row["stages"].items() if v >= 0.5)
-            lines.append(f"| {size} | {method}{mark} | {row['seconds']:.0f} | {ratio} | {peak} | {stages} |")
+            gpu = max(row.get("stage_gpu_peak_gib", {}).values(), default=None)
+            stages = ", ".join(f"{k} {v:.3g}" for k, v in row["stages"].items() if v >= 0.05)
+            lines.append(f"| {size} | {method}{mark} | {row['seconds']:.3g} | {ratio} | {peak} | "
+                         f"{f'{gpu:.2f}' if gpu is not None else 'n/a'} | {stages} |")
     return "\n".join(lines)
 
 

@@ -4,6 +4,7 @@ Usage:
     .venv/bin/python benchmarks/bench_stages.py            # SmolLM2-135M shapes, random weights
     .venv/bin/python benchmarks/bench_stages.py --quick    # smaller sizes, a minute or so
     .venv/bin/python benchmarks/bench_stages.py --model DIR
+    python3 benchmarks/bench_stages.py --device cuda     # on a GPU (benchmarks/gpu_check.sh)
 
 Timings depend on tensor shapes, not weight values, so by default the model is a randomly initialised Llama with
 SmolLM2-135M-Instruct's exact configuration (30 blocks, d_model 576, MLP 1536, 9/3 heads, vocabulary 49152).
@@ -45,12 +46,19 @@ def smollm2_shaped_model():
     return LlamaForCausalLM(config).eval()
 
 
+def synchronize() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def timed(fn, repeats: int) -> float:
     fn()  # warm-up
     samples = []
     for _ in range(repeats):
+        synchronize()
         start = time.perf_counter()
         fn()
+        synchronize()
         samples.append(time.perf_counter() - start)
     return statistics.median(samples)
 
@@ -77,7 +85,7 @@ def random_examples(count: int, length: int, vocab: int) -> list[Example]:
 
 def bench_jvp(model, args, rows):
     examples = random_examples(args.batch, args.length, model.config.vocab_size)
-    batch = collate(examples, 0)
+    batch = collate(examples, 0).to(args.device)
     for blocks in args.blocks:
         backbone = truncated_backbone(model, blocks)
         params = dict(backbone.named_parameters())
@@ -110,22 +118,22 @@ def bench_jvp(model, args, rows):
         loop = timed(loop_over_tangents, args.repeats) / per
         textbook = timed(naive, args.repeats) / per
         rows.append((f"JVP K={blocks} m={args.tangents} B={per} T={args.length}", "vmap over tangents (ours)",
-                     ours, f"loop over tangents {loop:.3f} s ({loop / ours:.2f}x ours); naive loop with the "
-                           f"embedding tangent inside {textbook:.3f} s ({textbook / ours:.2f}x); "
-                           f"plain forward of K blocks {base:.3f} s"))
+                     ours, f"loop over tangents {loop:.3g} s ({loop / ours:.2f}x ours); naive loop with the "
+                           f"embedding tangent inside {textbook:.3g} s ({textbook / ours:.2f}x); "
+                           f"plain forward of K blocks {base:.3g} s"))
 
 
 def bench_projection(model, args, rows):
     params = select_parameters(model, "mlp-down")
     size = sum(p.numel() for p in params.values())
     projector = HadamardProjector(size, args.grad_dim, seed=0)
-    x = torch.randn(args.chunk, projector.padded_dim)
+    x = torch.randn(args.chunk, projector.padded_dim, device=args.device)
     ours = timed(lambda: fwht(x), args.repeats) / args.chunk
     naive = timed(lambda: butterfly_fwht(x), args.repeats) / args.chunk
     rows.append((f"WHT n=2^{projector.padded_dim.bit_length() - 1} (D={size:,}) chunk={args.chunk}",
                  "Kronecker matmuls (ours)", ours, f"{naive / ours:.1f}x faster than radix-2 butterfly "
-                                                   f"({naive:.3f} s)"))
-    g = torch.randn(args.chunk, size)
+                                                   f"({naive:.3g} s)"))
+    g = torch.randn(args.chunk, size, device=args.device)
     full = timed(lambda: projector(g), args.repeats) / args.chunk
     rows.append((f"SRHT D={size:,} -> k_p={args.grad_dim}", "signs + WHT + subsample", full, "per gradient"))
 
@@ -145,7 +153,7 @@ def bench_gradients(model, args, rows):
 
 def bench_krr(args, rows):
     torch.manual_seed(0)
-    points = torch.randn(args.pool, args.embedding_dim)
+    points = torch.randn(args.pool, args.embedding_dim)  # the pipeline's embeddings live on the CPU
     landmarks = points[: args.landmarks]
     values = torch.randn(args.landmarks, args.targets, dtype=torch.float64)
     fit = timed(lambda: fit_kernel_ridge(landmarks, values), 1)
@@ -162,6 +170,7 @@ def main() -> None:
     parser.add_argument("--model", help="local HF causal LM (default: random SmolLM2-135M-shaped Llama)")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     args = parser.parse_args()
     args.batch, args.length, args.tangents, args.blocks = 8, 128, 2, (1, 4)
     args.grad_dim, args.chunk, args.grad_samples = 32768, 4, 8
@@ -175,16 +184,19 @@ def main() -> None:
         model = AutoModelForCausalLM.from_pretrained(args.model, attn_implementation="eager").eval()
     else:
         model = smollm2_shaped_model()
+    model = model.to(args.device)
     rows: list[tuple[str, str, float, str]] = []
     bench_jvp(model, args, rows)
     bench_projection(model, args, rows)
     bench_gradients(model, args, rows)
     bench_krr(args, rows)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, peak RSS "
+    where = torch.cuda.get_device_name(args.device) if torch.device(args.device).type == "cuda" else \
+        f"{torch.get_num_threads()} CPU threads"
+    print(f"torch {torch.__version__}, {where}, peak RSS "
           f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f} GiB\n")
     print("| stage | implementation | seconds | note |\n|---|---|---|---|")
     for stage, impl, seconds, note in rows:
-        print(f"| {stage} | {impl} | {seconds:.3f} | {note} |")
+        print(f"| {stage} | {impl} | {seconds:.3g} | {note} |")
 
 
 if __name__ == "__main__":

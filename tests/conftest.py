@@ -131,6 +131,15 @@ def adam_state_file(model_path, path: Path) -> Path:
     return path
 
 
+DEVICES = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> torch.device:
+    """Every available device: a test that takes it runs on the CPU and on each GPU (benchmarks/gpu_check.sh)."""
+    return torch.device(request.param)
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     return make_tokenizer()

@@ -71,6 +71,24 @@ def test_same_seed_gives_byte_identical_selection_and_manifest_replays(model_dir
     assert (tmp_path / "a" / "selected.jsonl").read_bytes() == first
 
 
+@pytest.mark.parametrize("variant", [(), ("--order", "2", "--selection", "weights"),
+                                     ("--grad-batch-size", "4", "--grad-projection", "kronecker"),
+                                     ("--method", "rds+")], ids=["default", "order2", "kronecker", "rds"])
+def test_every_device_selects_what_the_cpu_selects(variant, device, model_dir, data_files, tmp_path):
+    pool, target = data_files
+    runs = {}
+    for where in dict.fromkeys([str(device), "cpu"]):
+        out = tmp_path / where.replace(":", "-")
+        assert main(select_args(pool, target, model_dir("llama"), out, 8, "--device", where, *variant)) == 0
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["environment"]["device"] == where
+        assert ("gpu_peak_memory_gib" in manifest) == (where != "cpu")
+        runs[where] = [json.loads(line) for line in (out / "selected.jsonl").read_text().splitlines()]
+    ours, cpu = runs[str(device)], runs["cpu"]
+    assert [row["id"] for row in ours] == [row["id"] for row in cpu]
+    np.testing.assert_allclose([row["score"] for row in ours], [row["score"] for row in cpu], rtol=1e-3, atol=1e-6)
+
+
 def test_config_file_values_and_flag_overrides(model_dir, data_files, tmp_path):
     pool, target = data_files
     config = {"pool": str(pool), "target": str(target), "model": {"path": str(model_dir("llama"))},

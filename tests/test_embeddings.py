@@ -27,9 +27,9 @@ def last_token_output(backbone, params, batch):
 
 
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])
-def test_jvp_equals_central_finite_difference(kind):
-    backbone = truncated_backbone(make_model(kind, 64).double(), 2)
-    batch = collate(random_examples(64, [5, 9, 7]), pad_id=0)
+def test_jvp_equals_central_finite_difference(kind, device):
+    backbone = truncated_backbone(make_model(kind, 64).double().to(device), 2)
+    batch = collate(random_examples(64, [5, 9, 7]), pad_id=0).to(device)
     params = dict(backbone.named_parameters())
     tangents = sample_tangents(params, 2, seed=3)
 
@@ -51,27 +51,28 @@ def test_jvp_equals_central_finite_difference(kind):
 
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])
 @pytest.mark.parametrize("side", ["right", "left"])
-def test_batched_equals_one_at_a_time(kind, side):
-    backbone = truncated_backbone(make_model(kind, 64), 2)
+def test_batched_equals_one_at_a_time(kind, side, device):
+    backbone = truncated_backbone(make_model(kind, 64).to(device), 2)
     examples = random_examples(64, [4, 11, 7, 2])
     tangents = sample_tangents(dict(backbone.named_parameters()), 2, seed=0)
     with torch.no_grad():
-        together = jvp_outputs(backbone, tangents, collate(examples, 0, side))
+        together = jvp_outputs(backbone, tangents, collate(examples, 0, side).to(device))
         for row, example in enumerate(examples):
-            alone = jvp_outputs(backbone, tangents, collate([example], 0))
+            alone = jvp_outputs(backbone, tangents, collate([example], 0).to(device))
             torch.testing.assert_close(together[row], alone[0], rtol=1e-4, atol=1e-5)
 
 
-def test_embeddings_concatenate_tangents_and_project_reproducibly():
-    backbone = truncated_backbone(make_model("llama", 64), 2)
+def test_embeddings_concatenate_tangents_and_project_reproducibly(device):
+    backbone = truncated_backbone(make_model("llama", 64).to(device), 2)
     examples = random_examples(64, [6, 3, 8, 5, 4])
     exact = jvp_embeddings(backbone, examples, num_tangents=2, dim=4096, seed=1, batch_size=2,
                            progress=False)
     assert exact.shape == (5, 64)  # m * d_model = 2 * 32 <= d_e: exact coordinates are kept
     tangents = sample_tangents(dict(backbone.named_parameters()), 2, seed=1)
     with torch.no_grad():
-        u = jvp_outputs(backbone, tangents, collate([examples[2]], 0))
-    torch.testing.assert_close(exact[2], u.reshape(-1), rtol=1e-4, atol=1e-5)
+        u = jvp_outputs(backbone, tangents, collate([examples[2]], 0).to(device))
+    assert exact.device.type == "cpu"  # embeddings come back to the CPU whatever the model's device
+    torch.testing.assert_close(exact[2], u.reshape(-1).cpu(), rtol=1e-4, atol=1e-5)
     projected = jvp_embeddings(backbone, examples, 2, dim=16, seed=1, batch_size=2, progress=False)
     torch.testing.assert_close(projected, HadamardProjector(64, 16, seed=2)(exact), rtol=1e-4, atol=1e-5)
     again = jvp_embeddings(backbone, examples, 2, dim=16, seed=1, batch_size=2, progress=False)
@@ -92,7 +93,7 @@ def pooled_reference(backbone, params, batch, pooling):
         elif pooling == "mean":
             rows.append(hidden.mean(0))
         elif pooling == "weighted":
-            w = torch.arange(1, n + 1, dtype=hidden.dtype)
+            w = torch.arange(1, n + 1, dtype=hidden.dtype, device=hidden.device)
             rows.append((w[:, None] * hidden).sum(0) / w.sum())
         else:  # completion: positions j whose next token j + 1 carries a label
             predicting = [j for j in range(n - 1) if batch.labels[b, j + 1] != -100]
@@ -112,11 +113,11 @@ def labelled_examples(vocab, lengths, seed=0):
     return out
 
 
-def test_pooled_jvp_equals_finite_difference_of_hand_pooled_outputs():
+def test_pooled_jvp_equals_finite_difference_of_hand_pooled_outputs(device):
     """Every pooling against an independent reference: Richardson-extrapolated central differences of the hidden
     states pooled by hand; the primal against the hand-pooled outputs themselves."""
-    backbone = truncated_backbone(make_model("llama", 64).double(), 2)
-    batch = collate(labelled_examples(64, [6, 9, 7]), pad_id=0)
+    backbone = truncated_backbone(make_model("llama", 64).double().to(device), 2)
+    batch = collate(labelled_examples(64, [6, 9, 7]), pad_id=0).to(device)
     params = dict(backbone.named_parameters())
     tangents = sample_tangents(params, 1, seed=5)
     with torch.no_grad():
@@ -136,24 +137,24 @@ def test_pooled_jvp_equals_finite_difference_of_hand_pooled_outputs():
 
 
 @pytest.mark.parametrize("side", ["right", "left"])
-def test_pooled_outputs_do_not_depend_on_padding(side):
-    backbone = truncated_backbone(make_model("llama", 64), 2)
+def test_pooled_outputs_do_not_depend_on_padding(side, device):
+    backbone = truncated_backbone(make_model("llama", 64).to(device), 2)
     examples = labelled_examples(64, [4, 11, 7, 5])
     tangents = sample_tangents(dict(backbone.named_parameters()), 2, seed=0)
     with torch.no_grad():
-        together = jvp_outputs(backbone, tangents, collate(examples, 0, side), POOLINGS)
+        together = jvp_outputs(backbone, tangents, collate(examples, 0, side).to(device), POOLINGS)
         for row, example in enumerate(examples):
-            alone = jvp_outputs(backbone, tangents, collate([example], 0), POOLINGS)
+            alone = jvp_outputs(backbone, tangents, collate([example], 0).to(device), POOLINGS)
             torch.testing.assert_close(together[row], alone[0], rtol=1e-4, atol=1e-5)
 
 
-def test_central_differences_match_forward_mode():
+def test_central_differences_match_forward_mode(device):
     from influence_distillation.method.embeddings import difference_outputs
 
     # Unit-Gaussian tangents dwarf weights of scale 0.02: steps of 1e-3 are already far into the non-linear range.
     for dtype, step, tolerance in ((torch.float64, 1e-5, 1e-3), (torch.float32, 1e-5, 1e-3), (torch.float32, 1e-3, None)):
-        backbone = truncated_backbone(make_model("llama", 64).to(dtype), 2)
-        batch = collate(labelled_examples(64, [6, 9, 7]), pad_id=0)
+        backbone = truncated_backbone(make_model("llama", 64).to(device, dtype), 2)
+        batch = collate(labelled_examples(64, [6, 9, 7]), pad_id=0).to(device)
         tangents = sample_tangents(dict(backbone.named_parameters()), 2, seed=4)
         with torch.no_grad():
             exact = jvp_outputs(backbone, tangents, batch, ("last", "mean"))

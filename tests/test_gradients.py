@@ -26,14 +26,14 @@ def examples(tokenizer):
 
 
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])
-def test_per_sample_gradient_equals_hf_loss_backward_on_that_sample_alone(kind, tokenizer, examples):
-    model = make_model(kind, len(tokenizer)).double()
+def test_per_sample_gradient_equals_hf_loss_backward_on_that_sample_alone(kind, tokenizer, examples, device):
+    model = make_model(kind, len(tokenizer)).double().to(device)
     params = select_parameters(model, "mlp-down")
     for example in examples:
         with only_requires_grad(model, params):
             ours = flat_gradient(model, params, example)
         model.zero_grad()
-        reference = model(input_ids=example.input_ids[None], labels=example.labels[None]).loss
+        reference = model(input_ids=example.input_ids[None].to(device), labels=example.labels[None].to(device)).loss
         reference.backward()
         expected = torch.cat([p.grad.reshape(-1) for p in params.values()])
         # HF's loss upcasts logits to float32 (ours stays float64), hence float32-level agreement.
@@ -56,15 +56,16 @@ def test_prompt_tokens_carry_no_loss(tokenizer, examples):
     assert sample_loss(model, example).item() == pytest.approx(loss.item(), rel=1e-5)  # float32, other kernels
 
 
-def test_projected_gradients_are_preconditioned_then_normalised(tokenizer, examples):
-    model = make_model("llama", len(tokenizer))
+def test_projected_gradients_are_preconditioned_then_normalised(tokenizer, examples, device):
+    model = make_model("llama", len(tokenizer)).to(device)
     params = select_parameters(model, "mlp-down")
     size = sum(p.numel() for p in params.values())
     a = torch.rand(size) + 0.5
     rows, norms = projected_gradients(model, examples, params, IdentityProjector(size), preconditioner=a, chunk=2,
                                       progress=False)
     with only_requires_grad(model, params):
-        raw = torch.stack([flat_gradient(model, params, e) for e in examples])
+        raw = torch.stack([flat_gradient(model, params, e) for e in examples]).cpu()
+    assert rows.device.type == norms.device.type == "cpu"
     expected = (raw * a) / (raw * a).norm(dim=1, keepdim=True)
     torch.testing.assert_close(rows, expected)
     torch.testing.assert_close(norms, (raw * a).norm(dim=1).double())
@@ -104,13 +105,13 @@ def test_parameter_specs_all_regex_and_errors():
         select_parameters(model, "nothing_like_this")
 
 
-def test_batched_losses_equal_single_sample_losses(tokenizer, examples):
+def test_batched_losses_equal_single_sample_losses(tokenizer, examples, device):
     from influence_distillation.method.gradients import batch_losses
     from influence_distillation.runtime.tokenization import collate
 
-    model = make_model("llama", len(tokenizer))
+    model = make_model("llama", len(tokenizer)).to(device)
     for side in ("right", "left"):
-        losses = batch_losses(model, collate(examples, pad_id=0, padding_side=side))
+        losses = batch_losses(model, collate(examples, pad_id=0, padding_side=side).to(device))
         expected = torch.stack([sample_loss(model, e) for e in examples])
         torch.testing.assert_close(losses, expected, rtol=1e-5, atol=1e-6)
 

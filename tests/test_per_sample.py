@@ -32,12 +32,12 @@ def examples(tokenizer):
 
 @pytest.mark.parametrize("kind, spec", [("llama", "mlp-down"), ("llama", r"(o_proj|up_proj)"),
                                         ("gpt2", r"mlp\.c_proj|attn\.c_attn")])
-def test_batched_gradients_equal_one_sample_at_a_time(kind, spec, tokenizer, examples):
-    model = make_model(kind, len(tokenizer)).double()
+def test_batched_gradients_equal_one_sample_at_a_time(kind, spec, tokenizer, examples, device):
+    model = make_model(kind, len(tokenizer)).double().to(device)
     params = select_parameters(model, spec)
     layers = linear_layers(model, params)
     assert layers is not None and any(layer.transposed for layer in layers) == (kind == "gpt2")
-    batched = batched_gradients(model, params, layers, collate(examples, 0))  # right padding, as the pipeline
+    batched = batched_gradients(model, params, layers, collate(examples, 0).to(device))  # right padding, as the pipeline
     with only_requires_grad(model, params):
         for row, example in enumerate(examples):
             alone = flat_gradient(model, params, example)
@@ -75,20 +75,20 @@ def dense_kronecker(projector: KroneckerProjector) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("kind, spec", [("llama", "mlp-down"), ("gpt2", r"mlp\.c_proj")])
-def test_kronecker_projection_is_a_fixed_matrix_and_needs_no_full_gradient(kind, spec, tokenizer, examples):
-    model = make_model(kind, len(tokenizer)).double()
+def test_kronecker_projection_is_a_fixed_matrix_and_needs_no_full_gradient(kind, spec, tokenizer, examples, device):
+    model = make_model(kind, len(tokenizer)).double().to(device)
     params = select_parameters(model, spec)
     layers = linear_layers(model, params)
     projector = KroneckerProjector(layers, params, out_dim=200, seed=3)
-    batch = collate(examples, 0)
+    batch = collate(examples, 0).to(device)
     flat = batched_gradients(model, params, layers, batch)
-    dense = dense_kronecker(projector)
+    dense = dense_kronecker(projector).to(device)
     assert dense.shape == (projector.out_dim, flat.shape[1])
     torch.testing.assert_close(projector(flat), flat @ dense.T, rtol=1e-9, atol=1e-12)
     # Straight from the recorded activations, never forming the gradient:
     torch.testing.assert_close(projector.project_records(record(model, params, layers, batch)), flat @ dense.T,
                                rtol=1e-9, atol=1e-12)
-    a = torch.rand(flat.shape[1], dtype=torch.float64)
+    a = torch.rand(flat.shape[1], dtype=torch.float64, device=device)
     projected = (flat * a) @ dense.T
     torch.testing.assert_close(projector(flat, diag=a, normalize=True),
                                projected / projected.norm(dim=1, keepdim=True), rtol=1e-9, atol=1e-12)
@@ -106,8 +106,8 @@ def test_kronecker_inner_products_are_unbiased(tokenizer, examples):
 
 
 @pytest.mark.parametrize("projection", ["srht", "kronecker"])
-def test_batched_rows_equal_the_one_at_a_time_rows(projection, tokenizer, examples):
-    model = make_model("llama", len(tokenizer)).double()
+def test_batched_rows_equal_the_one_at_a_time_rows(projection, tokenizer, examples, device):
+    model = make_model("llama", len(tokenizer)).double().to(device)
     params = select_parameters(model, "mlp-down")
     size = sum(p.numel() for p in params.values())
     projector = HadamardProjector(size, 256, 1) if projection == "srht" else KroneckerProjector(

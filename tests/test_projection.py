@@ -14,9 +14,9 @@ from influence_distillation.method.projection import (
 
 
 @pytest.mark.parametrize("n", [1, 2, 8, 256, 4096])
-def test_fwht_equals_dense_sylvester_hadamard(n):
-    x = torch.randn(3, n, dtype=torch.float64)
-    dense = torch.from_numpy(scipy.linalg.hadamard(n)).double() / math.sqrt(n)
+def test_fwht_equals_dense_sylvester_hadamard(n, device):
+    x = torch.randn(3, n, dtype=torch.float64, device=device)
+    dense = torch.from_numpy(scipy.linalg.hadamard(n)).double().to(device) / math.sqrt(n)
     torch.testing.assert_close(fwht(x), x @ dense.T)
 
 
@@ -26,7 +26,7 @@ def test_fwht_is_orthonormal_involution():
     torch.testing.assert_close(fwht(x).norm(dim=1), x.norm(dim=1))
 
 
-def test_srht_equals_explicit_matrix_built_independently():
+def test_srht_equals_explicit_matrix_built_independently(device):
     in_dim, out_dim, seed = 37, 16, 5
     projector = HadamardProjector(in_dim, out_dim, seed)
     n = projector.padded_dim
@@ -37,7 +37,7 @@ def test_srht_equals_explicit_matrix_built_independently():
     rows = np.sort(rng.choice(n, size=out_dim, replace=False))
     dense = math.sqrt(n / out_dim) * (scipy.linalg.hadamard(n) / math.sqrt(n))[rows][:, :in_dim] * signs
     x = torch.randn(5, in_dim, dtype=torch.float64)
-    np.testing.assert_allclose(projector(x).numpy(), x.numpy() @ dense.T, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(projector(x.to(device)).cpu().numpy(), x.numpy() @ dense.T, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(projector.dense().numpy(), dense, atol=1e-6)
 
 
@@ -62,9 +62,10 @@ def test_projector_is_seeded_and_identity_when_not_smaller():
     assert isinstance(make_projector(1001, 1000, 0), HadamardProjector)
 
 
-def test_diagonal_weights_and_normalisation_are_fused_exactly():
+def test_diagonal_weights_and_normalisation_are_fused_exactly(device):
     torch.manual_seed(0)
     x, d = torch.randn(3, 500, dtype=torch.float64), torch.rand(500, dtype=torch.float64) + 0.1
+    x, d = x.to(device), d.to(device)
     projector = HadamardProjector(500, 64, seed=9)
     weighted = x * d
     torch.testing.assert_close(projector(x, diag=d), projector(weighted))
@@ -75,7 +76,7 @@ def test_diagonal_weights_and_normalisation_are_fused_exactly():
                                weighted / weighted.norm(dim=1, keepdim=True))
 
 
-def test_countsketch_is_one_signed_entry_per_column_and_unbiased(monkeypatch):
+def test_countsketch_is_one_signed_entry_per_column_and_unbiased(monkeypatch, device):
     from influence_distillation.method.projection import CountSketchProjector
 
     monkeypatch.setattr(CountSketchProjector, "CHUNK", 7)  # several chunks even at this size
@@ -88,8 +89,9 @@ def test_countsketch_is_one_signed_entry_per_column_and_unbiased(monkeypatch):
     loop = torch.zeros(4, 12, dtype=torch.float64)
     for i in range(50):
         loop[:, int(sketch.buckets[i])] += float(sketch.signs[i]) * diag[i] * x[:, i]
-    torch.testing.assert_close(sketch(x, diag=diag), loop)
-    torch.testing.assert_close(sketch(x, diag=diag, normalize=True), loop / (x * diag).norm(dim=1, keepdim=True))
+    on_device = lambda **kw: sketch(x.to(device), diag=diag.to(device), **kw).cpu()
+    torch.testing.assert_close(on_device(), loop)
+    torch.testing.assert_close(on_device(normalize=True), loop / (x * diag).norm(dim=1, keepdim=True))
     a, b = torch.randn(2, 300, dtype=torch.float64)
     estimates = torch.tensor([float(p(a[None])[0] @ p(b[None])[0])
                               for p in (CountSketchProjector(300, 32, seed) for seed in range(400))])

@@ -67,26 +67,27 @@ def random_weights(seed):
     return w / w.sum() * N_POOL  # w ≥ 0, Σw = n
 
 
-def test_hvp_equals_finite_difference_of_gradients():
+def test_hvp_equals_finite_difference_of_gradients(device):
     # GPT-2 computes LayerNorm in the model dtype, so float64 finite differences are clean.
-    model = make_model("gpt2", 64).double()
+    model = make_model("gpt2", 64).double().to(device)
     params = select_parameters(model, "mlp-down")
     target = [random_example(9, 1), random_example(13, 2)]
     vectors = torch.randn(2, sum(p.numel() for p in params.values()), dtype=torch.float64)
     weights = torch.tensor([0.7, 0.3], dtype=torch.float64)
     products = target_hvp(model, params, target, vectors, weights)
+    assert products.device == torch.device(device)  # HVPs stay where the model is
 
     def gradient_at(shift):
         with torch.no_grad():
             start = 0
             for p in params.values():
-                p.add_(shift[start : start + p.numel()].view_as(p))
+                p.add_(shift[start : start + p.numel()].view_as(p).to(device))
                 start += p.numel()
-        g = (weights[:, None] * gradients(model, params, target)).sum(0)
+        g = (weights[:, None] * gradients(model, params, target).cpu()).sum(0)
         with torch.no_grad():
             start = 0
             for p in params.values():
-                p.sub_(shift[start : start + p.numel()].view_as(p))
+                p.sub_(shift[start : start + p.numel()].view_as(p).to(device))
                 start += p.numel()
         return g
 
@@ -96,7 +97,7 @@ def test_hvp_equals_finite_difference_of_gradients():
     eps = 1e-4
     for v, hv in zip(vectors, products):
         extrapolated = (4 * central_difference(v, eps / 2) - central_difference(v, eps)) / 3  # Richardson
-        assert (extrapolated - hv).norm() / hv.norm() < 1e-8
+        assert (extrapolated - hv.cpu()).norm() / hv.norm().cpu() < 1e-8
 
 
 def test_gd_step_second_order_prediction_is_markedly_better(setup):

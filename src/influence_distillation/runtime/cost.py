@@ -18,6 +18,7 @@ import resource
 import time
 from collections.abc import Iterator
 
+import torch
 from torch import nn
 
 from influence_distillation.runtime.models import find_blocks
@@ -99,17 +100,25 @@ def _grad_params(model, config):
 
 class StageTimer:
     """Wall time of each stage, and the process's peak resident memory when it ended (the peak so far: a stage that
-    needs more than the ones before it shows up as a step)."""
+    needs more than the ones before it shows up as a step). On CUDA also each stage's own peak of allocated GPU
+    memory (the allocator's peak is reset when a stage starts)."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
         self.peak_gib: dict[str, float] = {}
+        self.gpu_peak_gib: dict[str, float] = {}
 
     @contextlib.contextmanager
     def __call__(self, stage: str) -> Iterator[None]:
         log.info("stage %s: started", stage)
+        on_gpu = torch.cuda.is_available() and torch.cuda.is_initialized()
+        if on_gpu:
+            torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
         yield
+        if on_gpu or (torch.cuda.is_available() and torch.cuda.is_initialized()):
+            torch.cuda.synchronize()
+            self.gpu_peak_gib[stage] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
         self.seconds[stage] = round(time.perf_counter() - start, 3)
         self.peak_gib[stage] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)  # KiB on Linux
         log.info("stage %s: %.1f s", stage, self.seconds[stage])

@@ -3,9 +3,9 @@
 `torchrun --nproc_per_node=N -m influence_distillation select …` starts N copies. Every copy loads the data and the
 model; the pool-wide stages (JVP embeddings, landmark / exact / LESS gradients, baseline forward passes) are cut into
 fixed shards that the ranks share round-robin and write to a common stage folder; after a barrier rank 0 reads every
-shard and does the rest (influence, propagation, selection, outputs) alone. gloo on CPU, nccl on CUDA. The single-
-process path is the same code with rank 0 of 1. Multi-node runs use torchrun's usual rendezvous flags and need the
-run folder on a shared filesystem.
+shard and does the rest (influence, propagation, selection, outputs) alone. gloo on CPU, nccl on CUDA when each rank
+has a GPU of its own (more ranks than GPUs share the GPUs, over gloo). The single-process path is the same code with
+rank 0 of 1. Multi-node runs use torchrun's usual rendezvous flags and need the run folder on a shared filesystem.
 """
 
 from __future__ import annotations
@@ -38,12 +38,19 @@ def from_environment() -> DistInfo:
                     int(os.environ.get("LOCAL_RANK", 0)))
 
 
+def backend_for(local_world_size: int) -> str:
+    """nccl when every rank on this machine has a GPU of its own (nccl refuses two ranks on one GPU), else gloo."""
+    return "nccl" if torch.cuda.is_available() and local_world_size <= torch.cuda.device_count() else "gloo"
+
+
 def initialize(info: DistInfo) -> None:
-    """Join the process group torchrun set up (no-op for a single process)."""
-    if info.world_size > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(info.local_rank)
+    """Join the process group torchrun set up, also with one rank (so a one-GPU machine exercises nccl); no-op for a
+    process that torchrun did not start."""
+    launched = info.world_size > 1 or "TORCHELASTIC_RUN_ID" in os.environ
+    if launched and not dist.is_initialized():
+        backend = backend_for(int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size)))
+        if torch.cuda.is_available():
+            torch.cuda.set_device(info.local_rank % torch.cuda.device_count())
         dist.init_process_group(backend, timeout=datetime.timedelta(hours=6))
 
 
@@ -62,12 +69,17 @@ def broadcast(info: DistInfo, value):
 
 
 def finalize(info: DistInfo) -> None:
-    if info.world_size > 1 and dist.is_initialized():
+    if dist.is_initialized():
         dist.destroy_process_group()
 
 
 def device_for(info: DistInfo, requested: str) -> str:
-    """With several ranks on CUDA, each rank uses its own GPU."""
+    """With several ranks on CUDA, each rank uses its own GPU; more ranks than GPUs share them round-robin."""
     if requested == "auto" and torch.cuda.is_available() and info.world_size > 1:
-        return f"cuda:{info.local_rank}"
+        return f"cuda:{info.local_rank % torch.cuda.device_count()}"
     return requested
+
+
+def backend_name() -> str | None:
+    """The process group's backend, for the manifest (None for a single process)."""
+    return dist.get_backend() if dist.is_initialized() else None

@@ -128,13 +128,18 @@ def _environment(model: nn.Module) -> dict[str, str]:
 
     import transformers
 
+    from influence_distillation.runtime.distributed import backend_name
+
+    device = next(model.parameters()).device
     return {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "numpy": np.__version__,
-        "device": str(next(model.parameters()).device),
+        "device": str(device),
+        **({"gpu": torch.cuda.get_device_name(device)} if device.type == "cuda" else {}),
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         "threads": str(torch.get_num_threads()),
+        **({"process_group": f"{backend_name()} x {torch.distributed.get_world_size()}"} if backend_name() else {}),
     }

@@ -209,8 +209,8 @@ def _finish(run: _Run, result: SelectionResult, out: Path) -> SelectionResult:
         records = selected_records(run.pool_records(), result, run.pool, lambda samples: tokenize_samples(
             samples, run.tokenizer, config.data.max_length, config.data.template_fallback, progress=False), config.pool)
         write_outputs(out, result, records, run.pool, run.target)
-    manifest["stages"] = run.timer.seconds
-    manifest["peak_memory_gib"] = run.timer.peak_gib
+    manifest.update(stages=run.timer.seconds, peak_memory_gib=run.timer.peak_gib,
+                    **({"gpu_peak_memory_gib": run.timer.gpu_peak_gib} if run.timer.gpu_peak_gib else {}))
     artifacts.write_json(out / artifacts.MANIFEST, {**manifest, "outputs": output_files(result),
                                                     "status": "complete"})
     result.manifest = manifest

