@@ -9,11 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(min(2, torch.get_num_threads()))
+transformers.utils.logging.disable_progress_bar()  # fixtures' save_pretrained must not print into a test's stderr
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"

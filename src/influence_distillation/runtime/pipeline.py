@@ -184,6 +184,7 @@ def run_selection(config: SelectConfig, overwrite: bool = False, progress: bool 
     with run.timer("load"):
         run.target_samples = load_samples(config.target, "target", config.data.split, config.data.subset)
         run.model, run.tokenizer = load_model(config.model)
+        run.timer.device = next(run.model.parameters()).device
     with run.timer("tokenize"):  # the pool streams from its file into token files
         run.pool = run.tokenized_pool()
         run.target = tokenize_samples(run.target_samples, run.tokenizer, config.data.max_length,
@@ -290,7 +291,7 @@ def _select_influence(run: _Run) -> SelectionResult:
         target_direction = target_rows.double().mean(0)
         if order == 2 and space.adam_states is not None:  # p_Adam = U (g_T − η H b)
             target_direction -= eta * space.projector(target_hvp(model, space.params, hessian_targets,
-                                                                 space.offset()[None], hessian_weights))[0].double()
+                                                                 space.offset()[None], hessian_weights))[0].double().cpu()
         mean_influence = first_order_influence(landmark_rows, target_direction[None])[:, 0]  # (l,)
         landmark_q = curvature(landmark_rows, hessian_rows, num_pool) if order == 2 else None
 
