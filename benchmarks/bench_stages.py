@@ -3,6 +3,7 @@
 Usage:
     .venv/bin/python benchmarks/bench_stages.py            # SmolLM2-135M shapes, random weights
     .venv/bin/python benchmarks/bench_stages.py --quick    # smaller sizes, a minute or so
+    .venv/bin/python benchmarks/bench_stages.py --quick --profile   # and where one per-sample gradient goes
     .venv/bin/python benchmarks/bench_stages.py --model DIR
     python3 benchmarks/bench_stages.py --device cuda     # on a GPU (benchmarks/gpu_check.sh)
 
@@ -149,6 +150,15 @@ def bench_gradients(model, args, rows):
 
     rows.append((f"per-sample gradient, mlp-down, T={args.length}", "loop, unpadded",
                  timed(run, max(1, args.repeats // 2)) / len(examples), f"{len(params)} tensors"))
+    if args.profile:  # where one sample's gradient spends its time (on a GPU: launch-bound or kernel-bound?)
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+        with profile(activities=activities) as prof, only_requires_grad(model, params):
+            flat_gradient(model, params, examples[0])
+            synchronize()
+        key = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+        args.profile_table = prof.key_averages().table(sort_by=key, row_limit=15)
 
 
 def bench_krr(args, rows):
@@ -171,6 +181,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--profile", action="store_true", help="also print a profile of one per-sample gradient")
     args = parser.parse_args()
     args.batch, args.length, args.tangents, args.blocks = 8, 128, 2, (1, 4)
     args.grad_dim, args.chunk, args.grad_samples = 32768, 4, 8
@@ -197,6 +208,8 @@ def main() -> None:
     print("| stage | implementation | seconds | note |\n|---|---|---|---|")
     for stage, impl, seconds, note in rows:
         print(f"| {stage} | {impl} | {seconds:.3g} | {note} |")
+    if args.profile:
+        print(f"\nOne per-sample gradient (T={args.length}), by self time:\n{args.profile_table}")
 
 
 if __name__ == "__main__":

@@ -3,8 +3,9 @@
 #   1. the test suite with CUDA visible: tests that take the `device` fixture run on the CPU and on every GPU, and
 #      every CLI test runs with --device auto, i.e. on the GPU;
 #   2. torchrun: one rank per GPU over nccl, and more ranks than GPUs (sharing them over gloo), against one process;
-#   3. float32 against bfloat16 (and sdpa attention for the gradient passes) on the 2.5k pool: time and overlap;
-#   4. the stage micro-benchmarks (benchmarks/bench_stages.py --device cuda);
+#   3. on the 2.5k pool, float32 eager against bfloat16, sdpa attention for the gradient passes, and GPU-sized
+#      batches (batched per-sample gradients, larger JVP batches): time and overlap of the selections;
+#   4. the stage micro-benchmarks (benchmarks/bench_stages.py --device cuda), with a profile of one per-sample gradient;
 #   5. the cold cost curve (benchmarks/bench_scale.py), ours against RDS+, up to the sizes the time allows.
 # The model is a random-weights copy of MODEL_LIKE's architecture (benchmarks/random_model.py): timings depend on
 # shapes only, and a GPU machine may have neither the weights nor the network. The pools are bench_scale.py's
@@ -97,7 +98,9 @@ done
 # 3. Precision and attention kernel on the MEDIUM pool.
 fp32=$(select_run fp32 "$MEDIUM" "${SELECT[@]}")
 row "select $MEDIUM, float32 eager" "$fp32 s" "$(field "$WORK/runs/fp32/manifest.json" "m['stages']" 2>/dev/null)"
-for variant in "bf16:--dtype bfloat16" "sdpa:--attn-implementation sdpa" "bf16sdpa:--dtype bfloat16 --attn-implementation sdpa"; do
+for variant in "bf16:--dtype bfloat16" "sdpa:--attn-implementation sdpa" \
+    "batched:--grad-batch-size 16 --embedding-batch-size 64" \
+    "batchedsketch:--grad-batch-size 16 --embedding-batch-size 64 --grad-projection countsketch"; do
   name=${variant%%:*}
   # shellcheck disable=SC2086
   seconds=$(select_run "$name" "$MEDIUM" "${SELECT[@]}" ${variant#*:})
@@ -105,7 +108,7 @@ for variant in "bf16:--dtype bfloat16" "sdpa:--attn-implementation sdpa" "bf16sd
 done
 
 # 4. Stage micro-benchmarks.
-timeout $(($(left) > 60 ? 60 : 30)) $PY benchmarks/bench_stages.py --device cuda --model "$WORK/model" \
+timeout $(($(left) > 90 ? 90 : 30)) $PY benchmarks/bench_stages.py --device cuda --model "$WORK/model" --profile \
   > "$WORK/stages.md" 2>&1
 row "bench_stages --device cuda" "rc $?" "table in stages.md"
 
