@@ -20,7 +20,8 @@ math, reading, knowledge):
 
 Embeddings: JVP with K in {1, 2, 4} blocks (m = 1) read by every pooling of `embeddings.POOLINGS` (`jvp<K>-<pooling>`)
 and the K-block hidden states under the same poolings (`hid<K>-<pooling>`, free with the JVP pass); RDS+ and MiniLM;
-and, as a ceiling, the exact projected gradients themselves (`gradients`).
+the loss gradient of the last block's MLP down-projection (`grad-last`, `--embedding-method gradient`); and, as a
+ceiling, the exact projected gradients themselves (`gradients`).
 """
 
 from __future__ import annotations
@@ -38,7 +39,13 @@ from tqdm.auto import tqdm
 from influence_distillation import ModelConfig, load_model, load_samples, tokenize_samples
 from influence_distillation.baselines import minilm_embeddings, rds_embeddings
 from influence_distillation.config import PropagationConfig
-from influence_distillation.method.embeddings import POOLINGS, difference_outputs, jvp_outputs, sample_tangents
+from influence_distillation.method.embeddings import (
+    POOLINGS,
+    GradientEmbedder,
+    difference_outputs,
+    jvp_outputs,
+    sample_tangents,
+)
 from influence_distillation.method.landmarks import choose_landmarks
 from influence_distillation.method.propagation import spearman
 from influence_distillation.method.selection import select
@@ -112,7 +119,7 @@ def embeddings(bench: Path, out: Path, ids: list[str], manifest: dict) -> tuple[
     timing_path = cache / f"seconds-{key}.json"
     seconds = json.loads(timing_path.read_text()) if timing_path.is_file() else {}
     wanted = [f"{kind}{k}-{p}" for k in BLOCKS for kind in ("jvp", "hid") for p in POOLINGS] + [
-        "dif2-last", "dif4-last", "rds", "minilm", "gradients"]
+        "dif2-last", "dif4-last", "rds", "minilm", "gradients", "grad-last"]
     path = lambda name: cache / f"{name}-{key}.npy"  # noqa: E731
     if not all(path(name).is_file() for name in wanted):
         model, tokenizer = load_model(ModelConfig(path=manifest["config"]["model"]["path"]))
@@ -133,7 +140,8 @@ def embeddings(bench: Path, out: Path, ids: list[str], manifest: dict) -> tuple[
         by_id = {s.id: s for s in samples}
         for name, compute in (("rds", lambda: rds_embeddings(model, pool.examples)),
                               ("minilm", lambda: minilm_embeddings([by_id[i] for i in ids])),
-                              ("gradients", lambda: gradient_sketch(bench, manifest, len(ids)))):
+                              ("gradients", lambda: gradient_sketch(bench, manifest, len(ids))),
+                              ("grad-last", lambda: GradientEmbedder(model, 4096, seed=7)(pool.examples, True))):
             if not path(name).is_file():
                 start = time.perf_counter()
                 write_npy(path(name), compute().numpy())
@@ -214,6 +222,8 @@ CONFIGS = [
     ("verification x2 budget, K=2", "jvp2-last", {"verify": 2.0}),
     ("**verification x1 budget, K=4 (new default, library K)**", "jvp4-last", {"verify": 1.0}),
     ("verification x1 budget, last + mean, K=4", "jvp4-last+jvp4-mean", {"verify": 1.0}),
+    ("gradient embedding (last block's down-projection)", "grad-last", {}),
+    ("gradient embedding + verification x1", "grad-last", {"verify": 1.0}),
     ("ceiling: exact gradients as the embedding", "gradients", {}),
     ("ceiling: exact gradients + verification x1", "gradients", {"verify": 1.0}),
 ]
@@ -247,7 +257,9 @@ def main() -> None:
         print(format_row(rows[-1], groups), flush=True)
     sweep = []
     for label, name, settings in (("paper, K=2", "jvp2-last", {}), ("verification, K=2", "jvp2-last", {"verify": 1.0}),
-                                  ("paper, K=4", "jvp4-last", {}), ("verification, K=4", "jvp4-last", {"verify": 1.0})):
+                                  ("paper, K=4", "jvp4-last", {}), ("verification, K=4", "jvp4-last", {"verify": 1.0}),
+                                  ("gradient embedding", "grad-last", {}),
+                                  ("gradient embedding + verification", "grad-last", {"verify": 1.0})):
         for fraction in FRACTIONS:
             result = run_config(features(table, name), exact, budget, args.seeds, fraction=fraction, **settings)
             sweep.append({"label": label, "fraction": fraction, "landmarks": round(fraction * len(ids)),

@@ -73,7 +73,8 @@ def test_same_seed_gives_byte_identical_selection_and_manifest_replays(model_dir
 
 @pytest.mark.parametrize("variant", [(), ("--order", "2", "--selection", "weights"),
                                      ("--grad-batch-size", "4", "--grad-projection", "kronecker"),
-                                     ("--method", "rds+")], ids=["default", "order2", "kronecker", "rds"])
+                                     ("--embedding-method", "gradient"), ("--method", "rds+")],
+                         ids=["default", "order2", "kronecker", "gradient-embedding", "rds"])
 def test_every_device_selects_what_the_cpu_selects(variant, device, model_dir, data_files, tmp_path):
     pool, target = data_files
     runs = {}
@@ -290,6 +291,8 @@ def test_dry_run_estimates_every_stage_and_refuses_what_cannot_fit(model_dir, da
     for stage in ("embeddings", "target gradients", "landmark gradients", "propagation", "**total**"):
         assert f"| {stage} |" in printed
     assert "the run fits this machine" in printed and not out.exists()
+    assert main(select_args(pool, target, model_dir("llama"), out, 5, "--dry-run", "--embedding-method", "gradient")) == 0
+    assert "| embeddings |" in capsys.readouterr().out
     monkeypatch.setattr(preflight, "available_memory", lambda: 1e6)
     assert main(select_args(pool, target, model_dir("llama"), out, 5, "--dry-run")) == 2
     assert "exceeds the 0.0 GiB available" in capsys.readouterr().err

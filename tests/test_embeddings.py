@@ -162,3 +162,31 @@ def test_central_differences_match_forward_mode(device):
         assert approximate.shape == exact.shape
         error = (approximate - exact).norm() / exact.norm()
         assert error < tolerance if tolerance else error > 0.05, (dtype, step)  # the test can tell a bad step
+
+
+@pytest.mark.parametrize("kind, names", [("llama", ["model.layers.2.mlp.down_proj.weight"]),
+                                         ("gpt2", ["transformer.h.2.mlp.c_proj.weight", "transformer.h.2.mlp.c_proj.bias"])])
+def test_gradient_embeddings_are_the_top_down_projection_gradient_of_each_sample_alone(kind, names, device):
+    """Against HF's own loss backward on each sample alone, the top block's down-projection named by hand; then the
+    projected rows against the projection of those references."""
+    from influence_distillation.method.embeddings import GradientEmbedder
+
+    model = make_model(kind, 64).double().to(device)
+    examples = labelled_examples(64, [6, 11, 4, 9, 7])
+    params = dict(model.named_parameters())
+    references = []
+    for example in examples:
+        model.zero_grad()
+        model(input_ids=example.input_ids[None].to(device), labels=example.labels[None].to(device)).loss.backward()
+        flat = torch.cat([params[name].grad.reshape(-1) for name in names]).cpu()
+        references.append(flat / flat.norm())
+    model.zero_grad()
+    reference = torch.stack(references)
+    size = reference.shape[1]
+    exact = GradientEmbedder(model, dim=size, seed=3, batch_size=3)(examples)  # batches of 3: padded
+    assert exact.shape == (5, size) and exact.device.type == "cpu"
+    torch.testing.assert_close(exact.double(), reference, rtol=1e-5, atol=1e-6)
+    embedder = GradientEmbedder(model, dim=16, seed=3, batch_size=2)
+    torch.testing.assert_close(embedder(examples).double(), HadamardProjector(size, 16, seed=3)(reference.float())
+                               .double(), rtol=1e-4, atol=1e-5)
+    assert all(p.grad is None for p in model.parameters())  # nothing accumulated into .grad

@@ -9,6 +9,7 @@ from test_cli import select_args
 from test_distributed import assert_same_selection
 
 from influence_distillation.cli import main
+from influence_distillation.method.embeddings import JvpEmbedder
 from influence_distillation.runtime import pipeline
 from influence_distillation.runtime.shards import RowCache
 
@@ -16,7 +17,7 @@ from influence_distillation.runtime.shards import RowCache
 def _counting(monkeypatch):
     """Count the pool rows the run actually embeds and differentiates."""
     counts = {"embedded": 0, "differentiated": 0}
-    embed, gradients = pipeline.JvpEmbedder.__call__, pipeline.compute_gradients
+    embed, gradients = JvpEmbedder.__call__, pipeline.compute_gradients
 
     def counted_embed(self, examples):
         counts["embedded"] += len(examples)
@@ -26,7 +27,7 @@ def _counting(monkeypatch):
         counts["differentiated"] += len(examples)
         return gradients(model, examples, *args, **kwargs)
 
-    monkeypatch.setattr(pipeline.JvpEmbedder, "__call__", counted_embed)
+    monkeypatch.setattr(JvpEmbedder, "__call__", counted_embed)
     monkeypatch.setattr(pipeline, "compute_gradients", counted_gradients)
     return counts
 

@@ -171,3 +171,13 @@ def test_propagation_into_a_file_equals_propagation_in_memory(tmp_path):
     in_memory, _ = propagate(points, landmarks, values, config, seed=1)
     on_disk, _ = propagate(points, landmarks, values, config, 1, NpyRows.create(tmp_path / "s.npy", (200, 3), float))
     assert np.array_equal(np.asarray(on_disk), in_memory) and np.array_equal(in_memory[landmarks], values.numpy())
+
+
+def test_low_held_out_fidelity_warns_with_the_remedies():
+    from influence_distillation.method.stages import LOW_FIDELITY, fidelity_warning
+
+    assert fidelity_warning(None, 40, 1000) is None and fidelity_warning(LOW_FIDELITY, 40, 1000) is None
+    line = fidelity_warning(LOW_FIDELITY - 0.1, 40, 1000)
+    assert "\n" not in line and "held-out Spearman 0.50" in line
+    assert "--landmarks 80" in line and "--verify -1" in line and "--exact" in line
+    assert "--landmarks 60" in fidelity_warning(0.2, 40, 60)  # never more landmarks than the pool has

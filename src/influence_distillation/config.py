@@ -54,9 +54,13 @@ class EmbeddingConfig:
     )
     batch_size: int = option(8, "Samples per JVP batch (length-bucketed).", "--embedding-batch-size")
     method: str = option(
-        "jvp", "How the directional derivatives are computed: jvp (forward-mode AD, exact) or difference (central "
-        "differences: two plain forward passes per tangent, about 1e-4 relative error in float32).", "--embedding-method",
-        choices=("jvp", "difference"), added=True)
+        "jvp", "What embeds a pool sample: jvp (the paper's: how the first K blocks' output moves along m random "
+        "tangents, forward-mode AD), difference (the same by central differences: two plain forward passes per "
+        "tangent, about 1e-4 relative error in float32), or gradient (beyond the paper: the sample's loss gradient of "
+        "the last block's MLP down-projection, projected to d_e and unit-normalised; a whole forward pass per sample, "
+        "several times the JVP's time, but much closer to exact influence, above all on long-context targets: "
+        "docs/BENCHMARKS.md; ignores --num-blocks, --num-tangents and --pooling).", "--embedding-method",
+        choices=("jvp", "difference", "gradient"), added=True)
     pooling: str = option(
         "last", "Which K-block outputs the embedding reads: last (the last real token, the paper's), mean (every "
         "real token), weighted (position-weighted mean), completion (the positions that predict the completion), "

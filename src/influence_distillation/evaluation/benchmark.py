@@ -65,6 +65,7 @@ VARIANTS = {
     "exact-adamw": Variant("exact", warm=True),
     "influence-order2": Variant("influence", ORDER2, warm=True),
     "influence-order2-weighted": Variant("influence", ORDER2, warm=True, weighted=True),
+    "influence-gradient": Variant("influence", (("embedding.method", "gradient"),)),  # loss-gradient embeddings
 }
 
 

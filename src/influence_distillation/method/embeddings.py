@@ -15,7 +15,10 @@ from torch import nn
 from torch.func import functional_call, jvp, vmap
 from tqdm.auto import tqdm
 
+from influence_distillation.method.gradients import select_parameters
+from influence_distillation.method.per_sample import batched_gradients, linear_layers
 from influence_distillation.method.projection import make_projector
+from influence_distillation.runtime.models import find_blocks
 from influence_distillation.runtime.tokenization import IGNORE_INDEX, Batch, Example, collate, length_batches
 
 
@@ -176,3 +179,38 @@ def jvp_embeddings(
         method: "jvp" (forward-mode AD) or "difference" (central differences, `difference_outputs`).
     """
     return JvpEmbedder(backbone, num_tangents, dim, seed, batch_size, pad_id, poolings, method)(examples, progress)
+
+
+class GradientEmbedder:
+    """Per-sample loss gradients of the last block's MLP down-projection, projected to d_e and unit-normalised
+    (`--embedding-method gradient`; beyond the paper).
+
+    The JVP features see the first K blocks and no loss; on long-context reading targets they rank the pool far worse
+    than exact gradients do. The top block's down-projection gradient costs a full forward pass per sample (and a
+    backward through one block), but it is a piece of the very gradient the landmarks use, and KRR on it tracks exact
+    influence much more closely (docs/BENCHMARKS.md). Padding is masked exactly (`per_sample.batched_gradients`).
+    """
+
+    def __init__(self, model: nn.Module, dim: int, seed: int, batch_size: int = 8, pad_id: int = 0):
+        last_block = {id(p) for p in find_blocks(model)[2][-1].parameters()}
+        self.params = {name: p for name, p in select_parameters(model, "mlp-down").items() if id(p) in last_block}
+        self.layers = linear_layers(model, self.params)
+        if not self.params or self.layers is None:
+            raise ValueError(f"no MLP down-projection found in the last block of {type(model).__name__}")
+        self.model, self.batch_size, self.pad_id = model, batch_size, pad_id
+        self.projector = make_projector(sum(p.numel() for p in self.params.values()), dim, seed)
+
+    @property
+    def out_dim(self) -> int:
+        return self.projector.out_dim
+
+    def __call__(self, examples: list[Example], progress: bool = False) -> torch.Tensor:
+        device = next(self.model.parameters()).device
+        out = torch.empty(len(examples), self.out_dim)
+        with tqdm(total=len(examples), desc="gradient embeddings", unit="sample", disable=not progress) as bar:
+            for indices in length_batches([len(e) for e in examples], self.batch_size):
+                batch = collate([examples[i] for i in indices], self.pad_id).to(device)
+                flat = batched_gradients(self.model, self.params, self.layers, batch)
+                out[indices] = self.projector(flat, normalize=True).float().cpu()
+                bar.update(len(indices))
+        return out

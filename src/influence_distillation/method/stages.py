@@ -15,7 +15,7 @@ from torch import nn
 
 from influence_distillation.config import EmbeddingConfig, GradientConfig, PropagationConfig
 from influence_distillation.errors import ConfigError
-from influence_distillation.method.embeddings import jvp_embeddings
+from influence_distillation.method.embeddings import GradientEmbedder, JvpEmbedder
 from influence_distillation.method.gradients import projected_gradients, select_parameters
 from influence_distillation.method.per_sample import KroneckerProjector, linear_layers
 from influence_distillation.method.preconditioning import (
@@ -40,14 +40,20 @@ def derive_seed(master: int, stage: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{master}:{stage}".encode()).digest()[:4], "little")
 
 
+def make_embedder(model: nn.Module, config: EmbeddingConfig, seed: int, pad_id: int = 0):
+    """The embedder `config.method` names; called on a list of examples it returns their (n, d_e) float32 rows."""
+    if config.method == "gradient":
+        return GradientEmbedder(model, config.dim, seed, config.batch_size, pad_id)
+    return JvpEmbedder(truncated_backbone(model, config.num_blocks), config.num_tangents, config.dim, seed,
+                       config.batch_size, pad_id, config.poolings(), config.method)
+
+
 def compute_embeddings(
     model: nn.Module, examples: list[Example], config: EmbeddingConfig, seed: int, pad_id: int = 0,
     progress: bool = True,
 ) -> torch.Tensor:
-    """Stage 1: JVP embeddings of every example, (N, d_e) float32."""
-    backbone = truncated_backbone(model, config.num_blocks)
-    return jvp_embeddings(backbone, examples, config.num_tangents, config.dim, seed, config.batch_size, pad_id,
-                          progress=progress, poolings=config.poolings(), method=config.method)
+    """Stage 1: the embeddings of every example (JVP by default), (N, d_e) float32."""
+    return make_embedder(model, config, seed, pad_id)(examples, progress)
 
 
 @dataclass

@@ -67,10 +67,15 @@ def _gradient_flops(model: nn.Module, examples: list[Example], transform_size: i
 def influence_flops(model, pool, landmarks, targets, config, exact: bool, projector, order: int) -> dict[str, float]:
     padded = getattr(projector, "padded_dim", None)
     parts = {"gradients": _gradient_flops(model, landmarks, padded) + _gradient_flops(model, targets, padded)}
-    if not exact:
+    if not exact and config.embedding.method == "gradient":  # a whole forward, a backward through head and top block
+        top_block = _block_parameters(model) - _block_parameters(model, len(find_blocks(model)[2]) - 1)
+        parts["embeddings"] = forward_flops(model, pool, logits=True) + 2 * _head_flops(model) \
+            * _completion_tokens(pool) + 4 * top_block * token_count(pool)
+    elif not exact:
         tangents = config.embedding.num_tangents
         parts["embeddings"] = (1 + 2 * tangents) * 2 * _block_parameters(model, config.embedding.num_blocks) \
             * token_count(pool)
+    if not exact:
         parts["propagation"] = 2.0 * len(pool) * len(landmarks) * projector.out_dim
     if order == 2:  # one double-backward (≈ 2 gradients) over every target sample per landmark vector
         parts["hessian_vector_products"] = 2 * len(landmarks) * _gradient_flops(model, targets, None)

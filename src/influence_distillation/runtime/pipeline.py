@@ -19,7 +19,6 @@ from influence_distillation import __version__
 from influence_distillation.baselines import BASELINES
 from influence_distillation.config import SelectConfig
 from influence_distillation.errors import DataError
-from influence_distillation.method.embeddings import JvpEmbedder
 from influence_distillation.method.gradients import projected_gradients
 from influence_distillation.method.hessian import gradient_and_hessian_rows, target_hvp
 from influence_distillation.method.influence import curvature, first_order_influence
@@ -32,6 +31,7 @@ from influence_distillation.method.stages import (
     fidelity_warning,
     gradient_space,
     hessian_sample,
+    make_embedder,
     propagate,
     propagation_matrix,
     round_sizes,
@@ -51,7 +51,7 @@ from influence_distillation.runtime.baseline_runs import select_baseline
 from influence_distillation.runtime.data import iter_samples, load_samples
 from influence_distillation.runtime.distributed import DistInfo
 from influence_distillation.runtime.hub import resolve_data
-from influence_distillation.runtime.models import load_model, pad_token_id, resolve_model_path, truncated_backbone
+from influence_distillation.runtime.models import load_model, pad_token_id, resolve_model_path
 from influence_distillation.runtime.outputs import (
     SelectionResult,
     manifest_base,
@@ -231,10 +231,7 @@ def _select_influence(run: _Run) -> SelectionResult:
     def embed(rows):
         nonlocal embedder
         if embedder is None:  # tangents and projection drawn once per process
-            embedder = JvpEmbedder(truncated_backbone(model, config.embedding.num_blocks),
-                                   config.embedding.num_tangents, config.embedding.dim, seeds["tangents"],
-                                   config.embedding.batch_size, pad_token_id(run.tokenizer),
-                                   config.embedding.poolings(), config.embedding.method)
+            embedder = make_embedder(model, config.embedding, seeds["tangents"], pad_token_id(run.tokenizer))
         return embedder([pool.examples[i] for i in rows])
 
     verify = 0 if exact else verification_count(config.landmarks.verify, config.selection.budget,

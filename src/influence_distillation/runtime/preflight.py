@@ -19,10 +19,9 @@ import torch
 
 from influence_distillation.config import SelectConfig
 from influence_distillation.errors import ConfigError
-from influence_distillation.method.embeddings import JvpEmbedder
 from influence_distillation.method.gradients import projected_gradients
 from influence_distillation.method.landmarks import landmark_count
-from influence_distillation.method.stages import gradient_space, verification_count
+from influence_distillation.method.stages import gradient_space, make_embedder, verification_count
 from influence_distillation.runtime.cost import token_count
 from influence_distillation.runtime.data import iter_samples
 from influence_distillation.runtime.models import find_blocks, load_model, pad_token_id, truncated_backbone
@@ -91,22 +90,24 @@ def estimate(config: SelectConfig) -> list[Estimate]:
     padded = getattr(projector, "padded_dim", size)
     gradient_memory = model_bytes + size * 4 * 2 + padded * 4 * 3 + longest * hidden * layers * 48 * bytes_per
 
+    def gradient_memory_for(batch: int, size: int) -> float:  # activations of the whole model, batch gradients
+        return batch * (longest * hidden * layers * 48 * bytes_per + size * 4 * 3)
+
     estimates = [Estimate("load + tokenize", load_seconds, model_bytes, 0.0)]
     if config.method in ("influence", "exact") and not exact:
         embed = config.embedding
-        backbone = truncated_backbone(model, embed.num_blocks)
-        embedder = JvpEmbedder(backbone, embed.num_tangents, embed.dim, 0, embed.batch_size, pad_token_id(tokenizer),
-                               embed.poolings(), embed.method)
+        embedder = make_embedder(model, embed, 0, pad_token_id(tokenizer))
         batch = median_length(embed.batch_size)
         embedder(batch)  # warm-up
         per_token = _fastest(lambda: embedder(batch)) / tokens(batch)
-        block_bytes = sum(p.numel() for p in backbone.parameters()) * bytes_per
-        width = embedder.out_dim
-        estimates.append(Estimate(
-            "embeddings", per_token * tokens(pool),
-            model_bytes + block_bytes * (1 + embed.num_tangents)
-            + embed.batch_size * longest * hidden * embed.num_blocks * 64 * (1 + embed.num_tangents) * bytes_per
-            + len(pool) * PER_SAMPLE_BYTES, len(pool) * width * 4))
+        if embed.method == "gradient":  # a forward pass of the whole model, per-sample gradients of one layer
+            working = gradient_memory_for(embed.batch_size, sum(p.numel() for p in embedder.params.values()))
+        else:
+            block_bytes = sum(p.numel() for p in truncated_backbone(model, embed.num_blocks).parameters()) * bytes_per
+            working = block_bytes * (1 + embed.num_tangents) + embed.batch_size * longest * hidden * embed.num_blocks \
+                * 64 * (1 + embed.num_tangents) * bytes_per
+        estimates.append(Estimate("embeddings", per_token * tokens(pool),
+                                  model_bytes + working + len(pool) * PER_SAMPLE_BYTES, len(pool) * embedder.out_dim * 4))
     if config.method in ("influence", "exact", "less"):
         estimates.append(Estimate("target gradients", gradient_seconds(target), gradient_memory, 0.0))
         estimates.append(Estimate("landmark gradients" if config.method != "less" else "pool gradients",
