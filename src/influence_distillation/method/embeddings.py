@@ -5,7 +5,8 @@ token, θ_{≤K} are all parameters of the truncated model (token embeddings inc
 tangents shared by every sample. The embedding is [u_1; …; u_m], projected to at most d_e dimensions.
 
 The m tangents are pushed through `torch.func.vmap` over `torch.func.jvp`: the primal (unbatched) is computed once
-per batch and only the tangent computation is batched.
+per batch and only the tangent computation is batched. `GradientEmbedder` is the opt-in alternative beyond the paper
+(`--embedding-method gradient`): each sample's loss gradient of the last block's MLP down-projection.
 """
 
 from __future__ import annotations
@@ -143,18 +144,28 @@ class JvpEmbedder:
         return sum(p.out_dim for p in self.projectors)
 
     def __call__(self, examples: list[Example], progress: bool = False) -> torch.Tensor:
-        device = next(self.backbone.parameters()).device
-        out = torch.empty(len(examples), self.out_dim)
-        with tqdm(total=len(examples), desc="JVP embeddings", unit="sample", disable=not progress) as bar:
-            for indices in length_batches([len(e) for e in examples], self.batch_size):
-                batch = collate([examples[i] for i in indices], self.pad_id).to(device)
-                with torch.no_grad():
-                    u = self.outputs(self.backbone, self.tangents, batch, self.poolings)
-                parts = u.reshape(len(indices), self.num_tangents, len(self.poolings), self.hidden).transpose(1, 2)
-                out[indices] = torch.cat([projector(parts[:, i].reshape(len(indices), self.width))
-                                          for i, projector in enumerate(self.projectors)], dim=1).cpu()
-                bar.update(len(indices))
-        return out
+        return embed_in_batches(examples, self.batch_size, self.pad_id, self.backbone, self.out_dim, self._rows,
+                                "JVP embeddings", progress)
+
+    def _rows(self, batch: Batch) -> torch.Tensor:
+        with torch.no_grad():
+            u = self.outputs(self.backbone, self.tangents, batch, self.poolings)
+        count = u.shape[0]
+        parts = u.reshape(count, self.num_tangents, len(self.poolings), self.hidden).transpose(1, 2)
+        return torch.cat([projector(parts[:, i].reshape(count, self.width))
+                          for i, projector in enumerate(self.projectors)], dim=1)
+
+
+def embed_in_batches(examples: list[Example], batch_size: int, pad_id: int, model: nn.Module, out_dim: int,
+                     rows, desc: str, progress: bool) -> torch.Tensor:
+    """`rows(batch)` over length-bucketed batches on the model's device, gathered in the examples' order on the CPU."""
+    device = next(model.parameters()).device
+    out = torch.empty(len(examples), out_dim)
+    with tqdm(total=len(examples), desc=desc, unit="sample", disable=not progress) as bar:
+        for indices in length_batches([len(e) for e in examples], batch_size):
+            out[indices] = rows(collate([examples[i] for i in indices], pad_id).to(device)).float().cpu()
+            bar.update(len(indices))
+    return out
 
 
 def jvp_embeddings(
@@ -205,12 +216,8 @@ class GradientEmbedder:
         return self.projector.out_dim
 
     def __call__(self, examples: list[Example], progress: bool = False) -> torch.Tensor:
-        device = next(self.model.parameters()).device
-        out = torch.empty(len(examples), self.out_dim)
-        with tqdm(total=len(examples), desc="gradient embeddings", unit="sample", disable=not progress) as bar:
-            for indices in length_batches([len(e) for e in examples], self.batch_size):
-                batch = collate([examples[i] for i in indices], self.pad_id).to(device)
-                flat = batched_gradients(self.model, self.params, self.layers, batch)
-                out[indices] = self.projector(flat, normalize=True).float().cpu()
-                bar.update(len(indices))
-        return out
+        return embed_in_batches(examples, self.batch_size, self.pad_id, self.model, self.out_dim, self._rows,
+                                "gradient embeddings", progress)
+
+    def _rows(self, batch: Batch) -> torch.Tensor:
+        return self.projector(batched_gradients(self.model, self.params, self.layers, batch), normalize=True)
