@@ -58,8 +58,8 @@ class EmbeddingConfig:
         "tangents, forward-mode AD), difference (the same by central differences: two plain forward passes per "
         "tangent, about 1e-4 relative error in float32), or gradient (beyond the paper: the sample's loss gradient of "
         "the last block's MLP down-projection, projected to d_e and unit-normalised; a whole forward pass per sample, "
-        "several times the JVP's time, but much closer to exact influence, above all on long-context targets: "
-        "docs/BENCHMARKS.md; ignores --num-blocks, --num-tangents and --pooling).", "--embedding-method",
+        "several times the JVP's time; it ranks the pool much closer to exact influence, yet its selections fine-tuned "
+        "no better in the benchmark: docs/BENCHMARKS.md; ignores --num-blocks, --num-tangents and --pooling).", "--embedding-method",
         choices=("jvp", "difference", "gradient"), added=True)
     pooling: str = option(
         "last", "Which K-block outputs the embedding reads: last (the last real token, the paper's), mean (every "

@@ -16,6 +16,7 @@ from torch import nn
 from torch.func import functional_call, jvp, vmap
 from tqdm.auto import tqdm
 
+from influence_distillation.errors import ConfigError
 from influence_distillation.method.gradients import select_parameters
 from influence_distillation.method.per_sample import batched_gradients, linear_layers
 from influence_distillation.method.projection import make_projector
@@ -207,7 +208,8 @@ class GradientEmbedder:
         self.params = {name: p for name, p in select_parameters(model, "mlp-down").items() if id(p) in last_block}
         self.layers = linear_layers(model, self.params)
         if not self.params or self.layers is None:
-            raise ValueError(f"no MLP down-projection found in the last block of {type(model).__name__}")
+            raise ConfigError(f"--embedding-method gradient: no linear MLP down-projection found in the last block "
+                              f"of {type(model).__name__}; use --embedding-method jvp")
         self.model, self.batch_size, self.pad_id = model, batch_size, pad_id
         self.projector = make_projector(sum(p.numel() for p in self.params.values()), dim, seed)
 

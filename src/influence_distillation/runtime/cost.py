@@ -67,19 +67,20 @@ def _gradient_flops(model: nn.Module, examples: list[Example], transform_size: i
 def influence_flops(model, pool, landmarks, targets, config, exact: bool, projector, order: int) -> dict[str, float]:
     padded = getattr(projector, "padded_dim", None)
     parts = {"gradients": _gradient_flops(model, landmarks, padded) + _gradient_flops(model, targets, padded)}
-    if not exact and config.embedding.method == "gradient":  # a whole forward, a backward through head and top block
-        top_block = _block_parameters(model) - _block_parameters(model, len(find_blocks(model)[2]) - 1)
-        parts["embeddings"] = forward_flops(model, pool, logits=True) + 2 * _head_flops(model) \
-            * _completion_tokens(pool) + 4 * top_block * token_count(pool)
-    elif not exact:
-        tangents = config.embedding.num_tangents
-        parts["embeddings"] = (1 + 2 * tangents) * 2 * _block_parameters(model, config.embedding.num_blocks) \
-            * token_count(pool)
     if not exact:
+        parts["embeddings"] = _embedding_flops(model, pool, config.embedding)
         parts["propagation"] = 2.0 * len(pool) * len(landmarks) * projector.out_dim
     if order == 2:  # one double-backward (≈ 2 gradients) over every target sample per landmark vector
         parts["hessian_vector_products"] = 2 * len(landmarks) * _gradient_flops(model, targets, None)
     return {"flops": float(sum(parts.values())), "parts": parts}
+
+
+def _embedding_flops(model: nn.Module, pool, embedding) -> float:
+    if embedding.method == "gradient":  # a whole forward, then a backward through the head and the top block
+        top_block = _block_parameters(model) - _block_parameters(model, len(find_blocks(model)[2]) - 1)
+        return forward_flops(model, pool, logits=True) + 2 * _head_flops(model) * _completion_tokens(pool) \
+            + 4 * top_block * token_count(pool)
+    return (1 + 2 * embedding.num_tangents) * 2 * _block_parameters(model, embedding.num_blocks) * token_count(pool)
 
 
 def baseline_flops(method: str, model, pool, targets, config) -> dict[str, float]:

@@ -130,7 +130,7 @@ def _environment(model: nn.Module) -> dict[str, str]:
 
     from influence_distillation.runtime.distributed import backend_name
 
-    device = next(model.parameters()).device
+    device, group = next(model.parameters()).device, backend_name()
     return {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
@@ -141,5 +141,5 @@ def _environment(model: nn.Module) -> dict[str, str]:
         **({"gpu": torch.cuda.get_device_name(device)} if device.type == "cuda" else {}),
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         "threads": str(torch.get_num_threads()),
-        **({"process_group": f"{backend_name()} x {torch.distributed.get_world_size()}"} if backend_name() else {}),
+        **({"process_group": f"{group} x {torch.distributed.get_world_size()}"} if group else {}),
     }

@@ -90,9 +90,6 @@ def estimate(config: SelectConfig) -> list[Estimate]:
     padded = getattr(projector, "padded_dim", size)
     gradient_memory = model_bytes + size * 4 * 2 + padded * 4 * 3 + longest * hidden * layers * 48 * bytes_per
 
-    def gradient_memory_for(batch: int, size: int) -> float:  # activations of the whole model, batch gradients
-        return batch * (longest * hidden * layers * 48 * bytes_per + size * 4 * 3)
-
     estimates = [Estimate("load + tokenize", load_seconds, model_bytes, 0.0)]
     if config.method in ("influence", "exact") and not exact:
         embed = config.embedding
@@ -100,8 +97,9 @@ def estimate(config: SelectConfig) -> list[Estimate]:
         batch = median_length(embed.batch_size)
         embedder(batch)  # warm-up
         per_token = _fastest(lambda: embedder(batch)) / tokens(batch)
-        if embed.method == "gradient":  # a forward pass of the whole model, per-sample gradients of one layer
-            working = gradient_memory_for(embed.batch_size, sum(p.numel() for p in embedder.params.values()))
+        if embed.method == "gradient":  # per sample of a batch: the whole model's activations, one layer's gradient
+            layer = sum(p.numel() for p in embedder.params.values())
+            working = embed.batch_size * (longest * hidden * layers * 48 * bytes_per + layer * 4 * 3)
         else:
             block_bytes = sum(p.numel() for p in truncated_backbone(model, embed.num_blocks).parameters()) * bytes_per
             working = block_bytes * (1 + embed.num_tangents) + embed.batch_size * longest * hidden * embed.num_blocks \
