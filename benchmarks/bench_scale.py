@@ -131,6 +131,8 @@ def format_table(results: dict, sizes: list[int]) -> str:
     for size in sizes:
         ours = results.get("influence", {}).get(size, {}).get("seconds")
         for method, per_size in results.items():
+            if size not in per_size:  # not run at this size (yet)
+                continue
             row = per_size[size]
             mark = f" (extrapolated from {row['extrapolated_from']})" if "extrapolated_from" in row else ""
             ratio = f"{row['seconds'] / ours:.2f}" if ours else "n/a"
@@ -150,7 +152,8 @@ def plot(results: dict, sizes: list[int], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for method, per_size in results.items():
-        ax.plot(sizes, [per_size[s]["seconds"] for s in sizes], marker="o", label=method)
+        done = [s for s in sizes if s in per_size]
+        ax.plot(done, [per_size[s]["seconds"] for s in done], marker="o", label=method)
     ax.set(xscale="log", yscale="log", xlabel="pool samples", ylabel="cold selection wall time (s)")
     ax.legend()
     fig.tight_layout()

@@ -78,7 +78,7 @@ def test_benchmark_variants_and_per_row_seeds(model_dir, tmp_path, monkeypatch):
     real = benchmark.evaluate_subsets
     monkeypatch.setattr(benchmark, "evaluate_subsets", lambda config, subsets, *a, **k: calls.append(
         (sorted(subsets), config.seed, config.weighted)) or real(config, subsets, *a, **k))
-    rows = "influence,random,influence-paper:1,influence-order2:1,influence-order2-weighted:1"
+    rows = "influence,random,influence-paper:1,influence-order2:1,influence-order2-weighted:1,influence-verify2:1"
     assert main(["benchmark", "--model", str(model_dir("llama")), "--data", str(data), "--out", str(out), "--quick",
                  "--budget", "5", "--methods", rows, "--seeds", "2", "--quiet"]) == 0
     summary = json.loads((out / "benchmark.json").read_text())
@@ -87,7 +87,8 @@ def test_benchmark_variants_and_per_row_seeds(model_dir, tmp_path, monkeypatch):
     trained = [c for c in calls if c[0]]
     assert sorted(trained) == sorted([(["influence"], 0, False), (["influence"], 1, False), (["random"], 0, False),
                                       (["random"], 1, False), (["influence-paper"], 0, False),
-                                      (["influence-order2"], 0, False), (["influence-order2-weighted"], 0, True)])
+                                      (["influence-order2"], 0, False), (["influence-order2-weighted"], 0, True),
+                                      (["influence-verify2"], 0, False)])
     random_sets = [{json.loads(x)["id"] for x in (out / f"select-math-random{s}" / "selected.jsonl").open()}
                    for s in ("", "-s1")]
     assert random_sets[0] != random_sets[1]
@@ -97,5 +98,7 @@ def test_benchmark_variants_and_per_row_seeds(model_dir, tmp_path, monkeypatch):
     paper = json.loads((out / "select-math-influence-paper" / "manifest.json").read_text())["config"]
     assert paper["embedding"]["pooling"] == "last" and paper["propagation"]["tune"] is False
     assert paper["landmarks"]["verify"] == 0 and manifest["landmarks"]["verified"] == 0
+    twice = json.loads((out / "select-math-influence-verify2" / "manifest.json").read_text())
+    assert twice["config"]["landmarks"]["verify"] == 10 and twice["landmarks"]["verified"] == 10  # 2 × the budget
     with_weights = [json.loads(x) for x in (out / "select-math-influence-order2" / "selected.jsonl").open()]
     assert all("weight" in record for record in with_weights)

@@ -181,3 +181,5 @@ def test_low_held_out_fidelity_warns_with_the_remedies():
     assert "\n" not in line and "held-out Spearman 0.50" in line
     assert "--landmarks 80" in line and "--verify -1" in line and "--exact" in line
     assert "--landmarks 60" in fidelity_warning(0.2, 40, 60)  # never more landmarks than the pool has
+    verified = fidelity_warning(0.2, 40, 1000, verified=50)  # verification already ran: ask for more of it
+    assert "(and 50 verification landmarks)" in verified and "--verify 100" in verified

@@ -137,14 +137,16 @@ def propagate(
 LOW_FIDELITY = 0.6  # held-out Spearman below which the propagated ranking is not to be trusted
 
 
-def fidelity_warning(fidelity: float | None, landmarks: int, pool: int) -> str | None:
+def fidelity_warning(fidelity: float | None, landmarks: int, pool: int, verified: int = 0) -> str | None:
     """One line saying that propagation ranks poorly and what to do about it, or None when it ranks well."""
     if fidelity is None or fidelity >= LOW_FIDELITY:
         return None
     more = min(pool, 2 * landmarks)
+    placed, verification = (f" (and {verified} verification landmarks)", f"--verify {min(pool, 2 * verified)}") \
+        if verified else ("", "--verify -1")
     return (f"propagation is unreliable for this target: held-out Spearman {fidelity:.2f} < {LOW_FIDELITY} over "
-            f"{landmarks} landmarks; re-run with more landmarks (--landmarks {more}), a verification round "
-            f"(--verify -1) or, for a small pool, --exact; the stage cache keeps the finished embeddings")
+            f"{landmarks} landmarks{placed}; more verification ({verification}), more landmarks (--landmarks {more}) "
+            f"or, for a small pool, --exact would help; the stage cache keeps the finished embeddings and gradients")
 
 
 def hessian_sample(targets: list[Example], weights: torch.Tensor, count: int, seed: int):

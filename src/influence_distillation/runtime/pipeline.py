@@ -304,7 +304,7 @@ def _select_influence(run: _Run) -> SelectionResult:
             fidelity = heldout_fidelity(embeddings[torch.as_tensor(random_landmarks)], random_values,
                                         config.propagation.ridge, config.propagation.bandwidth, seeds["kernel"],
                                         tune=config.propagation.tune)
-            warning = fidelity_warning(fidelity, len(random_landmarks), num_pool)
+            warning = fidelity_warning(fidelity, len(random_landmarks), num_pool, verify)
             if warning:
                 log.warning(warning)
             if strategy == "weights":
