@@ -14,6 +14,7 @@ marked as such. Usage (hours on a 2-core CPU at the default sizes; every finishe
 scale.json is rewritten after each one, so an interrupted benchmark resumes where it stopped):
 
     .venv/bin/python benchmarks/bench_scale.py --out runs/scale [--sizes 2500,5000,10000,20000] [--less-max 5000]
+    .venv/bin/python benchmarks/bench_scale.py --out runs/scale --report   # table and plot of every finished run
     python3 benchmarks/bench_scale.py --model DIR --methods influence,rds+ ...   # e.g. on a GPU (gpu_check.sh)
 """
 
@@ -95,13 +96,23 @@ def main() -> None:
     parser.add_argument("--warmup-steps", type=int, default=40, help="LESS's warm-up (as in the benchmark)")
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--report", action="store_true", help="only print the table and draw the plot of every "
+                        "finished run in OUT/scale.json")
     args = parser.parse_args()
     out, sizes = Path(args.out), sorted(int(s) for s in args.sizes.split(","))
     methods = [m for m in args.methods.split(",") if m]
+    saved = json.loads((out / "scale.json").read_text()) if (out / "scale.json").is_file() else {"results": {}}
+    # Every method's finished runs are kept (JSON keys are strings): a run over other methods adds to them.
+    everything = {m: {int(s): row for s, row in rows.items()} for m, rows in saved["results"].items()}
+    if args.report:
+        sizes = sorted({s for rows in everything.values() for s in rows})
+        print(format_table(everything, sizes))
+        return plot(everything, sizes, out / "scale.png")
     pools = build_pools(out, sizes, args.seed)
     target = out / "data" / "targets" / "math" / "target.jsonl"
     common = ["--target", str(target), "--model", args.model, "--seed", str(args.seed)]
     results: dict[str, dict[int, dict]] = {m: {} for m in methods}
+    everything.update(results)
     warmup = None
     if "less" in methods:
         warmup = out / "warmup"
@@ -120,7 +131,7 @@ def main() -> None:
             print(f"size {size}: {method} ...", flush=True)
             results[method][size] = timed_select(["--pool", str(pools[size]), *common, *budget, *extra],
                                                  out / f"{size}" / method)
-            write_json(out / "scale.json", {"sizes": sizes, "results": results})
+            write_json(out / "scale.json", {"results": everything})
     print(format_table(results, sizes))
     plot(results, sizes, out / "scale.png")
 
