@@ -132,8 +132,8 @@ def main() -> None:
             results[method][size] = timed_select(["--pool", str(pools[size]), *common, *budget, *extra],
                                                  out / f"{size}" / method)
             write_json(out / "scale.json", {"results": everything})
-    print(format_table(results, sizes))
-    plot(results, sizes, out / "scale.png")
+    print(format_table(everything, sizes))
+    plot(everything, sizes, out / "scale.png")
 
 
 def format_table(results: dict, sizes: list[int]) -> str:
