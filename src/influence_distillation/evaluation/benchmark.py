@@ -44,7 +44,8 @@ SETUP_STAGES = ("load", "tokenize", "write")
 
 @dataclass(frozen=True)
 class Variant:
-    """A benchmark row that is a method with other settings: `overrides` maps dotted SelectConfig fields to values;
+    """A benchmark row that is a method with other settings: `overrides` maps dotted SelectConfig fields to values
+    (or to functions of the benchmark's settings, for values that scale with them, such as the budget);
     `warm` takes gradients on the warm-up model with its AdamW state (the Adam variant); `weighted` fine-tunes with
     the selection's optimal weights (the selection itself is the unweighted row's)."""
 
@@ -57,7 +58,7 @@ class Variant:
 # The paper's propagation (last-token JVP embeddings, median-heuristic KRR, no verification landmarks), the Adam
 # variant (exact and propagated), and the second-order weights, trained unweighted and weighted (the paper's
 # method: no verification; the target Hessian over 4 target samples, for CPU time); twice the default's verification
-# landmarks (an override may be a function of the benchmark's settings).
+# landmarks.
 PAPER_PROPAGATION = (("embedding.pooling", "last"), ("propagation.tune", False), ("landmarks.verify", 0))
 ORDER2 = (("influence.order", 2), ("landmarks.verify", 0), ("influence.hessian_samples", 4))
 VARIANTS = {
