@@ -181,11 +181,18 @@ def run_config(points, exact, budget, seeds, fraction=0.05, verify=0.0, strategy
             mean = values_np.mean(1)
             top_true, top_pred = np.argsort(-mean)[:budget], np.argsort(-predicted.mean(1))[:budget]
             out[target]["recall"].append(len(np.intersect1d(top_true, top_pred)) / budget)
-            chosen_true, chosen = select(values_np, budget, "round-robin", 0), select(predicted, budget, "round-robin",
-                                                                                      0)
-            out[target]["overlap"].append(len(np.intersect1d(chosen_true, chosen)) / budget)
-            out[target]["captured"].append(float(mean[chosen].sum() / mean[chosen_true].sum()))
+            overlap, captured = selection_agreement(values_np, predicted, budget)
+            out[target]["overlap"].append(overlap)
+            out[target]["captured"].append(captured)
     return out
+
+
+def selection_agreement(exact: np.ndarray, predicted: np.ndarray, budget: int) -> tuple[float, float]:
+    """The share of the exact round-robin selection in the predicted one, and the exact mean influence the predicted
+    selection captures relative to the exact selection's."""
+    chosen_true, chosen = select(exact, budget, "round-robin", 0), select(predicted, budget, "round-robin", 0)
+    mean = exact.mean(1)
+    return len(np.intersect1d(chosen_true, chosen)) / budget, float(mean[chosen].sum() / mean[chosen_true].sum())
 
 
 def summary(result, group) -> dict[str, float]:

@@ -111,8 +111,7 @@ def main() -> None:
     pools = build_pools(out, sizes, args.seed)
     target = out / "data" / "targets" / "math" / "target.jsonl"
     common = ["--target", str(target), "--model", args.model, "--seed", str(args.seed)]
-    results: dict[str, dict[int, dict]] = {m: {} for m in methods}
-    everything.update(results)
+    everything.update({m: {} for m in methods})  # this invocation's methods are measured (or reused) again
     warmup = None
     if "less" in methods:
         warmup = out / "warmup"
@@ -125,12 +124,13 @@ def main() -> None:
         for method in methods:
             extra = METHODS[method] + (["--optimizer-state", str(warmup / "optimizer.pt")] if method == "less" else [])
             if method == "less" and size > args.less_max:
-                largest = max(s for s in results[method] if "extrapolated_from" not in results[method][s])
-                results[method][size] = extrapolate(results[method][largest], largest, size)
+                measured = everything[method]
+                largest = max(s for s in measured if "extrapolated_from" not in measured[s])
+                measured[size] = extrapolate(measured[largest], largest, size)
                 continue
             print(f"size {size}: {method} ...", flush=True)
-            results[method][size] = timed_select(["--pool", str(pools[size]), *common, *budget, *extra],
-                                                 out / f"{size}" / method)
+            everything[method][size] = timed_select(["--pool", str(pools[size]), *common, *budget, *extra],
+                                                     out / f"{size}" / method)
             write_json(out / "scale.json", {"results": everything})
     print(format_table(everything, sizes))
     plot(everything, sizes, out / "scale.png")

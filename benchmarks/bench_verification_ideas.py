@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_fidelity import LONG, jvp_pass, load_exact
+from bench_fidelity import LONG, jvp_pass, load_exact, selection_agreement
 
 from influence_distillation import ModelConfig, load_model, load_samples, tokenize_samples
 from influence_distillation.method.gradients import flat_gradient, only_requires_grad, select_parameters
@@ -77,7 +77,6 @@ def simulate(points, exact, anchors, budget, seeds, round_robin=False) -> tuple[
         scores[landmarks] = exact[landmarks]
         return scores
 
-    chosen_exact, mean = select(exact, budget, "round-robin", 0), exact.mean(1)
     for seed in range(seeds):
         landmarks = choose_landmarks(n, 0.05, seed=seed)
         scores = propagated(landmarks)
@@ -87,9 +86,9 @@ def simulate(points, exact, anchors, budget, seeds, round_robin=False) -> tuple[
             picks = select(masked, budget, "round-robin", 0)
         else:
             picks = verification_rows(scores, landmarks, budget)
-        chosen = select(propagated(np.sort(np.concatenate([landmarks, picks]))), budget, "round-robin", 0)
-        overlap.append(len(np.intersect1d(chosen, chosen_exact)) / budget)
-        captured.append(float(mean[chosen].sum() / mean[chosen_exact].sum()))
+        agreement = selection_agreement(exact, propagated(np.sort(np.concatenate([landmarks, picks]))), budget)
+        overlap.append(agreement[0])
+        captured.append(agreement[1])
     return float(np.mean(overlap)), float(np.mean(captured))
 
 
