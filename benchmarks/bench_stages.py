@@ -27,6 +27,7 @@ from influence_distillation.method.embeddings import jvp_outputs, sample_tangent
 from influence_distillation.method.gradients import (
     flat_gradient,
     only_requires_grad,
+    projected_gradients,
     select_parameters,
 )
 from influence_distillation.method.projection import HadamardProjector, fwht
@@ -122,6 +123,16 @@ def bench_jvp(model, args, rows):
                      ours, f"loop over tangents {loop:.3g} s ({loop / ours:.2f}x ours); naive loop with the "
                            f"embedding tangent inside {textbook:.3g} s ({textbook / ours:.2f}x); "
                            f"plain forward of K blocks {base:.3g} s"))
+        if torch.device(args.device).type == "cuda":  # the GPU's default JVP batch
+            wide = collate(random_examples(64, args.length, model.config.vocab_size), 0).to(args.device)
+
+            def vmapped_wide():
+                with torch.no_grad():
+                    jvp_outputs(backbone, tangents, wide)
+
+            seconds = timed(vmapped_wide, args.repeats) / 64
+            rows.append((f"JVP K={blocks} m={args.tangents} B=64 T={args.length}", "vmap over tangents (ours)",
+                         seconds, f"{ours / seconds:.2f}x faster a sample than B={per}"))
 
 
 def bench_projection(model, args, rows):
@@ -150,15 +161,31 @@ def bench_gradients(model, args, rows):
 
     rows.append((f"per-sample gradient, mlp-down, T={args.length}", "loop, unpadded",
                  timed(run, max(1, args.repeats // 2)) / len(examples), f"{len(params)} tensors"))
+    # The pipeline's path: gradient and SRHT, one sample at a time against one batched pass (hooks) per B samples.
+    projector = HadamardProjector(sum(p.numel() for p in params.values()), args.grad_dim, seed=0)
+    batch = random_examples(args.grad_batch, args.length, model.config.vocab_size)
+    times = {size: timed(lambda size=size: projected_gradients(model, batch, params, projector, batch_size=size,
+                                                               progress=False), max(1, args.repeats // 2)) / len(batch)
+             for size in (1, args.grad_batch)}
+    rows.append((f"projected gradient (SRHT), mlp-down, T={args.length}", f"batched, B={args.grad_batch}",
+                 times[args.grad_batch], f"one at a time {times[1]:.3g} s ({times[1] / times[args.grad_batch]:.2f}x)"))
     if args.profile:  # where one sample's gradient spends its time (on a GPU: launch-bound or kernel-bound?)
         from torch.profiler import ProfilerActivity, profile
 
-        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+        cuda = torch.cuda.is_available() and torch.device(args.device).type == "cuda"
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
         with profile(activities=activities) as prof, only_requires_grad(model, params):
+            start = time.perf_counter()
             flat_gradient(model, params, examples[0])
             synchronize()
-        key = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
-        args.profile_table = prof.key_averages().table(sort_by=key, row_limit=15)
+            wall = time.perf_counter() - start
+        events = prof.key_averages()
+        kernels = sum(getattr(e, "self_device_time_total", 0) for e in events) / 1e6
+        tables = [f"wall {wall * 1e3:.1f} ms (profiled), device kernels {kernels * 1e3:.1f} ms, "
+                  f"{sum(e.count for e in events)} op calls"]
+        for key in (["self_device_time_total"] if cuda else []) + ["self_cpu_time_total"]:
+            tables.append(f"by {key}:\n{events.table(sort_by=key, row_limit=15)}")
+        args.profile_table = "\n".join(tables)
 
 
 def bench_krr(args, rows):
@@ -184,10 +211,10 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="also print a profile of one per-sample gradient")
     args = parser.parse_args()
     args.batch, args.length, args.tangents, args.blocks = 8, 128, 2, (1, 4)
-    args.grad_dim, args.chunk, args.grad_samples = 32768, 4, 8
+    args.grad_dim, args.chunk, args.grad_samples, args.grad_batch = 32768, 4, 8, 16
     args.pool, args.landmarks, args.embedding_dim, args.targets = 50_000, 4096, 1152, 32
     if args.quick:
-        args.blocks, args.grad_samples, args.pool, args.landmarks, args.repeats = (1,), 2, 5000, 512, 1
+        args.blocks, args.grad_samples, args.grad_batch, args.pool, args.landmarks, args.repeats = (1,), 2, 4, 5000, 512, 1
     torch.set_num_threads(torch.get_num_threads())
     if args.model:
         from transformers import AutoModelForCausalLM

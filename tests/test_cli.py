@@ -36,6 +36,9 @@ def test_select_writes_every_output(kind, chat_template, model_dir, data_files, 
     assert manifest["counts"]["pool"]["kept"] == 36 and manifest["counts"]["landmarks"] == 20
     assert manifest["landmarks"] == {"first": 12, "verified": 8, "strategy": "random"}
     assert manifest["config"]["selection"]["budget"] == 8
+    on_gpu = torch.cuda.is_available()  # the default --device auto; the batch sizes follow it
+    assert manifest["batch_sizes"] == {"gradients": 16 if on_gpu else 1, "embeddings": 64 if on_gpu else 8}
+    assert manifest["config"]["gradients"]["batch_size"] is None  # as asked: a replay resolves it on its device
     assert set(manifest["stages"]) >= {"embeddings", "landmark_gradients", "verification", "target_gradients",
                                        "propagation"}
     peaks = list(manifest["peak_memory_gib"].values())  # the process's peak so far, at the end of each stage

@@ -1,4 +1,5 @@
-"""Config keys: options added later must not invalidate runs and caches made before them, and must when set."""
+"""Config keys: options added later must not invalidate runs and caches made before them, and must when set;
+performance options (batch sizes) never count."""
 
 import dataclasses
 
@@ -16,21 +17,41 @@ def _added(config) -> list[tuple[str, str]]:
 
 
 def _older(config) -> dict:
-    """The config as a version without the `added` options would have saved it."""
+    """The config as a version without the `added` options would have saved it (with the CPU's fixed JVP batch
+    of 8, before batch sizes depended on the device)."""
     stored = to_dict(config)
     for section, name in _added(config):
         del stored[section][name]
+    del stored["gradients"]["batch_size"]  # added, at 1, before it became a performance option
+    stored["embedding"]["batch_size"] = 8
     return stored
 
 
-def test_added_options_at_their_defaults_leave_the_key_of_an_older_run_unchanged():
+def test_added_options_at_their_defaults_leave_an_older_run_the_same_run():
     config = SelectConfig(pool="p.jsonl", target="t.jsonl", out="o")
     config.selection.budget = 5
-    assert ("gradients", "batch_size") in _added(config) and ("embedding", "method") in _added(config)
+    assert ("gradients", "projection") in _added(config) and ("embedding", "method") in _added(config)
     older = _older(config)
-    assert key_dict(config) == older  # exactly what the older version hashed
     assert same_config(older, config)
-    assert from_dict(SelectConfig, older) == config
+    assert key_dict(from_dict(SelectConfig, older)) == key_dict(config)
+    assert from_dict(SelectConfig, older) == dataclasses.replace(
+        config, embedding=dataclasses.replace(config.embedding, batch_size=8))
+
+
+def test_batch_sizes_are_neither_in_the_key_nor_in_run_comparisons():
+    """A run made with other batch sizes (or on a device whose defaults differ) is the same run and reuses caches;
+    the manifest still records them, so a replay runs as the original did."""
+    config = SelectConfig(pool="p.jsonl", target="t.jsonl", out="o")
+    config.selection.budget = 5
+    batched = dataclasses.replace(config, embedding=dataclasses.replace(config.embedding, batch_size=64),
+                                  gradients=dataclasses.replace(config.gradients, batch_size=16))
+    assert "batch_size" not in key_dict(config)["embedding"] and "batch_size" not in key_dict(config)["gradients"]
+    assert key_dict(batched) == key_dict(config)
+    assert same_config(to_dict(batched), config) and same_config(to_dict(config), batched)
+    assert to_dict(batched)["embedding"]["batch_size"] == 64
+    assert from_dict(SelectConfig, to_dict(batched)) == batched
+    deeper = dataclasses.replace(config, embedding=dataclasses.replace(config.embedding, num_blocks=2))
+    assert not same_config(to_dict(deeper), config)  # an option that changes results still counts
 
 
 def test_an_added_option_set_away_from_its_default_changes_the_key():

@@ -51,6 +51,23 @@ def test_parameters_that_are_not_linear_layers_are_refused(tokenizer):
     assert linear_layers(model, select_parameters(model, "all")) is None
 
 
+def test_unset_batch_sizes_follow_the_device_and_batch_only_linear_layers(tokenizer, monkeypatch):
+    from influence_distillation.config import EmbeddingConfig, GradientConfig
+    from influence_distillation.method import stages
+
+    assert stages.device_batch_size(None, stages.EMBEDDING_BATCH, torch.device("cuda", 0)) == 64
+    assert stages.device_batch_size(None, stages.GRADIENT_BATCH, torch.device("cuda")) == 16
+    assert stages.device_batch_size(None, stages.EMBEDDING_BATCH, torch.device("meta")) == 8  # the CPU's
+    assert stages.device_batch_size(3, stages.EMBEDDING_BATCH, torch.device("cuda")) == 3
+    model = make_model("llama", len(tokenizer))
+    assert stages.make_embedder(model, EmbeddingConfig(num_blocks=2), 0).batch_size == 8
+    assert stages.gradient_space(model, GradientConfig(), 0).batch_size == 1
+    monkeypatch.setitem(stages.GRADIENT_BATCH, "cpu", 4)  # as on a GPU: batched where every parameter is linear
+    assert stages.gradient_space(model, GradientConfig(), 0).batch_size == 4
+    assert stages.gradient_space(model, GradientConfig(params="all"), 0).batch_size == 1  # norms, embeddings
+    assert stages.gradient_space(model, GradientConfig(params="all", batch_size=2), 0).batch_size == 2  # as asked
+
+
 def dense_kronecker(projector: KroneckerProjector) -> torch.Tensor:
     """The explicit (out_dim, D) matrix: per layer kron(R_o, R_i) on the row-major (out × in) weight block."""
     blocks = []

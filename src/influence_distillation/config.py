@@ -52,7 +52,9 @@ class EmbeddingConfig:
         "d_e: embedding size after the seeded projection. When m*d_model <= d_e the exact outputs are kept.",
         "--embedding-dim",
     )
-    batch_size: int = option(8, "Samples per JVP batch (length-bucketed).", "--embedding-batch-size")
+    batch_size: int | None = option(
+        None, "Samples per JVP batch (length-bucketed); default: 8 on a CPU, 64 on a GPU.", "--embedding-batch-size",
+        performance=True)
     method: str = option(
         "jvp", "What embeds a pool sample: jvp (the paper's: how the first K blocks' output moves along m random "
         "tangents, forward-mode AD), difference (the same by central differences: two plain forward passes per "
@@ -103,10 +105,11 @@ class GradientConfig:
         "O(D log D)), or kronecker (R_o G R_i^T per linear layer, computed from the layer's activations; needs "
         "--grad-params that are linear layers; noisier per dimension on low-rank per-sample gradients).",
         "--grad-projection", choices=("srht", "countsketch", "kronecker"), added=True)
-    batch_size: int = option(
-        1, "Samples per forward/backward pass for per-sample gradients: 1 takes them one unpadded sample at a time; "
-        "more takes a batch's per-sample gradients of linear layers from hooks in one pass.", "--grad-batch-size",
-        added=True)
+    batch_size: int | None = option(
+        None, "Samples per forward/backward pass for per-sample gradients: 1 takes them one unpadded sample at a time; "
+        "more takes a batch's per-sample gradients of linear layers from hooks in one pass (the same gradients). "
+        "Default: 1 on a CPU; 16 on a GPU when every --grad-params parameter is a linear layer's.", "--grad-batch-size",
+        performance=True)
     optimizer_state: str | None = option(
         None,
         "AdamW state of a warm-up (a torch.save'd optimizer.state_dict(), or a Trainer checkpoint folder holding "

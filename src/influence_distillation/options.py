@@ -4,6 +4,8 @@ saved and read.
 `option` puts the flag, help text, choices and valid range into a field's metadata, so `--help`, config files,
 manifests and validation all describe the same fields. A whole config round-trips through `to_dict` / `from_dict`
 (which is how a run is replayed from its manifest); `key_dict` is what cache keys and run comparisons hash.
+`performance` options (batch sizes) change speed and memory, not results, so neither hashes them: a run or cached
+stage made with other batch sizes, or on another device whose defaults differ, is the same run.
 """
 
 from __future__ import annotations
@@ -22,13 +24,14 @@ from influence_distillation.errors import ConfigError
 
 
 def option(default: Any, help: str, flag: str | None = None, choices: tuple | None = None, added: bool = False,
-           minimum: float | None = None) -> Any:
+           minimum: float | None = None, performance: bool = False) -> Any:
     """A dataclass field that also describes its command-line flag. Numbers must be positive unless `minimum` (the
     smallest valid value) says otherwise, so a new option is range-checked without anyone remembering to. `added`
     marks an option introduced after runs and caches already existed, whose default reproduces what they did: at its
-    default it is left out of `key_dict`, so an upgrade does not invalidate a finished run or a cached stage."""
+    default it is left out of `key_dict`, so an upgrade does not invalidate a finished run or a cached stage.
+    `performance` marks an option that changes only speed and memory (up to float rounding): never in `key_dict`."""
     return field(default=default, metadata={"help": help, "flag": flag, "choices": choices, "added": added,
-                                            "minimum": minimum})
+                                            "minimum": minimum, "performance": performance})
 
 
 def scalar_type(annotation: Any) -> Any:
@@ -70,8 +73,9 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 
 def key_dict(config: Any) -> dict[str, Any]:
-    """`to_dict` without the `added` options that are at their defaults: what cache keys and run comparisons hash."""
-    return _without_added_defaults(to_dict(config), type(config))
+    """`to_dict` without the `added` options that are at their defaults and without `performance` options: what
+    cache keys and run comparisons hash."""
+    return _comparable(to_dict(config), type(config))
 
 
 def same_config(stored: Any, config: Any) -> bool:
@@ -82,19 +86,20 @@ def same_config(stored: Any, config: Any) -> bool:
         from_dict(type(config), stored)  # well-formed, known keys, valid values
     except (ConfigError, TypeError):
         return False
-    return _without_added_defaults(stored, type(config)) == key_dict(config)
+    return _comparable(stored, type(config)) == key_dict(config)
 
 
-def _without_added_defaults(values: dict[str, Any], cls: type) -> dict[str, Any]:
-    """A saved config (nested dicts) of `cls` without the `added` options that are at their defaults."""
+def _comparable(values: dict[str, Any], cls: type) -> dict[str, Any]:
+    """A saved config (nested dicts) of `cls` without `performance` options and the `added` options that are at
+    their defaults."""
     hints = typing.get_type_hints(cls)
     kept = {}
     for spec in dataclasses.fields(cls):
-        if spec.name not in values:
+        if spec.name not in values or spec.metadata.get("performance"):
             continue
         value = values[spec.name]
         if dataclasses.is_dataclass(hints[spec.name]):
-            kept[spec.name] = _without_added_defaults(value, hints[spec.name])
+            kept[spec.name] = _comparable(value, hints[spec.name])
         elif not (spec.metadata.get("added") and value == spec.default):
             kept[spec.name] = value
     return kept

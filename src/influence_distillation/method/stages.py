@@ -33,6 +33,15 @@ from influence_distillation.runtime.tokenization import Example
 
 DEFAULT_LEARNING_RATE = 2e-5  # the paper's fine-tuning rate; used when neither a flag nor a state gives one
 MAX_COEFFICIENT_BYTES = 4 << 30  # the dense (N, l) propagation matrix that --order 2 needs
+# Batch sizes when the config leaves them unset, by device type. On a CPU one unpadded sample at a time wastes
+# nothing; on a GPU small batches are launch-bound (docs/BENCHMARKS.md, "On a GPU").
+EMBEDDING_BATCH = {"cpu": 8, "cuda": 64}
+GRADIENT_BATCH = {"cpu": 1, "cuda": 16}
+
+
+def device_batch_size(requested: int | None, defaults: dict[str, int], device: torch.device) -> int:
+    """`requested`, or the default for `device`'s type (the CPU's for devices without one)."""
+    return requested if requested is not None else defaults.get(torch.device(device).type, defaults["cpu"])
 
 
 def derive_seed(master: int, stage: str) -> int:
@@ -40,12 +49,17 @@ def derive_seed(master: int, stage: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{master}:{stage}".encode()).digest()[:4], "little")
 
 
+def embedding_batch_size(model: nn.Module, config: EmbeddingConfig) -> int:
+    return device_batch_size(config.batch_size, EMBEDDING_BATCH, next(model.parameters()).device)
+
+
 def make_embedder(model: nn.Module, config: EmbeddingConfig, seed: int, pad_id: int = 0):
     """The embedder `config.method` names; called on a list of examples it returns their (n, d_e) float32 rows."""
+    batch_size = embedding_batch_size(model, config)
     if config.method == "gradient":
-        return GradientEmbedder(model, config.dim, seed, config.batch_size, pad_id)
+        return GradientEmbedder(model, config.dim, seed, batch_size, pad_id)
     return JvpEmbedder(truncated_backbone(model, config.num_blocks), config.num_tangents, config.dim, seed,
-                       config.batch_size, pad_id, config.poolings(), config.method)
+                       batch_size, pad_id, config.poolings(), config.method)
 
 
 def compute_embeddings(
@@ -96,7 +110,11 @@ def gradient_space(model: nn.Module, config: GradientConfig, seed: int) -> Gradi
         projector = CountSketchProjector(size, config.proj_dim, seed)
     else:
         projector = make_projector(size, config.proj_dim, seed)
-    space = GradientSpace(params, projector, config.normalize, batch_size=config.batch_size)
+    batch_size = config.batch_size
+    if batch_size is None:  # batched only where it is exact: every chosen parameter a linear layer's
+        batch_size = device_batch_size(None, GRADIENT_BATCH, next(model.parameters()).device)
+        batch_size = batch_size if batch_size == 1 or linear_layers(model, params) is not None else 1
+    space = GradientSpace(params, projector, config.normalize, batch_size=batch_size)
     if config.optimizer_state:
         space.adam_states = load_adamw_state(config.optimizer_state, model)
         space.preconditioner = adam_preconditioner(space.adam_states, list(params))

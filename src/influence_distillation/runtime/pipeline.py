@@ -28,6 +28,7 @@ from influence_distillation.method.selection import select
 from influence_distillation.method.stages import (
     compute_gradients,
     derive_seed,
+    embedding_batch_size,
     fidelity_warning,
     gradient_space,
     hessian_sample,
@@ -332,6 +333,8 @@ def _select_influence(run: _Run) -> SelectionResult:
         "influence": {"order": order, "exact": exact, "variant": "adamw" if space.adam_states is not None else "gd",
                       "learning_rate": eta, "normalized_gradients": space.normalize},
         "selection": {"strategy": strategy},
+        "batch_sizes": {"gradients": space.batch_size,
+                        **({} if exact else {"embeddings": embedding_batch_size(model, config.embedding)})},
         "propagation": {"bandwidth": bandwidth, "ridge": ridge, "heldout_spearman": fidelity, "warning": warning},
         "landmarks": {"first": int(len(random_landmarks)), "verified": int(len(landmarks) - len(random_landmarks)),
                       "strategy": config.landmarks.strategy},

@@ -94,15 +94,15 @@ def estimate(config: SelectConfig) -> list[Estimate]:
     if config.method in ("influence", "exact") and not exact:
         embed = config.embedding
         embedder = make_embedder(model, embed, 0, pad_token_id(tokenizer))
-        batch = median_length(embed.batch_size)
+        batch = median_length(embedder.batch_size)
         embedder(batch)  # warm-up
         per_token = _fastest(lambda: embedder(batch)) / tokens(batch)
         if embed.method == "gradient":  # per sample of a batch: the whole model's activations, one layer's gradient
             layer = sum(p.numel() for p in embedder.params.values())
-            working = embed.batch_size * (longest * hidden * layers * 48 * bytes_per + layer * 4 * 3)
+            working = embedder.batch_size * (longest * hidden * layers * 48 * bytes_per + layer * 4 * 3)
         else:
             block_bytes = sum(p.numel() for p in truncated_backbone(model, embed.num_blocks).parameters()) * bytes_per
-            working = block_bytes * (1 + embed.num_tangents) + embed.batch_size * longest * hidden * embed.num_blocks \
+            working = block_bytes * (1 + embed.num_tangents) + embedder.batch_size * longest * hidden * embed.num_blocks \
                 * 64 * (1 + embed.num_tangents) * bytes_per
         estimates.append(Estimate("embeddings", per_token * tokens(pool),
                                   model_bytes + working + len(pool) * PER_SAMPLE_BYTES, len(pool) * embedder.out_dim * 4))
