@@ -172,3 +172,26 @@ def test_a_tokenized_folder_is_complete_or_absent(tmp_path, tokenizer):
         assert tokenized.ids == direct.ids and tokenized.excluded == direct.excluded
         assert tokenized.num_truncated == direct.num_truncated and tokenized.counts() == direct.counts()
         assert all(torch.equal(a.input_ids, b.input_ids) for a, b in zip(tokenized.examples, direct.examples))
+
+
+def test_chunked_encoding_keeps_order_and_labels_of_a_mixed_stream(tokenizer):
+    """Texts are encoded a chunk at a time (chat and plain samples apart); every sample must keep its own tokens and
+    labels, in stream order, whatever the chunk boundaries."""
+    samples = [chat(("user", f"Question {i}?" + " More." * (i % 4)), ("assistant", f"Answer {i}."), sample_id=f"c{i}")
+               for i in range(7)]
+    samples[2:2] = [Sample("t0", {}, None, "Plain text, every token trains.")]
+    samples[5:5] = [chat(("user", "Only a prompt " * 80), ("assistant", "cut"), sample_id="cut")]  # excluded
+    expected = [tokenize_samples([sample], tokenizer, 120) for sample in samples]  # one at a time
+    for size in (1, 2, 3, 256):
+        result = tokenize_samples(iter(samples), tokenizer, 120, chunk=size)  # a stream, as a pool is read
+        assert result.excluded == [("cut", "no trainable token after truncation")]
+        kept = [e for alone in expected for e in alone.examples]
+        assert result.ids == [e.id for e in kept] == [s.id for s in samples if s.id != "cut"]
+        for got, want in zip(result.examples, kept, strict=True):
+            assert torch.equal(got.input_ids, want.input_ids) and torch.equal(got.labels, want.labels)
+    for sample, example in zip([s for s in samples if s.id != "cut"], result.examples, strict=True):
+        if sample.messages is None:
+            assert torch.equal(example.labels, example.input_ids)
+        else:  # the labelled tokens are exactly the assistant turn as the template renders it
+            rendered, spans = render_chat(sample.messages, tokenizer, tokenizer.chat_template)
+            assert labelled_text(tokenizer, example) == "".join(rendered[a:b] for a, b in spans)

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator, Sequence, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -72,32 +73,73 @@ class TokenizedSet:
 
 def tokenize_samples(
     samples: Iterable[Sample], tokenizer, max_length: int, template_fallback: bool = True, desc: str = "tokenize",
-    progress: bool = True, folder: Path | None = None,
+    progress: bool = True, folder: Path | None = None, chunk: int = 256,
 ) -> TokenizedSet:
     """Tokenize samples (any iterable: a pool can stream from `iter_samples`), truncate them to `max_length` tokens,
     and drop those left with no trainable token. With a `folder`, the tokens go to files there (call `save` on the
-    result to keep them) instead of memory."""
-    template = None
+    result to keep them) instead of memory. Texts are encoded `chunk` at a time (the fast tokenizer encodes a list
+    on all cores)."""
     result = TokenizedSet(examples=PackedExamples(folder))
     total = len(samples) if isinstance(samples, Sized) else None
-    for sample in tqdm(samples, desc=desc, unit="sample", total=total, leave=False,
-                       disable=not progress or (total is not None and total < 2000)):
-        if sample.messages is not None:
-            template = template or chat_template(tokenizer, template_fallback)
-            input_ids, labels = _encode_chat(sample.messages, tokenizer, template)
-        else:
-            input_ids = tokenizer(sample.text, add_special_tokens=True)["input_ids"]
-            labels = list(input_ids)
-        truncated = len(input_ids) > max_length
-        input_ids, labels = input_ids[:max_length], labels[:max_length]
-        # Position 0 is never predicted, so its label cannot carry loss.
-        if not any(label != IGNORE_INDEX for label in labels[1:]):
-            reason = "no trainable token after truncation" if truncated else "no trainable token"
-            result.excluded.append((sample.id, reason))
-            continue
-        result.num_truncated += truncated
-        result.examples.append(sample.id, input_ids, labels, truncated)
+    bar = tqdm(samples, desc=desc, unit="sample", total=total, leave=False,
+               disable=not progress or (total is not None and total < 2000))
+    template = None
+    for part in _chunks(bar, chunk):
+        if template is None and any(sample.messages is not None for sample in part):
+            template = chat_template(tokenizer, template_fallback)
+        for sample, (input_ids, labels) in zip(part, _encode(part, tokenizer, template), strict=True):
+            truncated = len(input_ids) > max_length
+            input_ids, labels = input_ids[:max_length], labels[:max_length]
+            # Position 0 is never predicted, so its label cannot carry loss.
+            if not any(label != IGNORE_INDEX for label in labels[1:]):
+                reason = "no trainable token after truncation" if truncated else "no trainable token"
+                result.excluded.append((sample.id, reason))
+                continue
+            result.num_truncated += truncated
+            result.examples.append(sample.id, input_ids, labels, truncated)
     return result
+
+
+def _chunks(items: Iterable, size: int) -> Iterator[list]:
+    part = []
+    for item in items:
+        part.append(item)
+        if len(part) == size:
+            yield part
+            part = []
+    if part:
+        yield part
+
+
+def _encode(samples: list[Sample], tokenizer, template: str | None) -> list[tuple[list[int], list[int]]]:
+    """(input_ids, labels) of each sample: chat samples with labels on their assistant turns only, plain texts (with
+    the tokenizer's special tokens) with labels everywhere."""
+    chats = [i for i, sample in enumerate(samples) if sample.messages is not None]
+    texts = [i for i, sample in enumerate(samples) if sample.messages is None]
+    encoded: list = [None] * len(samples)
+    if chats:
+        rendered = [render_chat(samples[i].messages, tokenizer, template) for i in chats]
+        batch = tokenizer([text for text, _ in rendered], add_special_tokens=False, return_offsets_mapping=True)
+        for i, (_, spans), input_ids, offsets in zip(chats, rendered, batch["input_ids"], batch["offset_mapping"],
+                                                     strict=True):
+            encoded[i] = (input_ids, _span_labels(input_ids, offsets, spans))
+    if texts:
+        for i, input_ids in zip(texts, tokenizer([samples[i].text for i in texts], add_special_tokens=True)[
+                "input_ids"], strict=True):
+            encoded[i] = (input_ids, list(input_ids))
+    return encoded
+
+
+def _span_labels(input_ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[int]:
+    """Labels: a token's id where its first character falls in a loss span, else IGNORE_INDEX."""
+    if not input_ids:
+        return []
+    ids, bounds = np.asarray(input_ids), np.asarray(offsets).reshape(-1, 2)
+    start, nonempty = bounds[:, 0], bounds[:, 1] > bounds[:, 0]
+    inside = np.zeros(len(ids), dtype=bool)
+    for lo, hi in spans:
+        inside |= (start >= lo) & (start < hi)
+    return np.where(inside & nonempty, ids, IGNORE_INDEX).tolist()
 
 
 def check_usable(pool: TokenizedSet, target: TokenizedSet, config) -> None:
@@ -146,7 +188,8 @@ def render_chat(messages: tuple[tuple[str, str], ...], tokenizer, template: str)
     for i, (role, content) in enumerate(messages):
         if role != "assistant":
             continue
-        before, through = render(messages[:i], True), render(messages[: i + 1])
+        before = render(messages[:i], True)
+        through = text if i == len(messages) - 1 else render(messages[: i + 1])
         if through.startswith(before) and text.startswith(through) and len(through) > len(before):
             spans.append((len(before), len(through)))
             continue
@@ -156,17 +199,6 @@ def render_chat(messages: tuple[tuple[str, str], ...], tokenizer, template: str)
             raise DataError(f"cannot locate assistant turn {i} in the chat-template rendering")
         spans.append((start, start + len(content)))
     return text, spans
-
-
-def _encode_chat(messages, tokenizer, template) -> tuple[list[int], list[int]]:
-    text, spans = render_chat(messages, tokenizer, template)
-    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    input_ids = encoded["input_ids"]
-    labels = [IGNORE_INDEX] * len(input_ids)
-    for j, (start, end) in enumerate(encoded["offset_mapping"]):
-        if end > start and any(lo <= start < hi for lo, hi in spans):
-            labels[j] = input_ids[j]
-    return input_ids, labels
 
 
 @dataclass
