@@ -111,7 +111,8 @@ def main() -> None:
     pools = build_pools(out, sizes, args.seed)
     target = out / "data" / "targets" / "math" / "target.jsonl"
     common = ["--target", str(target), "--model", args.model, "--seed", str(args.seed)]
-    everything.update({m: {} for m in methods})  # this invocation's methods are measured (or reused) again
+    for method in methods:  # sizes this invocation does not ask for keep their earlier rows
+        everything.setdefault(method, {})
     warmup = None
     if "less" in methods:
         warmup = out / "warmup"

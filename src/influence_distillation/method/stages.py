@@ -112,8 +112,8 @@ def gradient_space(model: nn.Module, config: GradientConfig, seed: int) -> Gradi
         projector = make_projector(size, config.proj_dim, seed)
     batch_size = config.batch_size
     if batch_size is None:  # batched only where it is exact: every chosen parameter a linear layer's
-        batch_size = device_batch_size(None, GRADIENT_BATCH, next(model.parameters()).device)
-        batch_size = batch_size if batch_size == 1 or linear_layers(model, params) is not None else 1
+        batch_size = device_batch_size(None, GRADIENT_BATCH, next(model.parameters()).device) \
+            if linear_layers(model, params) is not None else 1
     space = GradientSpace(params, projector, config.normalize, batch_size=batch_size)
     if config.optimizer_state:
         space.adam_states = load_adamw_state(config.optimizer_state, model)

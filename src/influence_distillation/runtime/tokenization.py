@@ -14,6 +14,7 @@ import logging
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence, Sized
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -83,8 +84,8 @@ def tokenize_samples(
     total = len(samples) if isinstance(samples, Sized) else None
     bar = tqdm(samples, desc=desc, unit="sample", total=total, leave=False,
                disable=not progress or (total is not None and total < 2000))
-    template = None
-    for part in _chunks(bar, chunk):
+    template, stream = None, iter(bar)
+    while part := list(islice(stream, chunk)):
         if template is None and any(sample.messages is not None for sample in part):
             template = chat_template(tokenizer, template_fallback)
         for sample, (input_ids, labels) in zip(part, _encode(part, tokenizer, template), strict=True):
@@ -98,17 +99,6 @@ def tokenize_samples(
             result.num_truncated += truncated
             result.examples.append(sample.id, input_ids, labels, truncated)
     return result
-
-
-def _chunks(items: Iterable, size: int) -> Iterator[list]:
-    part = []
-    for item in items:
-        part.append(item)
-        if len(part) == size:
-            yield part
-            part = []
-    if part:
-        yield part
 
 
 def _encode(samples: list[Sample], tokenizer, template: str | None) -> list[tuple[list[int], list[int]]]:
