@@ -1,5 +1,6 @@
-"""Two ideas for the long-context targets, simulated on the fidelity benchmark's exact values (issue 12; neither
-adopted): the target samples as extra KRR anchors, and verification candidates taken round-robin per target sample.
+"""Ideas for the long-context targets, simulated on the fidelity benchmark's exact values (issue 12): the target
+samples as extra KRR anchors, verification candidates taken round-robin per target sample (neither adopted), and
+verification landmarks shared with the pool samples nearest the target samples (`--verify-neighbours`, adopted).
 
 * Anchors: a target sample's JVP embedding costs nothing, and its exact influence on every target sample is the
   target gradients' Gram matrix, which a run already has. The diagonal (a sample's influence on itself) is replaced,
@@ -7,10 +8,14 @@ adopted): the target samples as extra KRR anchors, and verification candidates t
   off-diagonal value (`max`), its mean (`mean`), or kept (`self`).
 * Round-robin verification: the verification landmarks are the round-robin selection of the propagated scores
   instead of the top by mean influence (`stages.verification_rows`).
+* Neighbours: a share of the verification landmarks goes to the pool samples nearest each target sample in the JVP
+  embedding space (`landmarks.target_neighbours`, through the library's own `stages.verify_landmarks`).
 
 Metrics as in bench_fidelity.py (K = 2 last-token JVP, 5% random landmarks, verification ×1, 5 draws): overlap with
-the exact round-robin selection and the exact influence it captures. Usage (after bench_fidelity.py, whose cache it
-reads; computes the target samples' embeddings and gradients once, a few minutes):
+the exact round-robin selection and the exact influence it captures; for the neighbour rows also how many of the
+selection's samples come from the target's own task family (multirc: the four multirc tasks; exact influence's
+selection has 52). Usage (after bench_fidelity.py, whose cache it reads; computes the target samples' embeddings
+and gradients once, a few minutes):
 
     .venv/bin/python benchmarks/bench_verification_ideas.py --bench runs/suite --fidelity runs/fidelity
 """
@@ -25,11 +30,12 @@ import torch
 from bench_fidelity import LONG, jvp_pass, load_exact, selection_agreement
 
 from influence_distillation import ModelConfig, load_model, load_samples, tokenize_samples
+from influence_distillation.config import PropagationConfig
 from influence_distillation.method.gradients import flat_gradient, only_requires_grad, select_parameters
 from influence_distillation.method.landmarks import choose_landmarks
 from influence_distillation.method.propagation import fit_propagation
 from influence_distillation.method.selection import select
-from influence_distillation.method.stages import verification_rows
+from influence_distillation.method.stages import verification_rows, verify_landmarks
 
 
 def target_inputs(bench: Path, cache: Path, targets: list[str], manifest: dict) -> dict[str, tuple]:
@@ -62,9 +68,12 @@ def anchor_values(gram: np.ndarray, diagonal: str) -> np.ndarray:
     return values
 
 
-def simulate(points, exact, anchors, budget, seeds, round_robin=False) -> tuple[float, float]:
-    """Mean (overlap, captured) over landmark draws of one setting; `anchors` = (points, values) or None."""
-    n, overlap, captured = points.shape[0], [], []
+def simulate(points, exact, anchors, budget, seeds, round_robin=False, queries=None, share=0.0,
+             family=None) -> tuple[float, float, float]:
+    """Mean (overlap, captured, family count) over landmark draws of one setting; `anchors` = (points, values) or
+    None; `queries` (the target samples' embeddings) with `share` gives that share of the verification landmarks to
+    their nearest pool samples; `family` marks the pool samples of the target's task family."""
+    n, overlap, captured, members = points.shape[0], [], [], []
     extra_points, extra_values = (None, None) if anchors is None else (torch.from_numpy(anchors[0]),
                                                                        torch.from_numpy(anchors[1]))
     values = torch.from_numpy(exact)
@@ -80,16 +89,23 @@ def simulate(points, exact, anchors, budget, seeds, round_robin=False) -> tuple[
     for seed in range(seeds):
         landmarks = choose_landmarks(n, 0.05, seed=seed)
         scores = propagated(landmarks)
-        if round_robin:
+        if queries is not None:
+            landmarks_after, _, _ = verify_landmarks(
+                points, landmarks, values[torch.as_tensor(landmarks)], budget, 1, PropagationConfig(), 0,
+                lambda rows, _: values[torch.as_tensor(rows)], queries=torch.from_numpy(queries), neighbour_share=share)
+            picks = np.setdiff1d(landmarks_after, landmarks)
+        elif round_robin:
             masked = scores.copy()
             masked[landmarks] = masked.min() - 1.0  # taken only if nothing else is left
             picks = select(masked, budget, "round-robin", 0)
         else:
             picks = verification_rows(scores, landmarks, budget)
-        agreement = selection_agreement(exact, propagated(np.sort(np.concatenate([landmarks, picks]))), budget)
+        final = propagated(np.sort(np.concatenate([landmarks, picks])))
+        agreement = selection_agreement(exact, final, budget)
         overlap.append(agreement[0])
         captured.append(agreement[1])
-    return float(np.mean(overlap)), float(np.mean(captured))
+        members.append(0 if family is None else int(family[select(final, budget, "round-robin", 0)].sum()))
+    return float(np.mean(overlap)), float(np.mean(captured)), float(np.mean(members))
 
 
 def main() -> None:
@@ -99,16 +115,19 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     args = parser.parse_args()
     bench, cache = Path(args.bench), Path(args.fidelity) / "cache"
-    exact, _, manifest = load_exact(bench)
+    exact, ids, manifest = load_exact(bench)
+    family = np.array(["multirc" in i for i in ids])
     budget = manifest["config"]["selection"]["budget"]
     points = torch.from_numpy(np.load(next(cache.glob("jvp2-last-*.npy")))).double()
     inputs = target_inputs(bench, cache, list(exact), manifest)
     settings = {"verification by the mean (the default)": {},
                 "verification round-robin per target sample": {"round_robin": True},
-                **{f"target samples as anchors, diagonal {d}": {"diagonal": d} for d in ("max", "mean", "self")}}
+                **{f"target samples as anchors, diagonal {d}": {"diagonal": d} for d in ("max", "mean", "self")},
+                **{f"verification: {share:.0%} nearest the target samples": {"share": share}
+                   for share in (0.0, 0.25, 0.5, 0.75, 1.0)}}
     groups = {"long context": [t for t in exact if t in LONG], "demo targets": [t for t in exact if t not in LONG]}
-    print("| setting | " + " | ".join(f"{g}: overlap / captured" for g in groups) + " | multirc |")
-    print("|---|" + "---|" * (len(groups) + 1))
+    print("| setting | " + " | ".join(f"{g}: overlap / captured" for g in groups) + " | multirc | multirc family |")
+    print("|---|" + "---|" * (len(groups) + 2))
     for label, setting in settings.items():
         result = {}
         for target, values in exact.items():
@@ -116,11 +135,13 @@ def main() -> None:
             if "diagonal" in setting:
                 embedded, gram = inputs[target]
                 anchors = (embedded, anchor_values(gram, setting["diagonal"]))
-            result[target] = simulate(points, values, anchors, budget, args.seeds, setting.get("round_robin", False))
+            queries = inputs[target][0] if "share" in setting else None
+            result[target] = simulate(points, values, anchors, budget, args.seeds, setting.get("round_robin", False),
+                                      queries, setting.get("share", 0.0), family if target == "multirc" else None)
         cells = [" / ".join(f"{np.mean([result[t][i] for t in group]):.3f}" for i in (0, 1)) for group in
                  groups.values()]
-        print(f"| {label} | " + " | ".join(cells) + f" | {result['multirc'][0]:.2f} / {result['multirc'][1]:.2f} |",
-              flush=True)
+        print(f"| {label} | " + " | ".join(cells) + f" | {result['multirc'][0]:.2f} / {result['multirc'][1]:.2f} | "
+              f"{result['multirc'][2]:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ def test_select_writes_every_output(kind, chat_template, model_dir, data_files, 
     assert manifest["status"] == "complete"
     # 12 random landmarks, then as many verification landmarks as the budget (the default --verify -1).
     assert manifest["counts"]["pool"]["kept"] == 36 and manifest["counts"]["landmarks"] == 20
-    assert manifest["landmarks"] == {"first": 12, "verified": 8, "strategy": "random"}
+    assert manifest["landmarks"] == {"first": 12, "verified": 8, "near_targets": 4, "strategy": "random"}
     assert manifest["config"]["selection"]["budget"] == 8
     on_gpu = torch.cuda.is_available()  # the default --device auto; the batch sizes follow it
     assert manifest["batch_sizes"] == {"gradients": 16 if on_gpu else 1, "embeddings": 64 if on_gpu else 8}
@@ -182,6 +182,8 @@ BAD_INPUTS = {
     "optimizer state of another model": (lambda d: {"extra": ["--optimizer-state", str(foreign_state(d))]},
                                          "does not match the model"),
     "invalid parameter regex": (lambda d: {"extra": ["--grad-params", "mlp[("]}, "invalid regular expression"),
+    "verification share above one": (lambda d: {"extra": ["--verify-neighbours", "1.5"]},
+                                     "--verify-neighbours is a share of the verification landmarks, from 0 to 1"),
     "config file with an unknown key": (lambda d: {"extra": ["--config", str(write_config(d))]},
                                         "unknown key 'num_block'; did you mean 'num_blocks'"),
 }

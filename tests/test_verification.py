@@ -5,16 +5,25 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 from test_cli import select_args
 from test_distributed import assert_same_selection, torchrun
 from test_second_order_cli import read_selected
 
+from influence_distillation import ModelConfig, load_model, load_samples, tokenize_samples
 from influence_distillation.cli import main
+from influence_distillation.config import EmbeddingConfig, PropagationConfig
+from influence_distillation.method.landmarks import target_neighbours
 from influence_distillation.method.stages import (
+    derive_seed,
+    make_embedder,
+    propagate,
     round_sizes,
     verification_count,
     verification_rows,
+    verify_landmarks,
 )
+from influence_distillation.runtime.models import pad_token_id
 
 
 def landmark_rows(out):
@@ -55,21 +64,92 @@ def test_an_exact_gradient_for_every_sample_reproduces_exact_mode(mode, extra, m
     assert [r["id"] for r in read_selected(tmp_path / "run")] == [r["id"] for r in read_selected(tmp_path / "exact")]
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     first, verified = (36, 0) if mode == "all landmarks" else (12, 24)
-    assert manifest["landmarks"] == {"first": first, "verified": verified, "strategy": "random"}
+    assert manifest["landmarks"] == {"first": first, "verified": verified, "strategy": "random",
+                                     "near_targets": round(verified / 2)}
     assert len(landmark_rows(tmp_path / "run")) == 36
 
 
+def round_robin_nearest(points, queries, exclude, count, seed):
+    """The reference: cosine similarities in float64 numpy, and each round of target samples, in a seeded random
+    order, takes its nearest row not taken yet."""
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    similarity = unit(points) @ unit(queries).T
+    taken, rng = set(exclude.tolist()), np.random.default_rng(seed)
+    picked = []
+    while len(picked) < count:
+        for j in rng.permutation(queries.shape[0]):
+            row = next(int(r) for r in np.argsort(-similarity[:, j], kind="stable") if int(r) not in taken)
+            taken.add(row)
+            picked.append(row)
+            if len(picked) == count:
+                break
+    return picked
+
+
+def test_target_neighbours_against_a_dense_reference():
+    rng = np.random.default_rng(1)
+    points, queries = rng.normal(size=(60, 5)), rng.normal(size=(4, 5))
+    exclude = np.array([2, 9, 31, 44])
+    points[exclude] = queries[[0, 1, 2, 3]] * 3.0  # the nearest of all, were they not excluded
+    for count in (1, 4, 11, 56):
+        picks = target_neighbours(torch.from_numpy(points).float(), torch.from_numpy(queries), exclude, count, seed=3,
+                                  chunk_rows=7)  # several chunks, the last one short
+        assert picks.tolist() == round_robin_nearest(points, queries, exclude, count, seed=3)
+    # Cosine: scaling a row changes nothing; a lazy row reader (an array) gives the same rows as a tensor.
+    scaled = points * rng.uniform(0.1, 10, size=(60, 1))
+    assert target_neighbours(scaled, torch.from_numpy(queries), exclude, 11, seed=3).tolist() == \
+        round_robin_nearest(points, queries, exclude, 11, seed=3)
+
+
+def test_verification_shares_its_rows_between_propagated_influence_and_target_neighbours():
+    rng = np.random.default_rng(2)
+    points, queries = torch.from_numpy(rng.normal(size=(80, 6))), torch.from_numpy(rng.normal(size=(3, 6)))
+    values = torch.from_numpy(rng.normal(size=(80, 3)))
+    first = np.sort(rng.choice(80, size=16, replace=False))
+    config, measured = PropagationConfig(), []
+
+    def measure(rows, number):
+        measured.append(np.asarray(rows))
+        return values[torch.as_tensor(rows)]
+
+    landmarks, kept, _ = verify_landmarks(points, first, values[torch.as_tensor(first)], 10, 2, config, 5, measure,
+                                          queries=queries, neighbour_share=0.4)
+    by_influence, known = [], first
+    for rows in measured:  # each round: 3 rows by propagated influence, then 2 nearest the target samples
+        scores, _ = propagate(points, known, values[torch.as_tensor(known)], config, 5)
+        assert rows[:3].tolist() == verification_rows(scores, known, 3).tolist()
+        assert rows[3:].tolist() == round_robin_nearest(points.numpy(), queries.numpy(), np.concatenate(
+            [known, rows[:3]]), 2, seed=5)
+        by_influence.append(rows[:3])
+        known = np.concatenate([known, rows])
+    assert len(measured) == 2 and landmarks.tolist() == sorted(known.tolist())
+    torch.testing.assert_close(kept, values[torch.as_tensor(landmarks)])
+
+
 def test_verified_landmarks_are_where_the_first_propagation_selects(model_dir, data_files, tmp_path):
-    """One round: the verified samples are what the selection would have taken from the run without verification."""
+    """One round: with --verify-neighbours 0 the verified samples are what the selection would have taken from the
+    run without verification; with 1 they are the pool samples nearest the target samples in the run's own
+    embedding space."""
     pool, target = data_files
     model = model_dir("llama")
     assert main(select_args(pool, target, model, tmp_path / "plain", 8, "--verify", "0")) == 0
     assert main(select_args(pool, target, model, tmp_path / "verified", 8, "--verify", "5", "--verify-rounds",
-                            "1")) == 0
+                            "1", "--verify-neighbours", "0")) == 0
     first = landmark_rows(tmp_path / "plain")
     scores = np.load(tmp_path / "plain" / "target_scores.npy")
     expected = verification_rows(scores, first, 5)
     assert sorted(np.setdiff1d(landmark_rows(tmp_path / "verified"), first).tolist()) == sorted(expected.tolist())
+
+    assert main(select_args(pool, target, model, tmp_path / "near", 8, "--verify", "5", "--verify-neighbours",
+                            "1")) == 0
+    loaded, tokenizer = load_model(ModelConfig(path=str(model)))
+    examples = tokenize_samples(load_samples(str(target)), tokenizer, 512, progress=False).examples
+    embedder = make_embedder(loaded, EmbeddingConfig(num_blocks=2), derive_seed(0, "tangents"), pad_token_id(tokenizer))
+    queries = embedder(list(examples)).double().numpy()
+    near = round_robin_nearest(np.load(tmp_path / "near" / "embeddings.npy"), queries, first, 5,
+                               derive_seed(0, "kernel"))
+    assert sorted(np.setdiff1d(landmark_rows(tmp_path / "near"), first).tolist()) == sorted(near)
+    assert json.loads((tmp_path / "near" / "manifest.json").read_text())["landmarks"]["near_targets"] == 5
     manifest = json.loads((tmp_path / "verified" / "manifest.json").read_text())
     plain = json.loads((tmp_path / "plain" / "manifest.json").read_text())
     # The held-out fidelity is measured on the random landmarks alone, so verification leaves it unchanged.

@@ -88,6 +88,11 @@ class LandmarkConfig:
         "paper's method).", "--verify", minimum=-1)
     verify_rounds: int = option(
         1, "Rounds the verification landmarks are placed in, re-propagating after each.", "--verify-rounds")
+    verify_neighbours: float = option(
+        0.5, "Share of the verification landmarks given to the pool samples nearest each target sample in embedding "
+        "space (taken round-robin over the target samples) instead of the highest propagated influence: they find "
+        "the target's own kind of sample where propagation from random landmarks misses it. 0: all by propagated "
+        "influence, as before this option existed.", "--verify-neighbours", minimum=0)
 
 
 @dataclass
@@ -209,6 +214,9 @@ class SelectConfig:
         check_ranges(self)
         if self.landmarks.count >= 1 and self.landmarks.count != int(self.landmarks.count):
             raise ConfigError(f"--landmarks must be an integer or a fraction below 1, got {self.landmarks.count}")
+        if self.landmarks.verify_neighbours > 1:
+            raise ConfigError(f"--verify-neighbours is a share of the verification landmarks, from 0 to 1, got "
+                              f"{self.landmarks.verify_neighbours}")
         from influence_distillation.method.embeddings import POOLINGS
 
         poolings = self.embedding.poolings()

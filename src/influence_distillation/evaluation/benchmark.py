@@ -58,7 +58,7 @@ class Variant:
 # The paper's propagation (last-token JVP embeddings, median-heuristic KRR, no verification landmarks), the Adam
 # variant (exact and propagated), and the second-order weights, trained unweighted and weighted (the paper's
 # method: no verification; the target Hessian over 4 target samples, for CPU time); twice the default's verification
-# landmarks.
+# landmarks; verification by propagated influence alone (the default before --verify-neighbours).
 PAPER_PROPAGATION = (("embedding.pooling", "last"), ("propagation.tune", False), ("landmarks.verify", 0))
 ORDER2 = (("influence.order", 2), ("landmarks.verify", 0), ("influence.hessian_samples", 4))
 VARIANTS = {
@@ -69,6 +69,7 @@ VARIANTS = {
     "influence-order2-weighted": Variant("influence", ORDER2, warm=True, weighted=True),
     "influence-gradient": Variant("influence", (("embedding.method", "gradient"),)),  # loss-gradient embeddings
     "influence-verify2": Variant("influence", (("landmarks.verify", lambda settings: 2 * settings["budget"]),)),
+    "influence-mean-verify": Variant("influence", (("landmarks.verify_neighbours", 0.0),)),  # before neighbours
 }
 
 

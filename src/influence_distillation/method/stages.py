@@ -13,10 +13,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from influence_distillation.config import EmbeddingConfig, GradientConfig, PropagationConfig
+from influence_distillation.config import EmbeddingConfig, GradientConfig, LandmarkConfig, PropagationConfig
 from influence_distillation.errors import ConfigError
 from influence_distillation.method.embeddings import GradientEmbedder, JvpEmbedder
 from influence_distillation.method.gradients import projected_gradients, select_parameters
+from influence_distillation.method.landmarks import target_neighbours
 from influence_distillation.method.per_sample import KroneckerProjector, linear_layers
 from influence_distillation.method.preconditioning import (
     AdamParamState,
@@ -206,6 +207,11 @@ def round_sizes(count: int, rounds: int) -> list[int]:
     return [size for r in range(rounds) if (size := round(count * (r + 1) / rounds) - round(count * r / rounds))]
 
 
+def near_target_count(count: int, config: LandmarkConfig) -> int:
+    """How many of `count` verification landmarks `verify_landmarks` gives to the target samples' neighbours."""
+    return sum(round(config.verify_neighbours * size) for size in round_sizes(count, config.verify_rounds))
+
+
 def verification_rows(scores: np.ndarray, landmarks: np.ndarray, count: int) -> np.ndarray:
     """The `count` samples with the highest propagated mean influence over the target samples, landmarks excluded
     (their values are exact already): the consensus candidates of the selection, where an exact gradient confirms
@@ -217,17 +223,23 @@ def verification_rows(scores: np.ndarray, landmarks: np.ndarray, count: int) -> 
 
 
 def verify_landmarks(embeddings: torch.Tensor, landmarks: np.ndarray, values: torch.Tensor, count: int, rounds: int,
-                     config: PropagationConfig, seed: int, measure, out=None):
+                     config: PropagationConfig, seed: int, measure, out=None, queries: torch.Tensor | None = None,
+                     neighbour_share: float = 0.0):
     """Verification rounds: propagate from the landmarks so far, `measure` the exact values (l', t) of the
     `verification_rows` (called as measure(rows, round_number)), add them as landmarks, repeat. `out` is where each
-    round's propagated scores go, as in `propagate`.
+    round's propagated scores go, as in `propagate`. With `queries` (the target samples' embeddings), each round
+    gives `neighbour_share` of its rows to the `target_neighbours` instead of the highest propagated influence.
 
     Returns the landmarks (sorted), their values, and the permutation that sorted the concatenation of the first
     landmarks and each round's rows in order, for callers that keep more per landmark than its values.
     """
     for number, size in enumerate(round_sizes(count, rounds), 1):
         scores, _ = propagate(embeddings, landmarks, values, config, seed, out)
-        picks = verification_rows(scores, landmarks, size)
+        near = round(neighbour_share * size) if queries is not None else 0
+        picks = verification_rows(scores, landmarks, size - near) if size > near else np.zeros(0, dtype=np.int64)
+        if near:
+            picks = np.concatenate([picks, target_neighbours(embeddings, queries, np.concatenate([landmarks, picks]),
+                                                             near, seed)])
         values = torch.cat([values.reshape(len(landmarks), -1), measure(picks, number).reshape(len(picks), -1)])
         landmarks = np.concatenate([landmarks, picks])
     order = np.argsort(landmarks, kind="stable")

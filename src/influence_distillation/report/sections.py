@@ -189,8 +189,10 @@ def fidelity(run: RunData, anchor: str = "fidelity") -> Section:
         section.add(Note(propagation["warning"]))
     landmarks = run.manifest.get("landmarks") or {}
     if landmarks.get("verified"):
+        near = landmarks.get("near_targets", 0)
         section.add(f"{landmarks['verified']} verification landmarks (the top-ranked samples after a first "
-                    "propagation) have exact values, so the head of the ranking does not rest on propagation alone.")
+                    f"propagation{f', and {near} of the pool samples nearest the target samples' if near else ''}) "
+                    "have exact values, so the head of the ranking does not rest on propagation alone.")
     return section
 
 

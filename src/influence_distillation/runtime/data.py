@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from influence_distillation.errors import DataError
+from influence_distillation.runtime.artifacts import content_fingerprint
 from influence_distillation.runtime.hub import resolve_data
 
 FORMATS = ("messages", "prompt-completion", "instruction-output", "text")
@@ -224,3 +225,12 @@ def _messages(messages: Any, where: str) -> tuple[tuple[str, str], ...]:
             raise DataError(f"{where}: messages[{i}] is an empty assistant turn")
         turns.append((message["role"], content))
     return tuple(turns)
+
+
+def data_fingerprint(path: str, split: str | None = None, subset: str | None = None) -> str | list[str]:
+    """The pool file's content digest (one per file for a Hub dataset's split): what the pool-wide stages key on."""
+    files = resolve_data(path, split, subset, "--pool")
+    if not files[0].exists():
+        raise DataError(f"pool file not found: {path}")
+    digests = [content_fingerprint(file) for file in files]
+    return digests[0] if len(digests) == 1 else digests

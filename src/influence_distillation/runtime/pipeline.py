@@ -18,7 +18,6 @@ import torch
 from influence_distillation import __version__
 from influence_distillation.baselines import BASELINES
 from influence_distillation.config import SelectConfig
-from influence_distillation.errors import DataError
 from influence_distillation.method.gradients import projected_gradients
 from influence_distillation.method.hessian import gradient_and_hessian_rows, target_hvp
 from influence_distillation.method.influence import curvature, first_order_influence
@@ -33,6 +32,7 @@ from influence_distillation.method.stages import (
     gradient_space,
     hessian_sample,
     make_embedder,
+    near_target_count,
     propagate,
     propagation_matrix,
     round_sizes,
@@ -49,9 +49,8 @@ from influence_distillation.method.weights import (
 from influence_distillation.options import key_dict, same_config
 from influence_distillation.runtime import artifacts, cost, distributed
 from influence_distillation.runtime.baseline_runs import select_baseline
-from influence_distillation.runtime.data import iter_samples, load_samples
+from influence_distillation.runtime.data import data_fingerprint, iter_samples, load_samples
 from influence_distillation.runtime.distributed import DistInfo
-from influence_distillation.runtime.hub import resolve_data
 from influence_distillation.runtime.models import load_model, pad_token_id, resolve_model_path
 from influence_distillation.runtime.outputs import (
     SelectionResult,
@@ -229,11 +228,11 @@ def _select_influence(run: _Run) -> SelectionResult:
     num_pool, digests = len(pool.examples), pool.examples.digests  # the content digests the pool keeps
     embeddings, embedder = None, None
 
-    def embed(rows):
+    def embed(examples):
         nonlocal embedder
         if embedder is None:  # tangents and projection drawn once per process
             embedder = make_embedder(model, config.embedding, seeds["tangents"], pad_token_id(run.tokenizer))
-        return embedder([pool.examples[i] for i in rows])
+        return embedder(examples)
 
     verify = 0 if exact else verification_count(config.landmarks.verify, config.selection.budget,
                                                   landmark_count(config.landmarks.count, num_pool), num_pool)
@@ -241,9 +240,9 @@ def _select_influence(run: _Run) -> SelectionResult:
         with timer("embeddings"):
             # Lazy: propagation streams the rows from the shard files, so the (N, d_e) embeddings are never all in
             # memory (k-means++ / k-center landmarks are the exception: they read every row at once).
-            embeddings = run.sharded("embeddings", num_pool, embed, EMBEDDING_SHARD, last=order == 2 and not verify,
-                                     by_content=("embeddings", digests), lazy=True,
-                                     embedding=key_dict(config.embedding), seed=seeds["tangents"])
+            embeddings = run.sharded("embeddings", num_pool, lambda rows: embed([pool.examples[i] for i in rows]),
+                                     EMBEDDING_SHARD, last=order == 2 and not verify, by_content=("embeddings", digests),
+                                     lazy=True, embedding=key_dict(config.embedding), seed=seeds["tangents"])
     with timer("landmarks"):
         landmarks = (np.arange(num_pool) if exact else choose_landmarks(
             num_pool, config.landmarks.count, seeds["landmarks"], config.landmarks.strategy,
@@ -276,8 +275,9 @@ def _select_influence(run: _Run) -> SelectionResult:
     random_landmarks, random_values = landmarks, first_order_influence(landmark_rows, target_rows)  # (l, t)
     if verify:
         with timer("verification"):
+            queries = embed(target.examples) if config.landmarks.verify_neighbours else None
             landmarks, landmark_rows = _verify(run, embeddings, landmarks, landmark_rows, target_rows, verify,
-                                               gradient_stage, last=order == 1)
+                                               gradient_stage, queries, last=order == 1)
         if order == 2:
             with timer("landmark_hessian"):
                 landmark_rows, hessian_rows = gradient_and_hessian_rows(
@@ -337,7 +337,7 @@ def _select_influence(run: _Run) -> SelectionResult:
                         **({} if exact else {"embeddings": embedding_batch_size(model, config.embedding)})},
         "propagation": {"bandwidth": bandwidth, "ridge": ridge, "heldout_spearman": fidelity, "warning": warning},
         "landmarks": {"first": int(len(random_landmarks)), "verified": int(len(landmarks) - len(random_landmarks)),
-                      "strategy": config.landmarks.strategy},
+                      "near_targets": near_target_count(verify, config.landmarks), "strategy": config.landmarks.strategy},
         "cost": cost.influence_flops(model, pool.examples, landmark_examples, target.examples, config, exact,
                                      space.projector, order),
     }
@@ -351,7 +351,7 @@ def _select_influence(run: _Run) -> SelectionResult:
     return SelectionResult(pool.ids, embeddings, landmarks, landmark_influence, scores, selected, solution)
 
 
-def _verify(run: _Run, embeddings, landmarks, rows, target_rows, count, gradient_stage, last):
+def _verify(run: _Run, embeddings, landmarks, rows, target_rows, count, gradient_stage, queries, last):
     """Verification rounds (`stages.verify_landmarks`), each round's gradients a resumable sharded stage; returns all
     landmarks (sorted) and their gradient rows."""
     config, pieces = run.config, [rows]
@@ -364,7 +364,8 @@ def _verify(run: _Run, embeddings, landmarks, rows, target_rows, count, gradient
 
     landmarks, _, order = verify_landmarks(embeddings, landmarks, first_order_influence(rows, target_rows), count,
                                            config.landmarks.verify_rounds, config.propagation, run.seeds["kernel"],
-                                           measure, run.scores_file(len(embeddings), target_rows.shape[0]))
+                                           measure, run.scores_file(len(embeddings), target_rows.shape[0]),
+                                           queries, config.landmarks.verify_neighbours)
     return landmarks, torch.cat(pieces)[torch.as_tensor(order)]
 
 
@@ -372,7 +373,7 @@ def _cache_basis(config: SelectConfig) -> dict[str, Any]:
     """What every pool-wide stage depends on: the model and pool files, tokenisation, dtype and device."""
     optimizer = config.gradients.optimizer_state
     return {"model": artifacts.content_fingerprint(resolve_model_path(config.model.path)),
-            "pool": _data_fingerprint(config), "data": key_dict(config.data),
+            "pool": data_fingerprint(config.pool, config.data.split, config.data.subset), "data": key_dict(config.data),
             "dtype": config.model.dtype, "device": config.model.device, "version": __version__,
             "optimizer": artifacts.content_fingerprint(optimizer) if optimizer else None}
 
@@ -390,11 +391,3 @@ def _manifest(run: _Run, result: SelectionResult) -> dict[str, Any]:
             "cache": {"dir": str(run.cache_dir) if run.cache_dir else None, "reused": run.reused,
                       "stages": run.stage_keys}}
 
-
-def _data_fingerprint(config: SelectConfig) -> str | list[str]:
-    """The pool file's content digest (one per file for a Hub dataset's split)."""
-    files = resolve_data(config.pool, config.data.split, config.data.subset, "--pool")
-    if not files[0].exists():
-        raise DataError(f"pool file not found: {config.pool}")
-    digests = [artifacts.content_fingerprint(path) for path in files]
-    return digests[0] if len(digests) == 1 else digests
