@@ -33,7 +33,7 @@ from influence_distillation import ModelConfig, load_model, load_samples, tokeni
 from influence_distillation.config import PropagationConfig
 from influence_distillation.method.gradients import flat_gradient, only_requires_grad, select_parameters
 from influence_distillation.method.landmarks import choose_landmarks
-from influence_distillation.method.propagation import fit_propagation
+from influence_distillation.method.propagation import fit_propagation, spearman
 from influence_distillation.method.selection import select
 from influence_distillation.method.stages import verification_rows, verify_landmarks
 
@@ -69,11 +69,11 @@ def anchor_values(gram: np.ndarray, diagonal: str) -> np.ndarray:
 
 
 def simulate(points, exact, anchors, budget, seeds, round_robin=False, queries=None, share=0.0,
-             family=None) -> tuple[float, float, float]:
-    """Mean (overlap, captured, family count) over landmark draws of one setting; `anchors` = (points, values) or
+             family=None) -> tuple[float, ...]:
+    """Mean (overlap, captured, family count, Spearman, recall as in bench_fidelity.py) over landmark draws of one setting; `anchors` = (points, values) or
     None; `queries` (the target samples' embeddings) with `share` gives that share of the verification landmarks to
     their nearest pool samples; `family` marks the pool samples of the target's task family."""
-    n, overlap, captured, members = points.shape[0], [], [], []
+    n, overlap, captured, members, ranks, recall = points.shape[0], [], [], [], [], []
     extra_points, extra_values = (None, None) if anchors is None else (torch.from_numpy(anchors[0]),
                                                                        torch.from_numpy(anchors[1]))
     values = torch.from_numpy(exact)
@@ -100,12 +100,18 @@ def simulate(points, exact, anchors, budget, seeds, round_robin=False, queries=N
             picks = select(masked, budget, "round-robin", 0)
         else:
             picks = verification_rows(scores, landmarks, budget)
-        final = propagated(np.sort(np.concatenate([landmarks, picks])))
+        known = np.sort(np.concatenate([landmarks, picks]))
+        final = propagated(known)
+        others = np.setdiff1d(np.arange(n), known)
+        ranks.append(np.mean([spearman(torch.from_numpy(final[others, j]), values[others, j])
+                              for j in range(exact.shape[1])]))
+        top = [np.argsort(-matrix.mean(1))[:budget] for matrix in (exact, final)]
+        recall.append(len(np.intersect1d(*top)) / budget)
         agreement = selection_agreement(exact, final, budget)
         overlap.append(agreement[0])
         captured.append(agreement[1])
         members.append(0 if family is None else int(family[select(final, budget, "round-robin", 0)].sum()))
-    return float(np.mean(overlap)), float(np.mean(captured)), float(np.mean(members))
+    return tuple(float(np.mean(metric)) for metric in (overlap, captured, members, ranks, recall))
 
 
 def main() -> None:
@@ -120,14 +126,15 @@ def main() -> None:
     budget = manifest["config"]["selection"]["budget"]
     points = torch.from_numpy(np.load(next(cache.glob("jvp2-last-*.npy")))).double()
     inputs = target_inputs(bench, cache, list(exact), manifest)
-    settings = {"verification by the mean (the default)": {},
+    settings = {"verification by the mean (the default before --verify-neighbours)": {},
                 "verification round-robin per target sample": {"round_robin": True},
                 **{f"target samples as anchors, diagonal {d}": {"diagonal": d} for d in ("max", "mean", "self")},
-                **{f"verification: {share:.0%} nearest the target samples": {"share": share}
-                   for share in (0.0, 0.25, 0.5, 0.75, 1.0)}}
+                **{f"verification: {share:.0%} nearest the target samples{' (the default)' if share == 0.5 else ''}":
+                   {"share": share} for share in (0.25, 0.5, 0.75, 1.0)}}
     groups = {"long context": [t for t in exact if t in LONG], "demo targets": [t for t in exact if t not in LONG]}
-    print("| setting | " + " | ".join(f"{g}: overlap / captured" for g in groups) + " | multirc | multirc family |")
-    print("|---|" + "---|" * (len(groups) + 2))
+    print("| setting | " + " | ".join(f"{g}: overlap / captured" for g in groups) + " | multirc | multirc family | "
+          + " | ".join(f"{g}: Spearman / recall" for g in groups) + " |")
+    print("|---|" + "---|" * (2 * len(groups) + 2))
     for label, setting in settings.items():
         result = {}
         for target, values in exact.items():
@@ -140,8 +147,10 @@ def main() -> None:
                                       queries, setting.get("share", 0.0), family if target == "multirc" else None)
         cells = [" / ".join(f"{np.mean([result[t][i] for t in group]):.3f}" for i in (0, 1)) for group in
                  groups.values()]
+        ranking = [" / ".join(f"{np.mean([result[t][i] for t in group]):.3f}" for i in (3, 4)) for group in
+                   groups.values()]
         print(f"| {label} | " + " | ".join(cells) + f" | {result['multirc'][0]:.2f} / {result['multirc'][1]:.2f} | "
-              f"{result['multirc'][2]:.1f} |", flush=True)
+              f"{result['multirc'][2]:.1f} | " + " | ".join(ranking) + " |", flush=True)
 
 
 if __name__ == "__main__":

@@ -115,6 +115,9 @@ def test_every_method_gets_every_section_with_its_own_numbers(method, runs, tmp_
     if method == "influence":
         spearman = json.loads((run / "manifest.json").read_text())["propagation"]["heldout_spearman"]
         assert f"Held-out Spearman {spearman:.2f}" in fidelity
+        landmarks = json.loads((run / "manifest.json").read_text())["landmarks"]
+        assert f"{landmarks['verified']} verification landmarks ({landmarks['near_targets']} of them the pool " \
+               "samples nearest the target samples" in html.unescape(fidelity)
     else:
         assert "Not applicable" in fidelity
     # The Markdown twin says the same and its figures exist where it links them.

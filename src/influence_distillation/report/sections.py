@@ -190,9 +190,9 @@ def fidelity(run: RunData, anchor: str = "fidelity") -> Section:
     landmarks = run.manifest.get("landmarks") or {}
     if landmarks.get("verified"):
         near = landmarks.get("near_targets", 0)
-        section.add(f"{landmarks['verified']} verification landmarks (the top-ranked samples after a first "
-                    f"propagation{f', and {near} of the pool samples nearest the target samples' if near else ''}) "
-                    "have exact values, so the head of the ranking does not rest on propagation alone.")
+        where = f"{near} of them the pool samples nearest the target samples, the rest" if near else "the"
+        section.add(f"{landmarks['verified']} verification landmarks ({where} top-ranked samples after a first "
+                    "propagation) have exact values, so the head of the ranking does not rest on propagation alone.")
     return section
 
 
