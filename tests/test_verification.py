@@ -1,6 +1,7 @@
 """Verification landmarks (`--verify`): a second round of exact gradients where the propagated selection lies."""
 
 import json
+from unittest.mock import patch
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -13,6 +14,7 @@ from test_second_order_cli import read_selected
 from influence_distillation import ModelConfig, load_model, load_samples, tokenize_samples
 from influence_distillation.cli import main
 from influence_distillation.config import EmbeddingConfig, PropagationConfig
+from influence_distillation.method import selection
 from influence_distillation.method.landmarks import target_neighbours
 from influence_distillation.method.stages import (
     derive_seed,
@@ -92,9 +94,11 @@ def test_target_neighbours_against_a_dense_reference():
     exclude = np.array([2, 9, 31, 44])
     points[exclude] = queries[[0, 1, 2, 3]] * 3.0  # the nearest of all, were they not excluded
     for count in (1, 4, 11, 56):
-        picks = target_neighbours(torch.from_numpy(points).float(), torch.from_numpy(queries), exclude, count, seed=3,
-                                  chunk_rows=7)  # several chunks, the last one short
+        picks = target_neighbours(torch.from_numpy(points).float(), torch.from_numpy(queries), exclude, count, seed=3)
         assert picks.tolist() == round_robin_nearest(points, queries, exclude, count, seed=3)
+    with patch.object(selection, "CHUNK_ROWS", 7):  # read in several chunks, the last one short
+        picks = target_neighbours(torch.from_numpy(points), torch.from_numpy(queries), exclude, 11, seed=3)
+    assert picks.tolist() == round_robin_nearest(points, queries, exclude, 11, seed=3)
     # Cosine: scaling a row changes nothing; a lazy row reader (an array) gives the same rows as a tensor.
     scaled = points * rng.uniform(0.1, 10, size=(60, 1))
     assert target_neighbours(scaled, torch.from_numpy(queries), exclude, 11, seed=3).tolist() == \

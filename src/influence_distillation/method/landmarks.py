@@ -102,20 +102,32 @@ def choose_landmarks(
     return STRATEGIES[strategy](num_samples, landmark_count(requested, num_samples), seed, embeddings)
 
 
-def target_neighbours(embeddings, queries: torch.Tensor, exclude: np.ndarray, count: int, seed: int = 0,
-                      chunk_rows: int = 4096) -> np.ndarray:
+def target_neighbours(embeddings, queries: torch.Tensor, exclude: np.ndarray, count: int, seed: int = 0) -> np.ndarray:
     """`count` pool rows nearest by cosine to the target samples' embeddings `queries` (t, d_e), taken round-robin
     over the target samples (each takes its nearest row not yet taken); rows in `exclude` are never taken.
 
     Why: a pool region without landmarks is ranked by the KRR's extrapolation, and the pool samples nearest a target
     sample are where its largest influences are likely (on the benchmark suite's multirc target, the examples of the
     target's own task and its siblings). An exact gradient there finds what propagation from random landmarks misses.
-    `embeddings` may be a tensor or anything with row slices (a lazy shard reader); the similarities are kept as
-    (N, t) float32, half the size of the run's scores."""
-    queries = torch.nn.functional.normalize(queries.double(), dim=1)
-    similarity = np.empty((embeddings.shape[0], queries.shape[0]), dtype=np.float32)
-    for start in range(0, embeddings.shape[0], chunk_rows):
-        block = torch.as_tensor(np.asarray(embeddings[start : start + chunk_rows])).double()
-        similarity[start : start + len(block)] = (torch.nn.functional.normalize(block, dim=1) @ queries.T).numpy()
-    similarity[np.asarray(exclude, dtype=np.int64)] = -2.0  # below every cosine: taken only if nothing else is left
-    return round_robin(similarity, min(count, embeddings.shape[0]), seed)
+    `embeddings` may be a tensor or anything with row slices (a lazy shard reader): the similarities are computed a
+    chunk at a time as the selection reads them, never held whole."""
+    return round_robin(_CosineToTargets(embeddings, queries, exclude), min(count, embeddings.shape[0]), seed)
+
+
+class _CosineToTargets:
+    """The (N, t) cosine similarities of pool rows to the target samples, computed for the rows a slice asks for;
+    excluded rows read −2, below every cosine, so they are taken only if nothing else is left."""
+
+    ndim = 2
+
+    def __init__(self, embeddings, queries: torch.Tensor, exclude: np.ndarray):
+        self.embeddings, self.queries = embeddings, torch.nn.functional.normalize(queries.double(), dim=1)
+        self.shape = (embeddings.shape[0], queries.shape[0])
+        self.excluded = np.zeros(self.shape[0], dtype=bool)
+        self.excluded[np.asarray(exclude, dtype=np.int64)] = True
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        block = torch.as_tensor(np.asarray(self.embeddings[rows])).double()
+        similarity = (torch.nn.functional.normalize(block, dim=1) @ self.queries.T).numpy()
+        similarity[self.excluded[rows]] = -2.0
+        return similarity
