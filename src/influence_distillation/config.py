@@ -83,9 +83,9 @@ class LandmarkConfig:
         "in embedding space.", "--landmark-strategy", choices=("random", "kmeans++", "k-center"))
     verify: int = option(
         -1, "Verification landmarks: after propagating from the first landmarks, this many more samples, those with "
-        "the highest propagated influence, get exact gradients too, so the selection rests on exact influence where "
-        "it is made. -1 (default): as many as the smaller of the budget and the first landmarks; 0: none (the "
-        "paper's method).", "--verify", minimum=-1)
+        "the highest propagated influence (and, per --verify-neighbours, those nearest the target samples), get exact "
+        "gradients too, so the selection rests on exact influence where it is made. -1 (default): as many as the "
+        "smaller of the budget and the first landmarks; 0: none (the paper's method).", "--verify", minimum=-1)
     verify_rounds: int = option(
         1, "Rounds the verification landmarks are placed in, re-propagating after each.", "--verify-rounds")
     verify_neighbours: float = option(
