@@ -209,7 +209,12 @@ def round_sizes(count: int, rounds: int) -> list[int]:
 
 def near_target_count(count: int, config: LandmarkConfig) -> int:
     """How many of `count` verification landmarks `verify_landmarks` gives to the target samples' neighbours."""
-    return sum(round(config.verify_neighbours * size) for size in round_sizes(count, config.verify_rounds))
+    return sum(_near_part(size, config.verify_neighbours) for size in round_sizes(count, config.verify_rounds))
+
+
+def _near_part(size: int, share: float) -> int:
+    """The rows of a verification round of `size` that go to the target samples' neighbours."""
+    return round(share * size)
 
 
 def verification_rows(scores: np.ndarray, landmarks: np.ndarray, count: int) -> np.ndarray:
@@ -234,9 +239,11 @@ def verify_landmarks(embeddings: torch.Tensor, landmarks: np.ndarray, values: to
     landmarks and each round's rows in order, for callers that keep more per landmark than its values.
     """
     for number, size in enumerate(round_sizes(count, rounds), 1):
-        scores, _ = propagate(embeddings, landmarks, values, config, seed, out)
-        near = round(neighbour_share * size) if queries is not None else 0
-        picks = verification_rows(scores, landmarks, size - near) if size > near else np.zeros(0, dtype=np.int64)
+        near = _near_part(size, neighbour_share) if queries is not None else 0
+        picks = np.zeros(0, dtype=np.int64)
+        if size > near:  # the propagated scores are needed only for picks by influence
+            scores, _ = propagate(embeddings, landmarks, values, config, seed, out)
+            picks = verification_rows(scores, landmarks, size - near)
         if near:
             picks = np.concatenate([picks, target_neighbours(embeddings, queries, np.concatenate([landmarks, picks]),
                                                              near, seed)])
