@@ -20,6 +20,7 @@ from influence_distillation.errors import ConfigError
 from influence_distillation.method.gradients import select_parameters
 from influence_distillation.method.per_sample import batched_gradients, linear_layers
 from influence_distillation.method.projection import make_projector
+from influence_distillation.runtime.last_token import last_positions
 from influence_distillation.runtime.models import find_blocks
 from influence_distillation.runtime.tokenization import IGNORE_INDEX, Batch, Example, collate, length_batches
 
@@ -60,6 +61,11 @@ def pooling_weights(batch: Batch, pooling: str) -> torch.Tensor:
     return weights / weights.sum(dim=1, keepdim=True).clamp_min(1.0)
 
 
+def _read_rows(batch: Batch, poolings: tuple[str, ...]) -> torch.Tensor | None:
+    """The one position per sequence the poolings read, when they read only one (`last`), for `last_positions`."""
+    return batch.last_index if poolings == ("last",) else None
+
+
 def _split_inputs(backbone: nn.Module, batch: Batch, poolings: tuple[str, ...]):
     """What both ways of differentiating share: the token-embedding module and its parameter's name, the other
     parameters, the input embeddings, the (B, P, T) pooling weights and the backbone's other inputs."""
@@ -97,7 +103,8 @@ def jvp_outputs(backbone: nn.Module, tangents: dict[str, torch.Tensor], batch: B
     def along(block_tangent, embed_tangent):
         return jvp(pooled, (params, embeds), (block_tangent, embed_tangent))
 
-    primal, tangent = vmap(along, out_dims=(None, 0))(block_tangents, embed_tangents)
+    with last_positions(backbone, _read_rows(batch, poolings)):
+        primal, tangent = vmap(along, out_dims=(None, 0))(block_tangents, embed_tangents)
     tangent = tangent.transpose(0, 1).flatten(2)
     return (tangent, primal.flatten(1)) if with_primal else tangent
 
@@ -111,15 +118,16 @@ def difference_outputs(backbone: nn.Module, tangents: dict[str, torch.Tensor], b
     instead of forward-mode AD, exact up to O(ε²) truncation and the round-off of the difference."""
     embedding, embedding_name, params, embeds, weights, inputs = _split_inputs(backbone, batch, poolings)
     out = []
-    for j in range(tangents[embedding_name].shape[0]):
-        embed_tangent = functional_call(embedding, {"weight": tangents[embedding_name][j]}, (batch.input_ids,))
-        sides = []
-        for sign in (1.0, -1.0):
-            shifted = {name: p + sign * step * tangents[name][j] for name, p in params.items()}
-            hidden = functional_call(backbone, shifted, args=(), kwargs={
-                **inputs, "inputs_embeds": embeds + sign * step * embed_tangent}).last_hidden_state
-            sides.append(torch.einsum("bpt,btd->bpd", weights, hidden))
-        out.append((sides[0] - sides[1]) / (2 * step))
+    with last_positions(backbone, _read_rows(batch, poolings)):
+        for j in range(tangents[embedding_name].shape[0]):
+            embed_tangent = functional_call(embedding, {"weight": tangents[embedding_name][j]}, (batch.input_ids,))
+            sides = []
+            for sign in (1.0, -1.0):
+                shifted = {name: p + sign * step * tangents[name][j] for name, p in params.items()}
+                hidden = functional_call(backbone, shifted, args=(), kwargs={
+                    **inputs, "inputs_embeds": embeds + sign * step * embed_tangent}).last_hidden_state
+                sides.append(torch.einsum("bpt,btd->bpd", weights, hidden))
+            out.append((sides[0] - sides[1]) / (2 * step))
     return torch.stack(out, dim=1).flatten(2)
 
 

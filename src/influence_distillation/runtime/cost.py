@@ -3,7 +3,7 @@
 Conventions (the usual transformer estimates): a forward pass costs 2 FLOPs per parameter per token through the
 decoder blocks, plus 2·d·V per token where vocabulary logits are computed (we compute them on completion tokens
 only); a backward pass costs twice its forward; a forward-mode JVP along m tangents with the primal shared costs
-(1 + 2m) forwards of the K kept blocks; a Walsh–Hadamard transform of n points costs n·log2(n) additions; an
+(1 + 2m) forwards of the K kept blocks, the last of them at the last token only but for its keys and values; a Walsh–Hadamard transform of n points costs n·log2(n) additions; an
 RBF-KRR propagation costs 2·N·l·d_e for the kernel. Embedding lookups are free. These are estimates for the
 ratios between methods, not measurements. `StageTimer` measures what a run actually took: wall time and peak memory
 per stage.
@@ -21,6 +21,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from influence_distillation.runtime.last_token import every_position_weights, llama_layout
 from influence_distillation.runtime.models import find_blocks
 from influence_distillation.runtime.tokenization import IGNORE_INDEX, Example
 
@@ -80,7 +81,12 @@ def _embedding_flops(model: nn.Module, pool, embedding) -> float:
         top_block = _block_parameters(model) - _block_parameters(model, len(find_blocks(model)[2]) - 1)
         return forward_flops(model, pool, logits=True) + 2 * _head_flops(model) * _completion_tokens(pool) \
             + 4 * top_block * token_count(pool)
-    return (1 + 2 * embedding.num_tangents) * 2 * _block_parameters(model, embedding.num_blocks) * token_count(pool)
+    weights = _block_parameters(model, embedding.num_blocks) * token_count(pool)
+    last = find_blocks(model)[2][embedding.num_blocks - 1]
+    if embedding.poolings() == ("last",) and llama_layout(last):  # the last block runs once per sample but for K, V
+        once = sum(p.numel() for p in last.parameters()) - every_position_weights(last)
+        weights -= once * (token_count(pool) - len(pool))
+    return (1 + 2 * embedding.num_tangents) * 2 * weights
 
 
 def baseline_flops(method: str, model, pool, targets, config) -> dict[str, float]:

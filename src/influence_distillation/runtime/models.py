@@ -133,10 +133,11 @@ def find_blocks(model: nn.Module) -> tuple[nn.Module, str, nn.ModuleList]:
     )
 
 
-def truncated_backbone(model: nn.Module, num_blocks: int) -> nn.Module:
+def truncated_backbone(model: nn.Module, num_blocks: int, last_token: bool = True) -> nn.Module:
     """A copy of the backbone (embeddings, first `num_blocks` blocks, final norm; no LM head), in eager attention.
 
-    The copy's forward returns the final-normed hidden states after block K, as in the paper's JVP embeddings.
+    The copy's forward returns the final-normed hidden states after block K, as in the paper's JVP embeddings. With
+    `last_token` its last block can skip what the last-token reading does not need (`last_token.last_positions`).
     """
     owner, name, blocks = find_blocks(model)
     if not 1 <= num_blocks <= len(blocks):
@@ -158,4 +159,9 @@ def truncated_backbone(model: nn.Module, num_blocks: int) -> nn.Module:
     truncated.eval()
     for parameter in truncated.parameters():
         parameter.requires_grad_(False)
+    if last_token:
+        from influence_distillation.runtime.last_token import trim_last_block
+
+        trim_last_block(truncated, find_blocks(truncated)[2])
     return truncated
+
