@@ -94,6 +94,8 @@ def make_model(kind: str, vocab_size: int, seed: int = 0, layers: int = 3):
         LlamaForCausalLM,
         Qwen2Config,
         Qwen2ForCausalLM,
+        Qwen3Config,
+        Qwen3ForCausalLM,
     )
 
     torch.manual_seed(seed)
@@ -107,6 +109,10 @@ def make_model(kind: str, vocab_size: int, seed: int = 0, layers: int = 3):
         config = Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=4,
                              num_key_value_heads=2, **common)
         model = Qwen2ForCausalLM(config)
+    elif kind == "qwen3":  # RMSNorm on each query and key head
+        config = Qwen3Config(hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=4,
+                             num_key_value_heads=2, head_dim=8, **common)
+        model = Qwen3ForCausalLM(config)
     elif kind == "gpt2":
         config = GPT2Config(n_embd=32, n_layer=layers, n_head=4, n_positions=256, **common)
         model = GPT2LMHeadModel(config)

@@ -49,7 +49,8 @@ def test_unknown_layout_is_a_clear_error():
         find_blocks(Strange())
 
 
-@pytest.mark.parametrize("kind, trims", [("llama", True), ("qwen2", True), ("gpt2", False), ("neox", False)])
+@pytest.mark.parametrize("kind, trims", [("llama", True), ("qwen2", True), ("qwen3", True), ("gpt2", False),
+                                         ("neox", False)])
 @pytest.mark.parametrize("side", ["right", "left"])
 def test_last_block_at_the_last_token_equals_the_whole_block_there(kind, trims, side):
     """The trimmed backbone's output at each sequence's last real token against the untrimmed backbone's, with the
