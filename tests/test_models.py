@@ -74,8 +74,8 @@ def test_last_block_at_the_last_token_equals_the_whole_block_there(kind, trims, 
         untouched = trimmed(**inputs).last_hidden_state  # outside the block: every position again
     hook.remove()
     rows = torch.arange(3), batch.last_index
-    torch.testing.assert_close(got[rows], expected[rows])
-    torch.testing.assert_close(untouched, expected)
+    torch.testing.assert_close(got[rows], expected[rows], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(untouched, expected, rtol=1e-4, atol=1e-5)
     if trims:
         assert widths[0] == (3, 32), widths  # one position per sequence
         assert not torch.allclose(got, expected)  # the positions nobody reads were not computed
@@ -97,4 +97,5 @@ def test_a_block_with_the_same_parts_but_another_forward_is_kept_whole():
     ids = torch.randint(0, 64, (2, 6))
     with torch.no_grad():
         torch.testing.assert_close(trimmed(input_ids=ids).last_hidden_state,
-                                   truncated_backbone(model, 2, last_token=False)(input_ids=ids).last_hidden_state)
+                                   truncated_backbone(model, 2, last_token=False)(input_ids=ids).last_hidden_state,
+                                   rtol=1e-4, atol=1e-5)
