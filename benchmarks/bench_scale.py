@@ -7,7 +7,8 @@ child's own peak RSS from `os.wait4`) and per stage (its manifest: seconds, peak
 on a GPU each stage's peak of allocated GPU memory).
 
 Ours runs with the library defaults (K = 4, m = 1, verification landmarks) twice: landmarks at a fixed fraction of
-the pool (`influence`, 5%) and at a fixed count (`influence-fixed`, 256). LESS needs a warm-up's AdamW state (timed
+the pool (`influence`, 5%) and at a fixed count (`influence-fixed`, 256); `influence-fixed-k2` is the fixed count
+with K = 2, the setting the demo and the LoRA benchmark use. LESS needs a warm-up's AdamW state (timed
 once, not part of its selection time, as in the side-by-side benchmark); above `--less-max` samples it is not run but
 extrapolated from its largest measured run (fixed stages as measured, per-sample stages scaled with the pool) and
 marked as such. Usage (hours on a 2-core CPU at the default sizes; every finished run is kept and reused, and
@@ -33,7 +34,9 @@ from influence_distillation.evaluation.demo_data import DemoSizes, build_demo_da
 from influence_distillation.runtime.artifacts import user_cache_dir, write_json
 
 METHODS = {"influence": ["--landmarks", "0.05"], "influence-fixed": ["--landmarks", "256"], "rds+": ["--method", "rds+"],
-           "less": ["--method", "less"]}
+           "less": ["--method", "less"],
+           # K = 2, the demo's and the LoRA benchmark's setting (its quality numbers were measured with it)
+           "influence-fixed-k2": ["--landmarks", "256", "--num-blocks", "2"]}
 PER_SAMPLE_STAGES = {"tokenize", "scores", "selection", "write"}  # LESS's: "scores" holds its pool gradients
 
 

@@ -3,8 +3,8 @@
 Conventions (the usual transformer estimates): a forward pass costs 2 FLOPs per parameter per token through the
 decoder blocks, plus 2·d·V per token where vocabulary logits are computed (we compute them on completion tokens
 only); a backward pass costs twice its forward; a forward-mode JVP along m tangents with the primal shared costs
-(1 + 2m) forwards of the K kept blocks, the last of them at the last token only but for its keys and values; a Walsh–Hadamard transform of n points costs n·log2(n) additions; an
-RBF-KRR propagation costs 2·N·l·d_e for the kernel. Embedding lookups are free. These are estimates for the
+(1 + 2m) forwards of the K kept blocks, the last of them at the last token only but for its keys and values; a
+Walsh–Hadamard transform of n points costs n·log2(n) additions; an RBF-KRR propagation costs 2·N·l·d_e for the kernel. Embedding lookups are free. These are estimates for the
 ratios between methods, not measurements. `StageTimer` measures what a run actually took: wall time and peak memory
 per stage.
 """

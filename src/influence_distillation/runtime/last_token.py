@@ -1,7 +1,7 @@
 """The last of the K blocks computed only as far as the last-token reading needs.
 
 The JVP embeddings read the K-th block's output at each sequence's last real token. That output needs the block's
-keys and values at every position, but its query, attention output, output projection and MLP — about 90% of a
+keys and values at every position, but its query, attention output, output projection and MLP — over 90% of a
 block's weights — only at that token. `LastTokenBlock` computes just that while `last_positions` says which token,
 so the embedding stage does K − 1 whole blocks and a sliver of the K-th.
 """
@@ -89,7 +89,8 @@ def llama_layout(block: nn.Module) -> bool:
     """Whether the block has Llama's parts and its modelling module the functions `LastTokenBlock` calls."""
     attn = getattr(block, "self_attn", None)
     code = sys.modules.get(type(attn).__module__)
-    return ({n for n, _ in block.named_children()} == PRE_NORM_PARTS and not block._parameters
+    return ({n for n, _ in block.named_children()} == PRE_NORM_PARTS
+            and next(block.parameters(recurse=False), None) is None
             and ATTENTION_PARTS <= {n for n, _ in attn.named_children()}
             and all(hasattr(code, f) for f in ("apply_rotary_pos_emb", "eager_attention_forward")))
 

@@ -13,6 +13,7 @@ from influence_distillation.config import ModelConfig
 from influence_distillation.errors import ConfigError, ModelError
 from influence_distillation.runtime import hub
 from influence_distillation.runtime.artifacts import atomic_directory, user_cache_dir
+from influence_distillation.runtime.last_token import trim_last_block
 
 log = logging.getLogger(__name__)
 
@@ -160,8 +161,5 @@ def truncated_backbone(model: nn.Module, num_blocks: int, last_token: bool = Tru
     for parameter in truncated.parameters():
         parameter.requires_grad_(False)
     if last_token:
-        from influence_distillation.runtime.last_token import trim_last_block
-
         trim_last_block(truncated, find_blocks(truncated)[2])
     return truncated
-
