@@ -26,25 +26,24 @@ class LastTokenBlock(nn.Module):
     one position per sequence; every other position keeps the block's input, which nothing reads.
 
     It holds the original block's parts under their own names, so parameter names (and tangents drawn by name)
-    are unchanged; with `rows` unset it computes every position exactly as the original does. Attention uses the
-    architecture's own rotary and eager-attention functions from its modelling module.
+    are unchanged; with `rows` unset it runs the original block itself (kept unregistered: it shares those parts).
+    Attention uses the architecture's own rotary and eager-attention functions from its modelling module.
     """
 
     def __init__(self, block: nn.Module):
         super().__init__()
         for name, part in block.named_children():
             setattr(self, name, part)
+        self.__dict__["whole"] = block  # not a submodule: its parameters are the parts above
         code = sys.modules[type(self.self_attn).__module__]
         self._rotary, self._attention = code.apply_rotary_pos_emb, code.eager_attention_forward
         self.rows: torch.Tensor | None = None
 
     def forward(self, hidden_states, attention_mask=None, position_embeddings=None, **kwargs) -> torch.Tensor:
-        normed = self.input_layernorm(hidden_states)
         if self.rows is None:
-            attended, *_ = self.self_attn(normed, attention_mask=attention_mask,
-                                          position_embeddings=position_embeddings, **kwargs)
-            hidden = hidden_states + attended
-            return hidden + self.mlp(self.post_attention_layernorm(hidden))
+            return self.whole(hidden_states, attention_mask=attention_mask, position_embeddings=position_embeddings,
+                              **kwargs)
+        normed = self.input_layernorm(hidden_states)
         batch = torch.arange(hidden_states.shape[0], device=hidden_states.device)
         picked = hidden_states[batch, self.rows] + self._attend_at(normed, batch, attention_mask, position_embeddings)
         out = picked + self.mlp(self.post_attention_layernorm(picked))
