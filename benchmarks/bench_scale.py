@@ -33,7 +33,8 @@ from pathlib import Path
 from influence_distillation.evaluation.demo_data import DemoSizes, build_demo_data, fetch_bigbench
 from influence_distillation.runtime.artifacts import user_cache_dir, write_json
 
-METHODS = {"influence": ["--landmarks", "0.05"], "influence-fixed": ["--landmarks", "256"], "rds+": ["--method", "rds+"],
+METHODS = {"default": [],  # the library's defaults: only --budget given
+           "influence": ["--landmarks", "0.05"], "influence-fixed": ["--landmarks", "256"], "rds+": ["--method", "rds+"],
            "less": ["--method", "less"],
            # K = 2, the demo's and the LoRA benchmark's setting (its quality numbers were measured with it)
            "influence-fixed-k2": ["--landmarks", "256", "--num-blocks", "2"]}

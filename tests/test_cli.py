@@ -135,6 +135,40 @@ def test_adam_preconditioning_end_to_end(model_dir, data_files, tmp_path):
     assert not np.allclose(plain, adam)
 
 
+def test_paper_starts_from_the_papers_settings_and_flags_still_override(model_dir, data_files, tmp_path):
+    from influence_distillation.cli import build_parser, config_from_args
+    from influence_distillation.config import PAPER
+
+    pool, target = data_files
+    common = ["select", "--pool", str(pool), "--target", str(target), "--model", "m", "--out", "o", "--budget", "5"]
+    default = config_from_args(build_parser().parse_args(common))
+    paper = config_from_args(build_parser().parse_args([*common, "--paper"]))
+    assert (default.embedding.num_blocks, default.landmarks.count, default.gradients.projection) == (2, -1, "countsketch")
+    for section, fields in PAPER.items():
+        for name, value in fields.items():
+            assert getattr(getattr(paper, section), name) == value, (section, name)
+    assert (paper.embedding.num_blocks, paper.embedding.num_tangents, paper.landmarks.count, paper.landmarks.verify,
+            paper.gradients.projection) == (4, 2, 4096, 0, "srht")
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"landmarks": {"verify": 7}}))
+    mixed = config_from_args(build_parser().parse_args([*common, "--paper", "--config", str(tmp_path / "c.yaml"),
+                                                        "--num-blocks", "3"]))
+    assert (mixed.embedding.num_blocks, mixed.embedding.num_tangents) == (3, 2)  # the flag, then --paper
+    assert (mixed.landmarks.verify, mixed.landmarks.count) == (7, 4096)  # the file, then --paper
+
+
+@pytest.mark.parametrize("value", ["0", "-0.5", "-2"])
+def test_landmarks_other_than_a_count_a_fraction_or_the_rule_are_refused(value, model_dir, data_files, tmp_path,
+                                                                        capsys):
+    pool, target = data_files
+    try:  # below -1 argparse refuses it; 0 and negative fractions the config check
+        code = main(["select", "--pool", str(pool), "--target", str(target), "--model", str(model_dir("llama")),
+                     "--out", str(tmp_path / "o"), "--budget", "4", "--landmarks", value, "--quiet"])
+    except SystemExit as exit_info:
+        code = exit_info.code
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and "--landmarks" in err and not (tmp_path / "o" / "manifest.json").exists(), err
+
+
 def test_output_directory_guards(model_dir, data_files, tmp_path, capsys):
     pool, target = data_files
     model = model_dir("llama")

@@ -2,13 +2,31 @@ import numpy as np
 import pytest
 import torch
 
+from influence_distillation.config import SelectConfig
 from influence_distillation.errors import ConfigError
-from influence_distillation.method.landmarks import choose_landmarks, landmark_count
+from influence_distillation.method.landmarks import AUTO_CAP, AUTO_FLOOR, choose_landmarks, landmark_count
+from influence_distillation.method.stages import verification_count
 
 
 def test_counts_fractions_and_caps():
     assert landmark_count(10, 100) == 10 and landmark_count(0.05, 1000) == 50
     assert landmark_count(5000, 100) == 100 and landmark_count(0.0001, 100) == 1
+
+
+@pytest.mark.parametrize("pool, landmarks", [(10, 10), (100, 32), (640, 32), (1000, 50), (2000, 100), (2560, 128),
+                                             (2820, 128), (10_000, 128), (200_000, 128), (10**7, 128)])
+def test_the_default_rule_is_five_percent_between_a_floor_and_a_cap(pool, landmarks):
+    assert (AUTO_FLOOR, AUTO_CAP) == (32, 128)
+    assert landmark_count(-1, pool) == landmarks
+    assert SelectConfig().landmarks.count == -1 and SelectConfig().landmarks.verify == -1
+
+
+@pytest.mark.parametrize("pool, budget, gradients", [(2820, 120, 128 + 120), (10_000, 500, 256), (20_000, 1000, 256),
+                                                     (200_000, 10_000, 256), (1000, 500, 50 + 50), (40, 4, 32 + 4)])
+def test_past_the_cap_a_run_takes_a_fixed_number_of_gradients_whatever_the_pool_and_budget(pool, budget, gradients):
+    """Landmarks plus verification landmarks at the defaults: a fixed cost once the pool passes 2,560 samples."""
+    first = landmark_count(-1, pool)
+    assert first + verification_count(-1, budget, first, pool) == gradients
 
 
 @pytest.mark.parametrize("strategy", ["random", "kmeans++", "k-center"])

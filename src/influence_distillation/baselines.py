@@ -25,6 +25,7 @@ from influence_distillation.errors import ConfigError
 from influence_distillation.method.gradients import batch_losses, projected_gradients
 from influence_distillation.method.preconditioning import AdamParamState
 from influence_distillation.runtime.data import Sample
+from influence_distillation.runtime.models import fast_attention
 from influence_distillation.runtime.tokenization import Example, collate, length_batches
 
 BASELINES = ("random", "mid-ppl", "rds+", "embed-sim", "less")
@@ -42,9 +43,11 @@ def pool_losses(model: nn.Module, examples: list[Example], pad_id: int = 0, batc
     """Each sample's mean completion-token loss under the model, (N,)."""
     device = next(model.parameters()).device
     out = np.empty(len(examples))
-    for indices in tqdm(length_batches([len(e) for e in examples], batch_size), desc="losses", unit="batch",
-                        disable=not progress):
-        out[indices] = batch_losses(model, collate([examples[i] for i in indices], pad_id).to(device)).double().cpu()
+    with fast_attention(model):
+        for indices in tqdm(length_batches([len(e) for e in examples], batch_size), desc="losses", unit="batch",
+                            disable=not progress):
+            batch = collate([examples[i] for i in indices], pad_id).to(device)
+            out[indices] = batch_losses(model, batch).double().cpu()
     return out
 
 
@@ -60,18 +63,18 @@ def rds_embeddings(model: nn.Module, examples: list[Example], pad_id: int = 0, b
                    progress: bool = True) -> torch.Tensor:
     """Unit-norm position-weighted means of the final hidden states over each sample's real tokens, (N, d)."""
     device = next(model.parameters()).device
-    backbone = model.base_model
     out = None
-    for indices in tqdm(length_batches([len(e) for e in examples], batch_size), desc="RDS+ embeddings",
-                        unit="batch", disable=not progress):
-        batch = collate([examples[i] for i in indices], pad_id).to(device)
-        hidden = backbone(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                          position_ids=batch.position_ids, use_cache=False).last_hidden_state.float()
-        weights = (batch.position_ids + 1) * batch.attention_mask  # 1..T on real tokens, 0 on padding
-        pooled = (hidden * weights[..., None]).sum(1) / weights.sum(1, keepdim=True)
-        if out is None:
-            out = torch.empty(len(examples), pooled.shape[1])
-        out[indices] = torch.nn.functional.normalize(pooled, dim=1).cpu()
+    with fast_attention(model):
+        for indices in tqdm(length_batches([len(e) for e in examples], batch_size), desc="RDS+ embeddings",
+                            unit="batch", disable=not progress):
+            batch = collate([examples[i] for i in indices], pad_id).to(device)
+            hidden = model.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                      position_ids=batch.position_ids, use_cache=False).last_hidden_state.float()
+            weights = (batch.position_ids + 1) * batch.attention_mask  # 1..T on real tokens, 0 on padding
+            pooled = (hidden * weights[..., None]).sum(1) / weights.sum(1, keepdim=True)
+            if out is None:
+                out = torch.empty(len(examples), pooled.shape[1])
+            out[indices] = torch.nn.functional.normalize(pooled, dim=1).cpu()
     return out
 
 

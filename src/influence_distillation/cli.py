@@ -1,12 +1,14 @@
 """`influence-distill`: a thin command line over the Python API.
 
 Flags are generated from the config dataclasses (their metadata holds each flag's name and help), so `--help`, config
-files and the manifest always list the same settings. Precedence: built-in defaults < `--config FILE` < flags.
+files and the manifest always list the same settings. Precedence: built-in defaults < `select --paper` < `--config
+FILE` < flags.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import logging
 import math
@@ -16,7 +18,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from influence_distillation.config import SelectConfig
+from influence_distillation.config import PAPER, SelectConfig
 from influence_distillation.errors import InfDistError
 from influence_distillation.options import flag_of, from_dict, load_config_file, range_problem, scalar_type
 
@@ -121,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(select, SelectConfig)
     select.add_argument("--cache-dir", metavar="DIR", help="keep the resumable pool-wide stage shards here (shared "
                         "by runs on the same pool, e.g. other targets) instead of OUT/stages")
+    select.add_argument("--paper", action="store_true", help="start from the paper's settings where this "
+                        "library's defaults differ: K = 4 blocks, m = 2 tangents, 4,096 landmarks, no verification "
+                        "landmarks, SRHT projection (flags and --config values still override them)")
     select.add_argument("--dry-run", action="store_true", help="estimate each stage's time, memory and disk "
                         "(from a few timed calibration batches) and check they fit; run nothing else")
     select.add_argument("--shard-rows", type=Ranged(int, int), metavar="N",
@@ -200,7 +205,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace, cls: type = SelectConfig) -> Any:
-    values: dict[str, Any] = load_config_file(args.config) if args.config else {}
+    values: dict[str, Any] = copy.deepcopy(PAPER) if getattr(args, "paper", False) else {}
+    for section, fields in (load_config_file(args.config) if args.config else {}).items():
+        if isinstance(fields, dict) and isinstance(values.get(section), dict):
+            values[section] = {**values[section], **fields}
+        else:
+            values[section] = fields
     top_level = {f.name for f in dataclasses.fields(cls)}
     for dest, value in vars(args).items():
         if dest.split(".")[0] not in top_level:
@@ -219,12 +229,15 @@ def _select(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     if args.dry_run:
-        from influence_distillation.runtime.preflight import check_fits, cpu_note, estimate, format_estimates
+        from influence_distillation.runtime.estimates import format_comparison, format_estimates
+        from influence_distillation.runtime.preflight import check_fits, cpu_note, dry_run
 
-        estimates = estimate(config)
-        print(format_estimates(estimates))
+        plan = dry_run(config)
+        print(format_estimates(plan.estimates))
+        print("\nthe same pool and targets with the peers (LESS without its warm-up, as in the paper):\n")
+        print(format_comparison(plan.methods, plan.pool, next(iter(plan.methods))))
         print(cpu_note())
-        check_fits(estimates, Path(config.out))
+        check_fits(plan.estimates, Path(config.out))
         print("the run fits this machine; drop --dry-run to start it")
         return 0
     info = distributed.from_environment()

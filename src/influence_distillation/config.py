@@ -43,7 +43,9 @@ class ModelConfig:
 
 @dataclass
 class EmbeddingConfig:
-    num_blocks: int = option(4, "K: transformer blocks kept for the JVP embeddings.")
+    num_blocks: int = option(
+        2, "K: transformer blocks kept for the JVP embeddings. 2 by default: every quality figure in "
+        "docs/BENCHMARKS.md was measured with it, and it embeds 2-3x faster than the paper's K = 4 (--paper).")
     num_tangents: int = option(
         1, "m: shared random Gaussian tangents over the kept blocks' parameters (1 ranks nearly as well as 2 or "
         "4 for 40-60%% less embedding time: docs/BENCHMARKS.md).")
@@ -75,9 +77,10 @@ class EmbeddingConfig:
 @dataclass
 class LandmarkConfig:
     count: float = option(
-        4096, "Number of landmarks (an integer), or a fraction of the pool when below 1. Capped at the pool size.",
-        "--landmarks",
-    )
+        -1, "Number of landmarks (an integer), or a fraction of the pool when below 1; capped at the pool size. "
+        "-1 (default): 5%% of the pool, at least 32 and at most 128, so that past 2,560 samples the landmark and "
+        "verification gradients are a fixed cost and the run grows only with the cheap embeddings (measured: "
+        "docs/BENCHMARKS.md, 'Defaults for scale'); the paper used 4,096 (--paper).", "--landmarks", minimum=-1)
     strategy: str = option(
         "random", "How landmarks are chosen: uniformly at random (the paper's), k-means++ seeding or greedy k-center "
         "in embedding space.", "--landmark-strategy", choices=("random", "kmeans++", "k-center"))
@@ -105,11 +108,12 @@ class GradientConfig:
     )
     proj_dim: int = option(32768, "k_p: size of the random projection of each gradient.", "--grad-dim")
     projection: str = option(
-        "srht", "How gradients are projected to --grad-dim: srht (subsampled randomized Hadamard transform of the "
-        "whole gradient, the paper's), countsketch (one random signed bucket per coordinate: O(D) instead of "
-        "O(D log D)), or kronecker (R_o G R_i^T per linear layer, computed from the layer's activations; needs "
+        "countsketch", "How gradients are projected to --grad-dim: countsketch (one random signed bucket per "
+        "coordinate: O(D) instead of O(D log D), the same agreement with exact inner products as SRHT and a fifth "
+        "less time per gradient: docs/BENCHMARKS.md), srht (subsampled randomized Hadamard transform of the whole "
+        "gradient, the paper's), or kronecker (R_o G R_i^T per linear layer, computed from the layer's activations; needs "
         "--grad-params that are linear layers; noisier per dimension on low-rank per-sample gradients).",
-        "--grad-projection", choices=("srht", "countsketch", "kronecker"), added=True)
+        "--grad-projection", choices=("srht", "countsketch", "kronecker"))
     batch_size: int | None = option(
         None, "Samples per forward/backward pass for per-sample gradients: 1 takes them one unpadded sample at a time; "
         "more takes a batch's per-sample gradients of linear layers from hooks in one pass (the same gradients). "
@@ -181,6 +185,10 @@ class SelectionConfig:
 
 
 METHODS = ("influence", "exact", "random", "mid-ppl", "rds+", "embed-sim", "less")
+# `select --paper`: the paper's settings where this library's defaults differ (spec §5-§7), under any flags given.
+PAPER = {"embedding": {"num_blocks": 4, "num_tangents": 2, "pooling": "last", "method": "jvp"},
+         "landmarks": {"count": 4096, "verify": 0, "strategy": "random"},
+         "gradients": {"projection": "srht", "params": "mlp-down"}}
 
 
 @dataclass
@@ -214,6 +222,9 @@ class SelectConfig:
         check_ranges(self)
         if self.landmarks.count >= 1 and self.landmarks.count != int(self.landmarks.count):
             raise ConfigError(f"--landmarks must be an integer or a fraction below 1, got {self.landmarks.count}")
+        if self.landmarks.count <= 0 and self.landmarks.count != -1:
+            raise ConfigError(f"--landmarks must be a count, a fraction of the pool, or -1 for the default rule, got "
+                              f"{self.landmarks.count}")
         if self.landmarks.verify_neighbours > 1:
             raise ConfigError(f"--verify-neighbours is a share of the verification landmarks, from 0 to 1, got "
                               f"{self.landmarks.verify_neighbours}")

@@ -88,9 +88,19 @@ STRATEGIES: dict[str, Strategy] = {"random": random_landmarks, "kmeans++": kmean
                                    "k-center": kcenter_landmarks}
 
 
+# The default rule (`--landmarks -1`): a fraction of the pool between a floor and a cap. Past the cap the landmark
+# gradients (about 20 JVP embeddings' worth each) are a fixed cost, so the run grows only with its cheapest
+# per-sample stage; what KRR needs is a number of landmarks covering the embedding space, not a share of the pool.
+AUTO_FRACTION, AUTO_FLOOR, AUTO_CAP = 0.05, 32, 128
+
+
 def landmark_count(requested: float, num_samples: int) -> int:
-    """An integer count, or a fraction of the pool when below 1; at least 1 and at most the pool."""
-    count = round(requested * num_samples) if requested < 1 else int(requested)
+    """An integer count, a fraction of the pool when below 1, or for -1 the default rule (`AUTO_*`: 5% of the pool,
+    at least 32, at most 128); at least 1 and at most the pool."""
+    if requested == -1:
+        count = min(max(round(AUTO_FRACTION * num_samples), AUTO_FLOOR), AUTO_CAP)
+    else:
+        count = round(requested * num_samples) if requested < 1 else int(requested)
     return max(1, min(count, num_samples))
 
 

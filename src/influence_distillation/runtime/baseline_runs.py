@@ -23,7 +23,7 @@ def select_baseline(run) -> SelectionResult:
     config, timer, model, pool, target = run.config, run.timer, run.model, run.pool, run.target
     method, budget, pad_id = config.method, config.selection.budget, pad_token_id(run.tokenizer)
     strategy = config.selection.resolved(config.influence.order, method)
-    embeddings, selected = None, None
+    embeddings, selected, projector = None, None, None
     with timer("scores"):
         if method == "random":
             scores = baselines.random_scores(len(pool.examples), run.seeds["selection"])
@@ -48,6 +48,7 @@ def select_baseline(run) -> SelectionResult:
             scores = (embeddings.double() @ targets.double().T).numpy()
         else:  # less
             space = gradient_space(model, config.gradients, run.seeds["projection"])
+            projector = space.projector
             pool_rows = run.sharded("less_gradients", len(pool.examples), lambda rows: baselines.less_rows(
                 model, [pool.examples[i] for i in rows], space.params, space.projector, space.adam_states, False,
                 space.batch_size),
@@ -61,7 +62,7 @@ def select_baseline(run) -> SelectionResult:
             selected = select(scores, budget, strategy, run.seeds["selection"])
     run.details = {"selection": {"strategy": strategy},
                    "dimensions": {"embedding": None if embeddings is None else int(embeddings.shape[1])},
-                   "cost": cost.baseline_flops(method, model, pool.examples, target.examples, config)}
+                   "cost": cost.baseline_flops(method, model, pool.examples, target.examples, projector)}
     return SelectionResult(pool.ids, embeddings, np.zeros(0, dtype=np.int64), torch.zeros(0, scores.shape[1]),
                            scores, np.asarray(selected))
 

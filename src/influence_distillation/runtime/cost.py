@@ -4,9 +4,14 @@ Conventions (the usual transformer estimates): a forward pass costs 2 FLOPs per 
 decoder blocks, plus 2·d·V per token where vocabulary logits are computed (we compute them on completion tokens
 only); a backward pass costs twice its forward; a forward-mode JVP along m tangents with the primal shared costs
 (1 + 2m) forwards of the K kept blocks, the last of them at the last token only but for its keys and values; a
-Walsh–Hadamard transform of n points costs n·log2(n) additions; an RBF-KRR propagation costs 2·N·l·d_e for the kernel. Embedding lookups are free. These are estimates for the
-ratios between methods, not measurements. `StageTimer` measures what a run actually took: wall time and peak memory
-per stage.
+Walsh–Hadamard transform of n points costs n·log2(n) additions, a CountSketch of D coordinates D; an RBF-KRR
+propagation costs 2·N·l·d_e for the kernel. Embedding lookups are free. These are estimates for the ratios between
+methods, not measurements.
+
+The counts take a model's `Layout` (its shapes, which a meta-device model without weights has too, so a 7B layout
+is counted without loading it) and `Tokens` (samples, tokens and completion tokens of a set), so the same formulas
+serve a finished run, the dry run's prediction for a pool, and the paper's setting. `StageTimer` measures what a run
+actually took: wall time and peak memory per stage.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import math
 import resource
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -30,84 +36,136 @@ log = logging.getLogger(__name__)
 MINILM_PARAMETERS = 22_700_000  # all-MiniLM-L6-v2
 
 
+@dataclass(frozen=True)
+class Layout:
+    """The shapes FLOP counts need: each decoder block's weights, the weights a last-token-trimmed block still runs
+    at every position (keys and values; None where the trim does not apply), and the LM head's d·V."""
+
+    blocks: tuple[int, ...]
+    every_position: tuple[int | None, ...]
+    head: int
+
+    @classmethod
+    def of(cls, model: nn.Module) -> Layout:
+        blocks = find_blocks(model)[2]
+        head = model.get_output_embeddings()
+        return cls(tuple(sum(p.numel() for p in block.parameters()) for block in blocks),
+                   tuple(every_position_weights(block) if llama_layout(block) else None for block in blocks),
+                   head.weight.numel() if head is not None else 0)
+
+    def block_weights(self, count: int | None = None) -> int:
+        return sum(self.blocks[:count])
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """How much text a set of samples is: samples, tokens, and completion tokens (those with a label)."""
+
+    samples: int
+    tokens: int
+    completion: int
+
+    @classmethod
+    def of(cls, examples: list[Example]) -> Tokens:
+        if hasattr(examples, "total_tokens"):  # a PackedExamples counts as it packs: no sample is read back
+            return cls(len(examples), examples.total_tokens, examples.completion_tokens)
+        return cls(len(examples), sum(len(e) for e in examples),
+                   sum(int((e.labels[1:] != IGNORE_INDEX).sum()) for e in examples))
+
+    def scaled(self, samples: int) -> Tokens:
+        """As many samples of the same mean length (e.g. the landmarks, a random subset of the pool)."""
+        ratio = samples / max(1, self.samples)
+        return Tokens(samples, round(self.tokens * ratio), round(self.completion * ratio))
+
+
 def token_count(examples: list[Example]) -> int:
-    if hasattr(examples, "total_tokens"):  # a PackedExamples counts as it packs: no sample is read back
-        return examples.total_tokens
-    return sum(len(e) for e in examples)
+    return Tokens.of(examples).tokens
 
 
-def _completion_tokens(examples: list[Example]) -> int:
-    if hasattr(examples, "completion_tokens"):
-        return examples.completion_tokens
-    return sum(int((e.labels[1:] != IGNORE_INDEX).sum()) for e in examples)
+def forward_flops(layout: Layout, tokens: Tokens, logits: bool) -> float:
+    return 2.0 * layout.block_weights() * tokens.tokens + (2.0 * layout.head * tokens.completion if logits else 0.0)
 
 
-def _block_parameters(model: nn.Module, count: int | None = None) -> int:
-    blocks = find_blocks(model)[2]
-    return sum(p.numel() for block in list(blocks)[:count] for p in block.parameters())
+@dataclass(frozen=True)
+class Projection:
+    """How gradients are projected: `kind` (srht, countsketch, kronecker, or none when D ≤ k_p) from D coordinates."""
+
+    kind: str
+    coordinates: int
+    out_dim: int
+
+    @classmethod
+    def of(cls, projector) -> Projection:
+        kind = "srht" if hasattr(projector, "padded_dim") else "countsketch" if hasattr(projector, "buckets") \
+            else "kronecker" if hasattr(projector, "factor") else "none"
+        return cls(kind, getattr(projector, "in_dim", 0), projector.out_dim)
+
+    @property
+    def flops(self) -> float:
+        """Per projected vector: n·log2(n) for the Hadamard transform of the padded length, D for a CountSketch
+        (the Kronecker sketch works on activations, counted as free here)."""
+        if self.kind == "srht":
+            padded = 1 << max(0, (self.coordinates - 1).bit_length())
+            return padded * math.log2(padded)
+        return float(self.coordinates) if self.kind == "countsketch" else 0.0
 
 
-def _head_flops(model: nn.Module) -> int:
-    head = model.get_output_embeddings()
-    return 2 * head.weight.numel() if head is not None else 0
+def gradient_flops(layout: Layout, tokens: Tokens, per_sample_projection: float) -> float:
+    """Forward + backward of each sample, plus its projection."""
+    return 3 * forward_flops(layout, tokens, logits=True) + tokens.samples * per_sample_projection
 
 
-def forward_flops(model: nn.Module, examples: list[Example], logits: bool) -> float:
-    total = 2 * _block_parameters(model) * token_count(examples)
-    return total + (_head_flops(model) * _completion_tokens(examples) if logits else 0)
+def embedding_flops(layout: Layout, pool: Tokens, embedding) -> float:
+    if embedding.method == "gradient":  # a whole forward, then a backward through the head and the top block
+        return forward_flops(layout, pool, logits=True) + 2.0 * layout.head * pool.completion \
+            + 4.0 * layout.blocks[-1] * pool.tokens
+    weights = layout.block_weights(embedding.num_blocks) * pool.tokens
+    kept = layout.every_position[embedding.num_blocks - 1]
+    if embedding.poolings() == ("last",) and kept is not None:  # the last block runs once per sample but for K, V
+        weights -= (layout.blocks[embedding.num_blocks - 1] - kept) * (pool.tokens - pool.samples)
+    return (1 + 2 * embedding.num_tangents) * 2.0 * weights
 
 
-def _gradient_flops(model: nn.Module, examples: list[Example], transform_size: int | None) -> float:
-    """Forward + backward per example, plus a Walsh–Hadamard transform of `transform_size` points if projected."""
-    flops = 3 * forward_flops(model, examples, logits=True)
-    if transform_size:
-        flops += len(examples) * transform_size * math.log2(transform_size)
-    return flops
+def influence_parts(layout: Layout, pool: Tokens, landmarks: Tokens, targets: Tokens, embedding,
+                    projection: Projection, exact: bool = False, order: int = 1) -> dict[str, float]:
+    """Influence Distillation's FLOPs by stage (exact mode: a gradient of every pool sample, nothing else)."""
+    parts = {"gradients": gradient_flops(layout, landmarks, projection.flops)
+             + gradient_flops(layout, targets, projection.flops)}
+    if not exact:
+        parts["embeddings"] = embedding_flops(layout, pool, embedding)
+        parts["propagation"] = 2.0 * pool.samples * landmarks.samples * projection.out_dim
+    if order == 2:  # one double-backward (≈ 2 gradients) over every target sample per landmark vector
+        parts["hessian_vector_products"] = 2 * landmarks.samples * gradient_flops(layout, targets, 0.0)
+    return parts
+
+
+def baseline_parts(method: str, layout: Layout, pool: Tokens, targets: Tokens,
+                   projection: Projection | None = None) -> dict[str, float]:
+    if method == "random":
+        return {}
+    if method == "mid-ppl":
+        return {"forward": forward_flops(layout, pool, logits=True)}
+    if method == "rds+":
+        return {"forward": forward_flops(layout, pool, logits=False) + forward_flops(layout, targets, logits=False)}
+    if method == "embed-sim":
+        return {"minilm_forward": 2.0 * MINILM_PARAMETERS * (pool.tokens + targets.tokens)}
+    per_vector = projection.flops  # less: a gradient of every pool sample
+    return {"gradients": gradient_flops(layout, pool, per_vector) + gradient_flops(layout, targets, per_vector)}
+
+
+def _total(parts: dict[str, float]) -> dict[str, float]:
+    return {"flops": float(sum(parts.values())), "parts": parts}
 
 
 def influence_flops(model, pool, landmarks, targets, config, exact: bool, projector, order: int) -> dict[str, float]:
-    padded = getattr(projector, "padded_dim", None)
-    parts = {"gradients": _gradient_flops(model, landmarks, padded) + _gradient_flops(model, targets, padded)}
-    if not exact:
-        parts["embeddings"] = _embedding_flops(model, pool, config.embedding)
-        parts["propagation"] = 2.0 * len(pool) * len(landmarks) * projector.out_dim
-    if order == 2:  # one double-backward (≈ 2 gradients) over every target sample per landmark vector
-        parts["hessian_vector_products"] = 2 * len(landmarks) * _gradient_flops(model, targets, None)
-    return {"flops": float(sum(parts.values())), "parts": parts}
+    """A finished run's count, from its model and examples (the manifest's `cost`)."""
+    return _total(influence_parts(Layout.of(model), Tokens.of(pool), Tokens.of(landmarks), Tokens.of(targets),
+                                  config.embedding, Projection.of(projector), exact, order))
 
 
-def _embedding_flops(model: nn.Module, pool, embedding) -> float:
-    if embedding.method == "gradient":  # a whole forward, then a backward through the head and the top block
-        top_block = _block_parameters(model) - _block_parameters(model, len(find_blocks(model)[2]) - 1)
-        return forward_flops(model, pool, logits=True) + 2 * _head_flops(model) * _completion_tokens(pool) \
-            + 4 * top_block * token_count(pool)
-    weights = _block_parameters(model, embedding.num_blocks) * token_count(pool)
-    last = find_blocks(model)[2][embedding.num_blocks - 1]
-    if embedding.poolings() == ("last",) and llama_layout(last):  # the last block runs once per sample but for K, V
-        once = sum(p.numel() for p in last.parameters()) - every_position_weights(last)
-        weights -= once * (token_count(pool) - len(pool))
-    return (1 + 2 * embedding.num_tangents) * 2 * weights
-
-
-def baseline_flops(method: str, model, pool, targets, config) -> dict[str, float]:
-    if method == "random":
-        parts = {}
-    elif method == "mid-ppl":
-        parts = {"forward": forward_flops(model, pool, logits=True)}
-    elif method == "rds+":
-        parts = {"forward": forward_flops(model, pool, logits=False) + forward_flops(model, targets, logits=False)}
-    elif method == "embed-sim":
-        parts = {"minilm_forward": 2 * MINILM_PARAMETERS * (token_count(pool) + token_count(targets))}
-    else:  # less
-        padded = 1 << max(0, (sum(p.numel() for p in _grad_params(model, config)) - 1).bit_length())
-        parts = {"gradients": _gradient_flops(model, pool, padded) + _gradient_flops(model, targets, padded)}
-    return {"flops": float(sum(parts.values())), "parts": parts}
-
-
-def _grad_params(model, config):
-    from influence_distillation.method.gradients import select_parameters
-
-    return select_parameters(model, config.gradients.params).values()
+def baseline_flops(method: str, model, pool, targets, projector=None) -> dict[str, float]:
+    return _total(baseline_parts(method, Layout.of(model), Tokens.of(pool), Tokens.of(targets),
+                                 Projection.of(projector) if projector is not None else None))
 
 
 class StageTimer:

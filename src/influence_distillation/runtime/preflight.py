@@ -1,9 +1,13 @@
-"""`select --dry-run`: estimated time, memory and disk of every stage, before any heavy work.
+"""`select --dry-run`: what a run will cost, before any heavy work, for this run and for its peers RDS+ and LESS.
 
-Time comes from timing a few calibration batches on this machine (one JVP batch, two per-sample gradients, one
-forward batch) and scaling by the token counts of the real run. Memory and disk come from the model's size and the
-shapes each stage holds. A run whose peak memory or disk would not fit what is available is refused with a message
-that says which stage and what to change.
+Each stage's own code is timed on a few calibration batches on this machine (`calibrate`) at three lengths of the
+pool's (its 25th, 75th and 99th percentiles), and a per-sample cost a·T + b·T² in the padded length T is fitted to
+them: the linear layers and the attention. That cost is then summed over the batches the run will actually form
+(each shard of rows sorted by length and cut into batches, as `sharded` stages do), so padding and the long tail of
+the pool are counted. Gradients (one sample at a time) get the same fit plus a per-sample part: the projection, and
+for LESS also its Adam direction. Loading and tokenising are done for real. `estimates.py` turns the rates into
+per-stage time, memory and disk; a run whose peak memory or disk would not fit is refused with a message that says
+which stage and what to change.
 """
 
 from __future__ import annotations
@@ -17,26 +21,32 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from influence_distillation.baselines import less_transform, rds_embeddings
 from influence_distillation.config import SelectConfig
 from influence_distillation.errors import ConfigError
-from influence_distillation.method.gradients import projected_gradients
+from influence_distillation.method.gradients import flat_gradient, only_requires_grad
 from influence_distillation.method.landmarks import landmark_count
+from influence_distillation.method.preconditioning import AdamParamState
 from influence_distillation.method.stages import gradient_space, make_embedder, verification_count
-from influence_distillation.runtime.cost import token_count
+from influence_distillation.runtime import estimates
+from influence_distillation.runtime.cost import Layout, Projection, Tokens, baseline_parts, influence_parts
 from influence_distillation.runtime.data import iter_samples
+from influence_distillation.runtime.estimates import GIB, Estimate, Rates, Sizes, Workload
 from influence_distillation.runtime.models import find_blocks, load_model, pad_token_id, truncated_backbone
+from influence_distillation.runtime.shards import EMBEDDING_SHARD
 from influence_distillation.runtime.tokenization import tokenize_samples
 
-GIB = 1 << 30
-PER_SAMPLE_BYTES = 57  # kept per pool sample: the packed index (33 bytes) and the row cache (24)
+PEERS = ("rds+", "less")
+QUANTILES = (0.25, 0.75, 0.99)  # the lengths calibration batches are timed at
+RDS_BATCH = 16  # rds_embeddings' batch size
 
 
 @dataclass
-class Estimate:
-    stage: str
-    seconds: float
-    memory: float  # peak bytes while the stage runs (model included)
-    disk: float  # bytes it writes
+class DryRun:
+    estimates: list[Estimate]  # this run's stages
+    methods: dict[str, tuple[list[Estimate], float]]  # method → (its stages, its FLOPs), this run's first
+    pool: int
+    rates: Rates
 
 
 def available_memory() -> float:
@@ -47,91 +57,123 @@ def available_memory() -> float:
     return float("inf")  # pragma: no cover - not Linux
 
 
-def estimate(config: SelectConfig) -> list[Estimate]:
-    """Per-stage estimates for `config` (loads the model and data, times a few batches)."""
+def dry_run(config: SelectConfig) -> DryRun:
+    """Load the model, read and tokenise the data, time the calibration batches and predict this run and its peers."""
     config.validate()
-    start = time.perf_counter()  # loading and tokenizing are done here for real: their time is measured, not guessed
+    start = time.perf_counter()
     model, tokenizer = load_model(config.model)
+    loaded = time.perf_counter()
     pool, target = (tokenize_samples(iter_samples(path, name, config.data.split, config.data.subset), tokenizer,
                                      config.data.max_length, config.data.template_fallback, name, False).examples
                     for name, path in (("pool", config.pool), ("target", config.target)))  # the pool streams
-    load_seconds = time.perf_counter() - start
+    tokenized = time.perf_counter()
     if not pool or not target:
         raise ConfigError("no pool or target sample has a trainable token within --max-length")
-    tokens = token_count
-    by_length = np.argsort(pool.lengths(), kind="stable")  # no Example is built per pool sample
-    median_length = lambda count: [pool[int(i)] for i in by_length[len(pool) // 2 : len(pool) // 2 + count]]
-    longest = int(pool.lengths().max())
+    rates, sizes, layout, projector = calibrate(model, tokenizer, pool, target, config, loaded - start,
+                                                tokenized - loaded)
+    first = landmark_count(config.landmarks.count, len(pool))
+    work = Workload(Tokens.of(pool), Tokens.of(target), first,
+                    verification_count(config.landmarks.verify, config.selection.budget, first, len(pool)),
+                    config.selection.budget, config.landmarks.verify_rounds)
+    order = config.influence.order
+    methods = {}
+    for method in dict.fromkeys([config.method, *(("influence",) if config.method not in ("influence", "exact")
+                                                  else ()), *PEERS]):
+        exact = method == "exact" or (method == "influence" and config.influence.exact)
+        name = "exact" if exact else method
+        if name in ("influence", "exact"):
+            landmarks = work.pool if exact else work.pool.scaled(work.landmarks + work.verify)
+            flops = influence_parts(layout, work.pool, landmarks, work.targets, config.embedding,
+                                    Projection.of(projector), exact, order if method == config.method else 1)
+        else:
+            flops = baseline_parts(name, layout, work.pool, work.targets, Projection.of(projector))
+        label = f"{name} (this run)" if method == config.method else name
+        methods[label] = (estimates.for_method(name, work, rates, sizes, order if method == config.method else 1),
+                          float(sum(flops.values())))
+    return DryRun(next(iter(methods.values()))[0], methods, len(pool), rates)
+
+
+def estimate(config: SelectConfig) -> list[Estimate]:
+    """This run's per-stage estimates (see `dry_run`)."""
+    return dry_run(config).estimates
+
+
+def calibrate(model, tokenizer, pool, target, config: SelectConfig, load_seconds: float, tokenize_seconds: float):
+    """Time each stage's own work on a few batches: `Rates` (effective per-token rates for this pool's lengths and
+    batches), and the `Sizes`, `Layout` and gradient projector of this model and configuration."""
+    lengths = np.asarray(pool.lengths() if hasattr(pool, "lengths") else [len(e) for e in pool])
+    by_length = np.argsort(lengths, kind="stable")
+    at = [int(by_length[min(len(pool) - 1, int(q * len(pool)))]) for q in QUANTILES]  # rows at those lengths
     bytes_per = torch.finfo(next(model.parameters()).dtype).bits // 8
     model_bytes = sum(p.numel() for p in model.parameters()) * bytes_per
-    hidden, layers = model.config.hidden_size, len(find_blocks(model)[2])
-    exact = config.influence.exact or config.method == "exact"
-    landmarks = len(pool) if exact or config.method == "less" else landmark_count(config.landmarks.count, len(pool))
-    if config.method == "influence" and not exact:  # verification landmarks are more of the same gradients
-        landmarks += verification_count(config.landmarks.verify, config.selection.budget, landmarks, len(pool))
-    landmark_examples = pool[:: max(1, len(pool) // max(1, landmarks))][:landmarks]
+    tokens = max(1, int(lengths.sum()))
 
     space = gradient_space(model, config.gradients, 0)  # the run's parameters, projection and batching
-    params, projector = space.params, space.projector
-    size = space.num_coordinates
-    sample = median_length(2)
-    calibrate = lambda examples: projected_gradients(model, examples, params, projector, progress=False,
-                                                     batch_size=space.batch_size)
-    calibrate(sample[:1])  # warm-up: first calls are slow
-    gradients_seconds = _fastest(lambda: calibrate(sample))
-    # A gradient costs a fixed projection plus a length-proportional backward: target samples are often much
-    # shorter than pool samples, so one per-token rate would misjudge them.
-    per_gradient_fixed = min(_fastest(lambda: projector(torch.zeros(1, size))), gradients_seconds / len(sample))
-    per_gradient_token = (gradients_seconds - per_gradient_fixed * len(sample)) / tokens(sample)
+    projector, size = space.projector, space.num_coordinates
+    with only_requires_grad(model, space.params):
+        gradient = _length_cost(lambda examples: flat_gradient(model, space.params, examples[0]), pool, at, 1)
+    zero = torch.zeros(1, size)
+    projection = _fastest(lambda: projector(zero))
+    transform = less_transform(_blank_adam_states(space.params), space.params)
+    less_sample = projection + _fastest(lambda: transform(zero[0]))
+    gradient_seconds = float(np.sum(gradient(lengths)))  # one unpadded sample at a time: the pool's mean per token
 
-    def gradient_seconds(examples) -> float:
-        return per_gradient_fixed * len(examples) + per_gradient_token * tokens(examples)
+    embedder = make_embedder(model, config.embedding, 0, pad_token_id(tokenizer))  # ours is always predicted
+    embed = _length_cost(lambda batch: embedder(batch), pool, at, embedder.batch_size)
+    forward = _length_cost(lambda batch: rds_embeddings(model, batch, pad_token_id(tokenizer), progress=False),
+                           pool, at, RDS_BATCH)
+    rates = Rates(load=load_seconds, tokenize_token=tokenize_seconds / tokens,
+                  embed_token=_over_batches(embed, lengths, embedder.batch_size) / tokens,
+                  gradient_sample=projection, gradient_token=gradient_seconds / tokens, less_sample=less_sample,
+                  forward_token=_over_batches(forward, lengths, RDS_BATCH) / tokens, flops_per_second=_matmul_rate())
+    hidden, layers, longest = model.config.hidden_size, len(find_blocks(model)[2]), int(lengths.max())
+    settings = config.embedding
+    if settings.method == "gradient":  # per sample of a batch: the whole model's activations, one layer's gradient
+        layer = sum(p.numel() for p in embedder.params.values())
+        working = embedder.batch_size * (longest * hidden * layers * 48 * bytes_per + layer * 4 * 3)
+    else:
+        kept = sum(p.numel() for p in truncated_backbone(model, settings.num_blocks).parameters()) * bytes_per
+        working = kept * (1 + settings.num_tangents) + embedder.batch_size * longest * hidden \
+            * settings.num_blocks * 64 * (1 + settings.num_tangents) * bytes_per
+    sizes = Sizes(model_bytes, bytes_per, hidden, layers, longest, size, getattr(projector, "padded_dim", size),
+                  projector.out_dim, embedder.out_dim, working)
+    return rates, sizes, Layout.of(model), projector
 
-    padded = getattr(projector, "padded_dim", size)
-    gradient_memory = model_bytes + size * 4 * 2 + padded * 4 * 3 + longest * hidden * layers * 48 * bytes_per
 
-    estimates = [Estimate("load + tokenize", load_seconds, model_bytes, 0.0)]
-    if config.method in ("influence", "exact") and not exact:
-        embed = config.embedding
-        embedder = make_embedder(model, embed, 0, pad_token_id(tokenizer))
-        batch = median_length(embedder.batch_size)
-        embedder(batch)  # warm-up
-        per_token = _fastest(lambda: embedder(batch)) / tokens(batch)
-        if embed.method == "gradient":  # per sample of a batch: the whole model's activations, one layer's gradient
-            layer = sum(p.numel() for p in embedder.params.values())
-            working = embedder.batch_size * (longest * hidden * layers * 48 * bytes_per + layer * 4 * 3)
-        else:
-            block_bytes = sum(p.numel() for p in truncated_backbone(model, embed.num_blocks).parameters()) * bytes_per
-            working = block_bytes * (1 + embed.num_tangents) + embedder.batch_size * longest * hidden * embed.num_blocks \
-                * 64 * (1 + embed.num_tangents) * bytes_per
-        estimates.append(Estimate("embeddings", per_token * tokens(pool),
-                                  model_bytes + working + len(pool) * PER_SAMPLE_BYTES, len(pool) * embedder.out_dim * 4))
-    if config.method in ("influence", "exact", "less"):
-        estimates.append(Estimate("target gradients", gradient_seconds(target), gradient_memory, 0.0))
-        estimates.append(Estimate("landmark gradients" if config.method != "less" else "pool gradients",
-                                  gradient_seconds(landmark_examples) * landmarks / max(1, len(landmark_examples)),
-                                  gradient_memory + landmarks * projector.out_dim * 4,
-                                  landmarks * projector.out_dim * 4))
-        if config.influence.order == 2:
-            estimates.append(Estimate("Hessian-vector products", 2 * per_gradient_token * tokens(target) * landmarks,
-                                      gradient_memory + 8 * size * 4 * 3, 0.0))
-    if config.method in ("influence",) and not exact:
-        chunk, width = config.propagation.chunk_size, estimates[-3].disk / max(1, len(pool)) / 4
-        flops = 2 * len(pool) * landmarks * width + landmarks**3 / 3 + 2 * landmarks**2 * width
-        estimates.append(Estimate("propagation", flops / _matmul_rate(),
-                                  model_bytes + landmarks**2 * 16 + chunk * landmarks * 8 + len(pool) * PER_SAMPLE_BYTES,
-                                  len(pool) * len(target) * 8))  # the scores go to a scratch file
-    if config.method in ("mid-ppl", "rds+"):
-        device = next(model.parameters()).device
-        with torch.no_grad():
-            model(input_ids=sample[0].input_ids[None].to(device))  # warm-up
-            start = time.perf_counter()
-            model(input_ids=sample[0].input_ids[None].to(device))
-        estimates.append(Estimate("pool forward passes", (time.perf_counter() - start) / len(sample[0])
-                                  * tokens(pool), model_bytes + 16 * longest * hidden * 8 * bytes_per, 0.0))
-    estimates.append(Estimate("write outputs", 1.0, model_bytes + len(pool) * PER_SAMPLE_BYTES,
-                              len(pool) * (len(target) * 4 + 64)))
-    return estimates
+def _length_cost(run, pool, rows: list[int], batch: int):
+    """Seconds per sample as a function of the padded length T, a·T + b·T² (a, b ≥ 0), fitted to `run` timed on a
+    batch of `batch` copies of each of `rows` (copies: the batch then has exactly that length, no padding)."""
+    timed = []
+    for number, row in enumerate(rows):
+        examples = [pool[row]] * batch
+        if number == 0:
+            run(examples)  # warm-up: first calls are slow
+        timed.append((len(pool[row]), _fastest(lambda: run(examples), 2) / batch))
+    lengths = np.array([t for t, _ in timed], dtype=float)
+    seconds = np.array([s for _, s in timed])
+    design = np.stack([lengths, lengths**2], axis=1)
+    coefficients = np.linalg.lstsq(design, seconds, rcond=None)[0]
+    if coefficients.min() < 0:  # noise made the quadratic part negative: the best linear fit instead
+        coefficients = np.array([float(lengths @ seconds / (lengths @ lengths)), 0.0])
+    return lambda t: coefficients[0] * np.asarray(t, dtype=float) + coefficients[1] * np.asarray(t, dtype=float) ** 2
+
+
+def _over_batches(per_sample, lengths: np.ndarray, batch: int, shard_rows: int = EMBEDDING_SHARD) -> float:
+    """Seconds for the whole pool, batched as the run batches it: each shard of rows sorted by length and cut into
+    batches, every sample of a batch costing `per_sample` at the batch's longest length."""
+    total = 0.0
+    for start in range(0, len(lengths), shard_rows):
+        ordered = np.sort(lengths[start : start + shard_rows])
+        for first in range(0, len(ordered), batch):
+            part = ordered[first : first + batch]
+            total += len(part) * float(per_sample(part[-1]))
+    return total
+
+
+def _blank_adam_states(params) -> dict[str, AdamParamState]:
+    """Moments of the right shapes for timing LESS's Adam direction: its cost does not depend on their values."""
+    return {name: AdamParamState(torch.zeros_like(p, dtype=torch.float32), torch.ones_like(p, dtype=torch.float32),
+                                 1, 1e-5, 0.9, 0.999, 1e-8, 0.0) for name, p in params.items()}
 
 
 def _fastest(work, repeats: int = 3) -> float:
@@ -154,10 +196,10 @@ def _matmul_rate() -> float:
     return 5 * 2 * 512 * 512 * 1024 / max(time.perf_counter() - start, 1e-9)
 
 
-def check_fits(estimates: list[Estimate], out: Path, memory: float | None = None, disk: float | None = None) -> None:
+def check_fits(estimated: list[Estimate], out: Path, memory: float | None = None, disk: float | None = None) -> None:
     """Refuse a run whose peak memory or total disk would not fit."""
     memory = available_memory() if memory is None else memory
-    peak = max(estimates, key=lambda e: e.memory)
+    peak = max(estimated, key=lambda e: e.memory)
     if peak.memory > 0.9 * memory:
         raise ConfigError(
             f"estimated peak memory {peak.memory / GIB:.1f} GiB (stage {peak.stage}) exceeds the "
@@ -165,24 +207,9 @@ def check_fits(estimates: list[Estimate], out: Path, memory: float | None = None
             "--max-length, or use a bigger machine")
     root = out if out.exists() else next(p for p in out.parents if p.exists())
     disk = shutil.disk_usage(root).free if disk is None else disk
-    needed = sum(e.disk for e in estimates)
+    needed = sum(e.disk for e in estimated)
     if needed > 0.9 * disk:
         raise ConfigError(f"the run needs about {needed / GIB:.1f} GiB of disk, {root} has {disk / GIB:.1f} GiB free")
-
-
-def format_estimates(estimates: list[Estimate]) -> str:
-    lines = ["| stage | time | peak memory | disk |", "|---|---|---|---|"]
-    for e in estimates:
-        lines.append(f"| {e.stage} | {_duration(e.seconds)} | {e.memory / GIB:.2f} GiB | {e.disk / 2**20:.0f} MiB |")
-    total = sum(e.seconds for e in estimates)
-    peak = max(e.memory for e in estimates)
-    lines.append(f"| **total** | {_duration(total)} | {peak / GIB:.2f} GiB | "
-                 f"{sum(e.disk for e in estimates) / 2**20:.0f} MiB |")
-    return "\n".join(lines)
-
-
-def _duration(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
 def cpu_note() -> str:
