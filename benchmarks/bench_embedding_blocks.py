@@ -17,15 +17,10 @@ import logging
 from pathlib import Path
 
 from influence_distillation import SelectConfig, run_selection
+from influence_distillation.artifacts import user_cache_dir
 from influence_distillation.evaluation.demo import FULL
-from influence_distillation.evaluation.demo_data import (
-    TARGET_TASKS,
-    DemoSizes,
-    build_demo_data,
-    fetch_bigbench,
-)
-from influence_distillation.runtime.artifacts import user_cache_dir
-from influence_distillation.runtime.models import SMOLLM2, resolve_model_path
+from influence_distillation.evaluation.demo_data import TARGET_TASKS, DemoSizes, build_demo_data, fetch_bigbench
+from influence_distillation.model.loading import SMOLLM2, resolve_model_path
 
 
 def main() -> None:

@@ -23,10 +23,10 @@ from pathlib import Path
 import torch
 from suite_data import load_suite, suite_arguments
 
+from influence_distillation.data.tokenization import collate, length_batches
 from influence_distillation.method.embeddings import difference_outputs, jvp_outputs, sample_tangents
-from influence_distillation.runtime.last_token import every_position_weights
-from influence_distillation.runtime.models import truncated_backbone
-from influence_distillation.runtime.tokenization import collate, length_batches
+from influence_distillation.model.blocks import truncated_backbone
+from influence_distillation.model.last_token import every_position_weights
 
 
 def matmul_peak(seconds: float = 3.0) -> float:

@@ -37,8 +37,10 @@ import torch
 from tqdm.auto import tqdm
 
 from influence_distillation import ModelConfig, load_model, load_samples, tokenize_samples
-from influence_distillation.baselines import minilm_embeddings, rds_embeddings
+from influence_distillation.artifacts import fingerprint, write_json, write_npy
 from influence_distillation.config import PropagationConfig
+from influence_distillation.data.tokenization import collate, length_batches
+from influence_distillation.method.baselines import minilm_embeddings, rds_embeddings
 from influence_distillation.method.embeddings import (
     POOLINGS,
     GradientEmbedder,
@@ -50,9 +52,7 @@ from influence_distillation.method.landmarks import choose_landmarks
 from influence_distillation.method.propagation import spearman
 from influence_distillation.method.selection import select
 from influence_distillation.method.stages import propagate, verify_landmarks
-from influence_distillation.runtime.artifacts import fingerprint, write_json, write_npy
-from influence_distillation.runtime.models import truncated_backbone
-from influence_distillation.runtime.tokenization import collate, length_batches
+from influence_distillation.model.blocks import truncated_backbone
 
 LONG = ("multirc", "quoref")
 FRACTIONS = (0.01, 0.02, 0.05, 0.1, 0.2)

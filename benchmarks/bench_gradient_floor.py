@@ -20,15 +20,10 @@ import torch
 from bench_embeddings import forward_flops, matmul_peak
 from suite_data import load_suite, suite_arguments
 
-from influence_distillation.method.gradients import (
-    batch_losses,
-    flat_gradient,
-    only_requires_grad,
-    sample_loss,
-    select_parameters,
-)
+from influence_distillation.data.tokenization import IGNORE_INDEX, collate, length_batches
+from influence_distillation.method.gradients import flat_gradient, select_parameters
+from influence_distillation.method.losses import batch_losses, only_requires_grad, sample_loss
 from influence_distillation.method.projection import HadamardProjector
-from influence_distillation.runtime.tokenization import IGNORE_INDEX, collate, length_batches
 
 
 def timed(work, examples) -> float:

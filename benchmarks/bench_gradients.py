@@ -21,12 +21,8 @@ import numpy as np
 import torch
 from suite_data import load_suite, suite_arguments, tokenize_examples
 
-from influence_distillation.method.gradients import (
-    flat_gradient,
-    only_requires_grad,
-    projected_gradients,
-    select_parameters,
-)
+from influence_distillation.method.gradients import flat_gradient, projected_gradients, select_parameters
+from influence_distillation.method.losses import only_requires_grad
 from influence_distillation.method.per_sample import KroneckerProjector, linear_layers
 from influence_distillation.method.projection import CountSketchProjector, HadamardProjector
 from influence_distillation.method.propagation import spearman

@@ -27,7 +27,7 @@ from influence_distillation import ModelConfig, load_model, load_samples, tokeni
 from influence_distillation.config import EmbeddingConfig, PropagationConfig
 from influence_distillation.method.landmarks import choose_landmarks
 from influence_distillation.method.stages import make_embedder, propagate, verify_landmarks
-from influence_distillation.runtime.models import pad_token_id
+from influence_distillation.model.loading import pad_token_id
 
 SETTINGS = [(32, 32), (64, 64), (96, 96), (128, 120), (141, 120), (256, 120), (64, 120), (128, 64), (128, 0),
             (256, 0), (512, 0)]

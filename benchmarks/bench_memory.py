@@ -29,7 +29,7 @@ def make_model(folder: Path) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from influence_distillation.runtime.models import SMOLLM2, resolve_model_path
+    from influence_distillation.model.loading import SMOLLM2, resolve_model_path
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(SMOLLM2))
     torch.manual_seed(0)

@@ -26,18 +26,19 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
-from influence_distillation.baselines import less_transform, rds_embeddings
 from influence_distillation.config import EmbeddingConfig
-from influence_distillation.method.gradients import flat_gradient, only_requires_grad, select_parameters
+from influence_distillation.data.packed import Example
+from influence_distillation.data.tokenization import IGNORE_INDEX
+from influence_distillation.method.baselines import less_transform, rds_embeddings
+from influence_distillation.method.flops import Layout, Projection, Tokens, baseline_parts, influence_parts
+from influence_distillation.method.gradients import flat_gradient, select_parameters
 from influence_distillation.method.landmarks import landmark_count
+from influence_distillation.method.losses import only_requires_grad
 from influence_distillation.method.projection import CountSketchProjector, HadamardProjector
 from influence_distillation.method.stages import make_embedder, verification_count
-from influence_distillation.runtime import estimates
-from influence_distillation.runtime.cost import Layout, Projection, Tokens, baseline_parts, influence_parts
-from influence_distillation.runtime.estimates import Rates, Sizes, Workload
-from influence_distillation.runtime.packed import Example
-from influence_distillation.runtime.preflight import _blank_adam_states, _fastest, _matmul_rate
-from influence_distillation.runtime.tokenization import IGNORE_INDEX
+from influence_distillation.run import estimates
+from influence_distillation.run.estimates import Rates, Sizes, Workload
+from influence_distillation.run.preflight import _blank_adam_states, _fastest, _matmul_rate
 
 # Public configurations of the paper's models (and of the demo's, for --check); random weights.
 LAYOUTS = {

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from influence_distillation.artifacts import NpyRows
 from influence_distillation.method.propagation import fit_kernel_ridge
 from influence_distillation.method.selection import round_robin, top_k
-from influence_distillation.runtime.artifacts import NpyRows
 
 
 def write_embeddings(path: Path, rows: int, dim: int, chunk: int = 1 << 15) -> None:

@@ -30,8 +30,8 @@ import sys
 import time
 from pathlib import Path
 
+from influence_distillation.artifacts import user_cache_dir, write_json
 from influence_distillation.evaluation.demo_data import DemoSizes, build_demo_data, fetch_bigbench
-from influence_distillation.runtime.artifacts import user_cache_dir, write_json
 
 METHODS = {"default": [],  # the library's defaults: only --budget given
            "influence": ["--landmarks", "0.05"], "influence-fixed": ["--landmarks", "256"], "rds+": ["--method", "rds+"],

@@ -23,17 +23,13 @@ import time
 import torch
 from torch.func import functional_call, jvp
 
+from influence_distillation.data.tokenization import Example, collate
 from influence_distillation.method.embeddings import jvp_outputs, sample_tangents
-from influence_distillation.method.gradients import (
-    flat_gradient,
-    only_requires_grad,
-    projected_gradients,
-    select_parameters,
-)
+from influence_distillation.method.gradients import flat_gradient, projected_gradients, select_parameters
+from influence_distillation.method.losses import only_requires_grad
 from influence_distillation.method.projection import HadamardProjector, fwht
 from influence_distillation.method.propagation import fit_kernel_ridge
-from influence_distillation.runtime.models import truncated_backbone
-from influence_distillation.runtime.tokenization import Example, collate
+from influence_distillation.model.blocks import truncated_backbone
 
 
 def smollm2_shaped_model():

@@ -31,8 +31,9 @@ from bench_fidelity import LONG, jvp_pass, load_exact, selection_agreement
 
 from influence_distillation import ModelConfig, load_model, load_samples, tokenize_samples
 from influence_distillation.config import PropagationConfig
-from influence_distillation.method.gradients import flat_gradient, only_requires_grad, select_parameters
+from influence_distillation.method.gradients import flat_gradient, select_parameters
 from influence_distillation.method.landmarks import choose_landmarks
+from influence_distillation.method.losses import only_requires_grad
 from influence_distillation.method.propagation import fit_propagation, spearman
 from influence_distillation.method.selection import select
 from influence_distillation.method.stages import verification_rows, verify_landmarks

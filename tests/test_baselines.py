@@ -7,11 +7,11 @@ import torch
 from conftest import adam_state_file, make_model
 from test_cli import select_args
 
-from influence_distillation import baselines
 from influence_distillation.cli import main
+from influence_distillation.data.records import Sample
+from influence_distillation.data.tokenization import tokenize_samples
+from influence_distillation.method import baselines
 from influence_distillation.method.preconditioning import AdamParamState
-from influence_distillation.runtime.data import Sample
-from influence_distillation.runtime.tokenization import tokenize_samples
 
 
 def test_mid_ppl_takes_the_band_from_the_33rd_percentile():

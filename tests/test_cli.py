@@ -275,7 +275,7 @@ def test_bad_inputs_give_one_line_errors_and_no_finished_output(case, model_dir,
 def test_disk_full_while_writing_a_shard(model_dir, data_files, tmp_path, capsys, monkeypatch):
     import errno
 
-    from influence_distillation.runtime import shards
+    from influence_distillation.run import shards
 
     pool, target = data_files
     written = []
@@ -321,7 +321,7 @@ def test_console_script_exit_code_and_non_causal_model(tmp_path, data_files):
 
 def test_dry_run_estimates_every_stage_and_refuses_what_cannot_fit(model_dir, data_files, tmp_path, capsys,
                                                                   monkeypatch):
-    from influence_distillation.runtime import preflight
+    from influence_distillation.run import preflight
 
     pool, target = data_files
     out = tmp_path / "run"

@@ -3,8 +3,8 @@ import json
 import pytest
 from conftest import write_jsonl
 
+from influence_distillation.data.records import load_samples
 from influence_distillation.errors import DataError
-from influence_distillation.runtime.data import load_samples
 
 
 def test_all_record_formats_become_turns_or_text(tmp_path):
@@ -86,7 +86,7 @@ def test_missing_and_unreadable_files(tmp_path):
 
 
 def test_samples_stream_one_record_at_a_time(tmp_path):
-    from influence_distillation.runtime.data import iter_samples
+    from influence_distillation.data.records import iter_samples
 
     path = tmp_path / "pool.jsonl"
     path.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "c", "completion": "d"}\n{not json\n')
@@ -112,7 +112,7 @@ def test_a_pool_that_changes_during_the_run_is_refused_before_any_output(tmp_pat
     rows = [json.loads(line) for line in pool.read_text().splitlines()]
     edited = tmp_path / "edited.jsonl"  # scored as the pool was; the selected rows are deleted before the write
     edited.write_text(pool.read_text())
-    from influence_distillation.runtime import pipeline
+    from influence_distillation.run import pipeline
 
     real = pipeline.selected_records
 
@@ -126,11 +126,11 @@ def test_a_pool_that_changes_during_the_run_is_refused_before_any_output(tmp_pat
 
 
 def test_duplicate_ids_are_found_by_hash_and_confirmed_by_value(tmp_path, monkeypatch):
-    from influence_distillation.runtime import data
+    from influence_distillation.data import records
 
     path = tmp_path / "pool.jsonl"
     path.write_text("".join(json.dumps({"id": f"s{i}", "text": "a b"}) + "\n" for i in range(5)))
-    monkeypatch.setattr(data, "_id_hash", lambda sample_id: 7)  # every id collides: none is a duplicate
+    monkeypatch.setattr(records, "_id_hash", lambda sample_id: 7)  # every id collides: none is a duplicate
     assert [s.id for s in load_samples(path)] == [f"s{i}" for i in range(5)]
     path.write_text(path.read_text() + json.dumps({"id": "s3", "text": "c"}) + "\n")
     with pytest.raises(DataError, match=r"pool.jsonl:6: duplicate id 's3' \(first seen at .*pool.jsonl:4\)"):

@@ -2,15 +2,10 @@ import pytest
 import torch
 from conftest import make_model
 
-from influence_distillation.method.embeddings import (
-    POOLINGS,
-    jvp_embeddings,
-    jvp_outputs,
-    sample_tangents,
-)
+from influence_distillation.data.tokenization import Example, collate
+from influence_distillation.method.embeddings import POOLINGS, jvp_embeddings, jvp_outputs, sample_tangents
 from influence_distillation.method.projection import HadamardProjector
-from influence_distillation.runtime.models import truncated_backbone
-from influence_distillation.runtime.tokenization import Example, collate
+from influence_distillation.model.blocks import truncated_backbone
 
 
 def random_examples(vocab, lengths, seed=0):

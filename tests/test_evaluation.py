@@ -4,14 +4,10 @@ import pytest
 import torch
 from conftest import make_model, synthetic_pool, write_jsonl
 
-from influence_distillation.evaluation.lora import (
-    EvalConfig,
-    finetune_lora,
-    score_choices,
-)
-from influence_distillation.method.gradients import batch_losses, token_log_likelihoods
-from influence_distillation.runtime.data import Sample
-from influence_distillation.runtime.tokenization import collate, tokenize_samples
+from influence_distillation.data.records import Sample
+from influence_distillation.data.tokenization import collate, tokenize_samples
+from influence_distillation.evaluation.lora import EvalConfig, finetune_lora, score_choices
+from influence_distillation.method.losses import batch_losses, token_log_likelihoods
 
 
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])

@@ -2,17 +2,12 @@ import pytest
 import torch
 from conftest import make_model
 
+from influence_distillation.data.records import Sample
+from influence_distillation.data.tokenization import IGNORE_INDEX, tokenize_samples
 from influence_distillation.errors import ConfigError
-from influence_distillation.method.gradients import (
-    flat_gradient,
-    only_requires_grad,
-    projected_gradients,
-    sample_loss,
-    select_parameters,
-)
+from influence_distillation.method.gradients import flat_gradient, projected_gradients, select_parameters
+from influence_distillation.method.losses import only_requires_grad, sample_loss
 from influence_distillation.method.projection import HadamardProjector, IdentityProjector
-from influence_distillation.runtime.data import Sample
-from influence_distillation.runtime.tokenization import IGNORE_INDEX, tokenize_samples
 
 
 @pytest.fixture
@@ -106,8 +101,8 @@ def test_parameter_specs_all_regex_and_errors():
 
 
 def test_batched_losses_equal_single_sample_losses(tokenizer, examples, device):
-    from influence_distillation.method.gradients import batch_losses
-    from influence_distillation.runtime.tokenization import collate
+    from influence_distillation.data.tokenization import collate
+    from influence_distillation.method.losses import batch_losses
 
     model = make_model("llama", len(tokenizer)).to(device)
     for side in ("right", "left"):
@@ -117,8 +112,8 @@ def test_batched_losses_equal_single_sample_losses(tokenizer, examples, device):
 
 
 def test_micro_batched_backward_equals_one_batch(tokenizer, examples):
-    from influence_distillation.method.gradients import backward_mean_loss, batch_losses
-    from influence_distillation.runtime.tokenization import collate
+    from influence_distillation.data.tokenization import collate
+    from influence_distillation.method.losses import backward_mean_loss, batch_losses
 
     model = make_model("llama", len(tokenizer)).double()
     loss = batch_losses(model, collate(examples, 0)).mean()
@@ -132,7 +127,7 @@ def test_micro_batched_backward_equals_one_batch(tokenizer, examples):
 
 
 def test_weighted_micro_batched_backward_equals_the_weighted_sum_of_per_sample_gradients(tokenizer, examples):
-    from influence_distillation.method.gradients import backward_mean_loss
+    from influence_distillation.method.losses import backward_mean_loss
 
     model = make_model("llama", len(tokenizer)).double()
     weights = torch.linspace(0.0, 2.0, len(examples), dtype=torch.float64)

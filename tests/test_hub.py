@@ -6,10 +6,10 @@ import pytest
 from conftest import synthetic_pool, synthetic_target, write_jsonl
 
 from influence_distillation.cli import main
+from influence_distillation.data.hub import is_hub_name
+from influence_distillation.data.records import load_samples
 from influence_distillation.errors import DataError
-from influence_distillation.runtime.data import load_samples
-from influence_distillation.runtime.hub import is_hub_name
-from influence_distillation.runtime.models import resolve_model_path
+from influence_distillation.model.loading import resolve_model_path
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 

@@ -10,8 +10,8 @@ from test_distributed import assert_same_selection
 
 from influence_distillation.cli import main
 from influence_distillation.method.embeddings import JvpEmbedder
-from influence_distillation.runtime import pipeline
-from influence_distillation.runtime.shards import RowCache
+from influence_distillation.run import pipeline
+from influence_distillation.run.shards import RowCache
 
 
 def _counting(monkeypatch):
@@ -72,9 +72,9 @@ def test_row_cache_reads_only_completed_writes(tmp_path):
 def test_shard_rows_read_lazily_equal_the_concatenated_stage(tmp_path):
     import torch
 
-    from influence_distillation.runtime.artifacts import write_npy_rows
-    from influence_distillation.runtime.distributed import DistInfo
-    from influence_distillation.runtime.shards import ShardedStage
+    from influence_distillation.artifacts import write_npy_rows
+    from influence_distillation.run.distributed import DistInfo
+    from influence_distillation.run.shards import ShardedStage
 
     full = np.random.default_rng(0).standard_normal((23, 5)).astype(np.float32)
     store = ShardedStage(tmp_path / "stage", 23, 4, {"stage": "test"})

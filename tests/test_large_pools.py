@@ -9,10 +9,10 @@ import torch
 from test_cli import select_args
 
 from influence_distillation.cli import main
+from influence_distillation.data.packed import PackedExamples
+from influence_distillation.data.tokenization import TokenizedSet
 from influence_distillation.method.weights import WeightSolution
-from influence_distillation.runtime.outputs import SelectionResult, write_outputs
-from influence_distillation.runtime.packed import PackedExamples
-from influence_distillation.runtime.tokenization import TokenizedSet
+from influence_distillation.run.outputs import SelectionResult, write_outputs
 
 
 def test_outputs_written_in_chunks_equal_the_whole_arrays(tmp_path):

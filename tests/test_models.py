@@ -3,10 +3,10 @@ import torch
 from conftest import make_model
 from torch import nn
 
+from influence_distillation.data.tokenization import Example, collate
 from influence_distillation.errors import ConfigError, ModelError
-from influence_distillation.runtime.last_token import LastTokenBlock, last_positions
-from influence_distillation.runtime.models import find_blocks, truncated_backbone
-from influence_distillation.runtime.tokenization import Example, collate
+from influence_distillation.model.blocks import find_blocks, truncated_backbone
+from influence_distillation.model.last_token import LastTokenBlock, last_positions
 
 FINAL_NORM = {"llama": "norm", "qwen2": "norm", "gpt2": "ln_f", "neox": "final_layer_norm"}
 

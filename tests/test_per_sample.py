@@ -4,12 +4,10 @@ import pytest
 import torch
 from conftest import make_model, synthetic_pool
 
-from influence_distillation.method.gradients import (
-    flat_gradient,
-    only_requires_grad,
-    projected_gradients,
-    select_parameters,
-)
+from influence_distillation.data.records import Sample
+from influence_distillation.data.tokenization import collate, tokenize_samples
+from influence_distillation.method.gradients import flat_gradient, projected_gradients, select_parameters
+from influence_distillation.method.losses import only_requires_grad
 from influence_distillation.method.per_sample import (
     KroneckerProjector,
     batched_gradients,
@@ -18,8 +16,6 @@ from influence_distillation.method.per_sample import (
     token_batches,
 )
 from influence_distillation.method.projection import HadamardProjector
-from influence_distillation.runtime.data import Sample
-from influence_distillation.runtime.tokenization import collate, tokenize_samples
 
 
 @pytest.fixture

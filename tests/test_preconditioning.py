@@ -5,11 +5,7 @@ import torch
 from torch import nn
 
 from influence_distillation.errors import ModelError
-from influence_distillation.method.preconditioning import (
-    adam_coefficients,
-    adam_preconditioner,
-    load_adamw_state,
-)
+from influence_distillation.method.preconditioning import adam_coefficients, adam_preconditioner, load_adamw_state
 
 
 def warmed_up(named: bool, steps: int = 5, weight_decay: float = 0.1):

@@ -5,12 +5,7 @@ import pytest
 import scipy.linalg
 import torch
 
-from influence_distillation.method.projection import (
-    HadamardProjector,
-    IdentityProjector,
-    fwht,
-    make_projector,
-)
+from influence_distillation.method.projection import HadamardProjector, IdentityProjector, fwht, make_projector
 
 
 @pytest.mark.parametrize("n", [1, 2, 8, 256, 4096])

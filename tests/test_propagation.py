@@ -92,7 +92,7 @@ def test_spearman_and_heldout_fidelity():
 def test_prediction_streams_from_a_file_into_a_memmap(tmp_path):
     import numpy as np
 
-    from influence_distillation.runtime.artifacts import NpyRows
+    from influence_distillation.artifacts import NpyRows
 
     torch.manual_seed(3)
     points = torch.randn(300, 8)
@@ -142,7 +142,7 @@ def test_tuned_kernel_ridge_is_the_best_grid_point_by_refitting():
 def test_npy_rows_written_and_gathered_on_disk_equal_the_array(tmp_path):
     import numpy as np
 
-    from influence_distillation.runtime.artifacts import NpyRows
+    from influence_distillation.artifacts import NpyRows
 
     full = np.random.default_rng(0).standard_normal((50, 3))
     rows = NpyRows.create(tmp_path / "rows.npy", full.shape, np.float64)
@@ -160,9 +160,9 @@ def test_npy_rows_written_and_gathered_on_disk_equal_the_array(tmp_path):
 def test_propagation_into_a_file_equals_propagation_in_memory(tmp_path):
     import numpy as np
 
+    from influence_distillation.artifacts import NpyRows
     from influence_distillation.config import PropagationConfig
     from influence_distillation.method.stages import propagate
-    from influence_distillation.runtime.artifacts import NpyRows
 
     torch.manual_seed(5)
     points, landmarks = torch.randn(200, 6), np.array([3, 50, 7, 120, 199, 0, 88, 42, 9, 150])

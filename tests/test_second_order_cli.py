@@ -62,11 +62,11 @@ def test_second_order_needs_weight_selection(model_dir, data_files, tmp_path, ca
 def test_hessian_subset_is_a_reweighted_sum_of_per_sample_hessians(tokenizer, tmp_path):
     from conftest import make_model, synthetic_target, write_jsonl
 
+    from influence_distillation.data.records import load_samples
+    from influence_distillation.data.tokenization import tokenize_samples
     from influence_distillation.method.gradients import select_parameters
     from influence_distillation.method.hessian import target_hvp
     from influence_distillation.method.stages import hessian_sample
-    from influence_distillation.runtime.data import load_samples
-    from influence_distillation.runtime.tokenization import tokenize_samples
 
     model = make_model("llama", len(tokenizer)).double()
     write_jsonl(tmp_path / "t.jsonl", synthetic_target(6))

@@ -10,21 +10,12 @@ import pytest
 import torch
 from conftest import make_model
 
-from influence_distillation.method.gradients import (
-    flat_gradient,
-    only_requires_grad,
-    sample_loss,
-    select_parameters,
-)
+from influence_distillation.data.tokenization import Example
+from influence_distillation.method.gradients import flat_gradient, select_parameters
 from influence_distillation.method.hessian import target_hvp
-from influence_distillation.method.influence import (
-    adam_offset,
-    adam_terms,
-    gd_terms,
-    predicted_loss_change,
-)
+from influence_distillation.method.influence import adam_offset, adam_terms, gd_terms, predicted_loss_change
+from influence_distillation.method.losses import only_requires_grad, sample_loss
 from influence_distillation.method.preconditioning import AdamParamState, adam_coefficients
-from influence_distillation.runtime.tokenization import Example
 
 N_POOL = 6
 

@@ -2,9 +2,8 @@ import pytest
 import torch
 from conftest import make_tokenizer
 
-from influence_distillation.errors import ModelError
-from influence_distillation.runtime.data import Sample
-from influence_distillation.runtime.tokenization import (
+from influence_distillation.data.records import Sample
+from influence_distillation.data.tokenization import (
     IGNORE_INDEX,
     Example,
     collate,
@@ -12,6 +11,7 @@ from influence_distillation.runtime.tokenization import (
     render_chat,
     tokenize_samples,
 )
+from influence_distillation.errors import ModelError
 
 
 def chat(*turns, sample_id="x"):
@@ -86,7 +86,7 @@ def test_length_batches_group_similar_lengths_and_cover_everything():
 def test_training_batches_cover_each_epoch_and_group_lengths():
     import numpy as np
 
-    from influence_distillation.runtime.tokenization import training_batches
+    from influence_distillation.data.tokenization import training_batches
 
     lengths = list(np.random.default_rng(0).integers(1, 500, size=100))
     batches = list(training_batches(lengths, 4, steps=50, rng=np.random.default_rng(1)))
@@ -98,7 +98,7 @@ def test_training_batches_cover_each_epoch_and_group_lengths():
 
 
 def test_packed_examples_give_back_each_sample_as_tokenized(tokenizer):
-    from influence_distillation.runtime.tokenization import PackedExamples
+    from influence_distillation.data.tokenization import PackedExamples
 
     rng = torch.Generator().manual_seed(0)
     rows = []
@@ -121,7 +121,7 @@ def test_packed_examples_give_back_each_sample_as_tokenized(tokenizer):
 
 
 def test_packed_examples_in_files_equal_those_in_memory_and_reopen(tmp_path):
-    from influence_distillation.runtime.packed import PackedExamples, content_digest
+    from influence_distillation.data.packed import PackedExamples, content_digest
 
     rng = torch.Generator().manual_seed(1)
     memory, files = PackedExamples(), PackedExamples(tmp_path)
@@ -150,7 +150,7 @@ def test_packed_examples_in_files_equal_those_in_memory_and_reopen(tmp_path):
 
 
 def test_a_tokenized_folder_is_complete_or_absent(tmp_path, tokenizer):
-    from influence_distillation.runtime.shards import tokenized_in
+    from influence_distillation.run.shards import tokenized_in
 
     samples = [chat(("user", f"Question {i}?"), ("assistant", f"Answer {i}."), sample_id=f"q{i}") for i in range(5)]
     empty = Sample("empty", {}, (("user", "x" * 50), ("assistant", "y")), None)

@@ -25,7 +25,7 @@ from influence_distillation.method.stages import (
     verification_rows,
     verify_landmarks,
 )
-from influence_distillation.runtime.models import pad_token_id
+from influence_distillation.model.loading import pad_token_id
 
 
 def landmark_rows(out):

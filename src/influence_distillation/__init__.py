@@ -4,8 +4,6 @@ One call runs everything (`run_selection`); the stage functions below can also b
 load → tokenize → embed → choose landmarks → gradients → influence → propagate → select.
 """
 
-__version__ = "0.1.0"
-
 from influence_distillation.config import (
     DataConfig,
     EmbeddingConfig,
@@ -16,6 +14,8 @@ from influence_distillation.config import (
     SelectConfig,
     SelectionConfig,
 )
+from influence_distillation.data.records import Sample, load_samples
+from influence_distillation.data.tokenization import tokenize_samples
 from influence_distillation.errors import ConfigError, DataError, InfDistError, ModelError, OutputError
 from influence_distillation.method.embeddings import jvp_embeddings
 from influence_distillation.method.gradients import projected_gradients, select_parameters
@@ -26,11 +26,10 @@ from influence_distillation.method.projection import HadamardProjector, make_pro
 from influence_distillation.method.propagation import KernelRidge, fit_kernel_ridge
 from influence_distillation.method.selection import round_robin, select, top_k
 from influence_distillation.method.stages import compute_embeddings, compute_gradients, gradient_space, propagate
-from influence_distillation.runtime.data import Sample, load_samples
-from influence_distillation.runtime.models import load_model, truncated_backbone
-from influence_distillation.runtime.outputs import SelectionResult
-from influence_distillation.runtime.pipeline import run_selection
-from influence_distillation.runtime.tokenization import tokenize_samples
+from influence_distillation.model.blocks import truncated_backbone
+from influence_distillation.model.loading import load_model
+from influence_distillation.run.outputs import SelectionResult
+from influence_distillation.run.pipeline import run_selection
 
 __all__ = [
     "ConfigError", "DataConfig", "DataError", "EmbeddingConfig", "GradientConfig", "HadamardProjector",

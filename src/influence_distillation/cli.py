@@ -95,11 +95,11 @@ def _add_common(command: argparse.ArgumentParser, cls: type) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from influence_distillation import __version__
     from influence_distillation.evaluation.benchmark import BenchmarkConfig
     from influence_distillation.evaluation.demo import DemoConfig
     from influence_distillation.evaluation.lora import EvalConfig
-    from influence_distillation.runtime.warmup import WarmupConfig
+    from influence_distillation.run.warmup import WarmupConfig
+    from influence_distillation.version import __version__
 
     parser = argparse.ArgumentParser(
         prog="influence-distill",
@@ -224,13 +224,13 @@ def config_from_args(args: argparse.Namespace, cls: type = SelectConfig) -> Any:
 
 
 def _select(args: argparse.Namespace) -> int:
-    from influence_distillation.runtime import distributed
-    from influence_distillation.runtime.pipeline import run_selection
+    from influence_distillation.run import distributed
+    from influence_distillation.run.pipeline import run_selection
 
     config = config_from_args(args)
     if args.dry_run:
-        from influence_distillation.runtime.estimates import format_comparison, format_estimates
-        from influence_distillation.runtime.preflight import check_fits, cpu_note, dry_run
+        from influence_distillation.run.estimates import format_comparison, format_estimates
+        from influence_distillation.run.preflight import check_fits, cpu_note, dry_run
 
         plan = dry_run(config)
         print(format_estimates(plan.estimates))
@@ -273,7 +273,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _warmup(args: argparse.Namespace) -> int:
-    from influence_distillation.runtime.warmup import WarmupConfig, run_warmup
+    from influence_distillation.run.warmup import WarmupConfig, run_warmup
 
     config = config_from_args(args, WarmupConfig)
     out = run_warmup(config, overwrite=args.overwrite, progress=not args.quiet)

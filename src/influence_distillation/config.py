@@ -41,6 +41,10 @@ class ModelConfig:
     )
 
 
+# Which K-block outputs a JVP embedding can read (`method.embeddings.pooling_weights`).
+POOLINGS = ("last", "mean", "weighted", "completion")
+
+
 @dataclass
 class EmbeddingConfig:
     num_blocks: int = option(
@@ -228,8 +232,6 @@ class SelectConfig:
         if self.landmarks.verify_neighbours > 1:
             raise ConfigError(f"--verify-neighbours is a share of the verification landmarks, from 0 to 1, got "
                               f"{self.landmarks.verify_neighbours}")
-        from influence_distillation.method.embeddings import POOLINGS
-
         poolings = self.embedding.poolings()
         if not all(part in POOLINGS for part in poolings) or len(set(poolings)) != len(poolings):
             raise ConfigError(f"--pooling must be one or more of {', '.join(POOLINGS)} joined by '+', without "

@@ -22,16 +22,16 @@ from typing import Any
 
 import numpy as np
 
+from influence_distillation import artifacts
 from influence_distillation.config import METHODS, SelectConfig
+from influence_distillation.data.records import load_samples
 from influence_distillation.errors import ConfigError
 from influence_distillation.evaluation.demo import FULL, QUICK, apply_settings, prepare_demo_data
 from influence_distillation.evaluation.lora import EvalConfig, aggregate_runs, evaluate_subsets
+from influence_distillation.model.loading import SMOLLM2, resolve_model_path
 from influence_distillation.options import check_ranges, option, same_config, to_dict
-from influence_distillation.runtime import artifacts
-from influence_distillation.runtime.data import load_samples
-from influence_distillation.runtime.models import SMOLLM2, resolve_model_path
-from influence_distillation.runtime.pipeline import run_selection
-from influence_distillation.runtime.warmup import WarmupConfig, run_warmup
+from influence_distillation.run.pipeline import run_selection
+from influence_distillation.run.warmup import WarmupConfig, run_warmup
 
 log = logging.getLogger(__name__)
 OURS = "influence"

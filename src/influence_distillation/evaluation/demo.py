@@ -21,15 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from influence_distillation import artifacts
 from influence_distillation.config import SelectConfig
 from influence_distillation.errors import ConfigError
 from influence_distillation.evaluation.demo_data import TARGET_TASKS, DemoSizes, build_demo_data, fetch_bigbench
+from influence_distillation.evaluation.demo_page import results_table, verdicts, write_report
 from influence_distillation.evaluation.lora import EvalConfig, run_evaluation
-from influence_distillation.evaluation.report import results_table, verdicts, write_report
+from influence_distillation.model.loading import SMOLLM2, resolve_model_path
 from influence_distillation.options import check_ranges, option, same_config, to_dict
-from influence_distillation.runtime import artifacts
-from influence_distillation.runtime.models import SMOLLM2, resolve_model_path
-from influence_distillation.runtime.pipeline import run_selection
+from influence_distillation.run.pipeline import run_selection
 
 log = logging.getLogger(__name__)
 

@@ -33,8 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from influence_distillation.artifacts import write_json, write_jsonl
 from influence_distillation.errors import DataError
-from influence_distillation.runtime.artifacts import write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 

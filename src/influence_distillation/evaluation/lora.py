@@ -27,19 +27,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from influence_distillation.artifacts import write_json
 from influence_distillation.config import ModelConfig
-from influence_distillation.errors import ConfigError, DataError
-from influence_distillation.method.gradients import (
-    backbone_and_head,
-    backward_mean_loss,
-    batch_losses,
-    token_log_likelihoods,
-)
-from influence_distillation.options import check_ranges, option, to_dict
-from influence_distillation.runtime.artifacts import write_json
-from influence_distillation.runtime.data import Sample, load_samples
-from influence_distillation.runtime.models import load_model, pad_token_id
-from influence_distillation.runtime.tokenization import (
+from influence_distillation.data.records import Sample, load_samples
+from influence_distillation.data.tokenization import (
     IGNORE_INDEX,
     Example,
     collate,
@@ -47,6 +38,15 @@ from influence_distillation.runtime.tokenization import (
     tokenize_samples,
     training_batches,
 )
+from influence_distillation.errors import ConfigError, DataError
+from influence_distillation.method.losses import (
+    backbone_and_head,
+    backward_mean_loss,
+    batch_losses,
+    token_log_likelihoods,
+)
+from influence_distillation.model.loading import load_model, pad_token_id
+from influence_distillation.options import check_ranges, option, to_dict
 
 log = logging.getLogger(__name__)
 

@@ -16,13 +16,14 @@ from torch import nn
 from torch.func import functional_call, jvp, vmap
 from tqdm.auto import tqdm
 
+from influence_distillation.config import POOLINGS
+from influence_distillation.data.tokenization import IGNORE_INDEX, Batch, Example, collate, length_batches
 from influence_distillation.errors import ConfigError
 from influence_distillation.method.gradients import select_parameters
 from influence_distillation.method.per_sample import batched_gradients, linear_layers
 from influence_distillation.method.projection import make_projector
-from influence_distillation.runtime.last_token import last_positions
-from influence_distillation.runtime.models import find_blocks
-from influence_distillation.runtime.tokenization import IGNORE_INDEX, Batch, Example, collate, length_batches
+from influence_distillation.model.blocks import find_blocks
+from influence_distillation.model.last_token import last_positions
 
 
 def sample_tangents(params: dict[str, torch.Tensor], num_tangents: int, seed: int) -> dict[str, torch.Tensor]:
@@ -34,7 +35,6 @@ def sample_tangents(params: dict[str, torch.Tensor], num_tangents: int, seed: in
     }
 
 
-POOLINGS = ("last", "mean", "weighted", "completion")
 
 
 def pooling_weights(batch: Batch, pooling: str) -> torch.Tensor:

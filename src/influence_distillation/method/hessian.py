@@ -11,8 +11,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from influence_distillation.method.gradients import gradient_vectors, only_requires_grad, sample_loss, working_dtype
-from influence_distillation.runtime.tokenization import Example
+from influence_distillation.data.tokenization import Example
+from influence_distillation.method.gradients import gradient_vectors
+from influence_distillation.method.losses import only_requires_grad, sample_loss, working_dtype
 
 
 def _unflatten(vectors: torch.Tensor, params: dict[str, nn.Parameter]) -> list[torch.Tensor]:

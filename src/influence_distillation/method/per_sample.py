@@ -24,9 +24,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from influence_distillation.data.tokenization import Batch, Example, collate
 from influence_distillation.errors import ConfigError
-from influence_distillation.method.gradients import batch_losses, only_requires_grad, working_dtype
-from influence_distillation.runtime.tokenization import Batch, Example, collate
+from influence_distillation.method.losses import batch_losses, only_requires_grad, working_dtype
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from influence_distillation.config import EmbeddingConfig, GradientConfig, LandmarkConfig, PropagationConfig
+from influence_distillation.data.tokenization import Example
 from influence_distillation.errors import ConfigError
 from influence_distillation.method.embeddings import GradientEmbedder, JvpEmbedder
 from influence_distillation.method.gradients import projected_gradients, select_parameters
@@ -29,8 +30,7 @@ from influence_distillation.method.preconditioning import (
 from influence_distillation.method.projection import CountSketchProjector, make_projector
 from influence_distillation.method.propagation import KernelRidge, fit_propagation
 from influence_distillation.method.selection import row_means, select
-from influence_distillation.runtime.models import truncated_backbone
-from influence_distillation.runtime.tokenization import Example
+from influence_distillation.model.blocks import truncated_backbone
 
 DEFAULT_LEARNING_RATE = 2e-5  # the paper's fine-tuning rate; used when neither a flag nor a state gives one
 MAX_COEFFICIENT_BYTES = 4 << 30  # the dense (N, l) propagation matrix that --order 2 needs

@@ -12,7 +12,7 @@ import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from influence_distillation.runtime.artifacts import atomic_file
+from influence_distillation.artifacts import atomic_file
 
 
 @dataclass

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from influence_distillation import artifacts
+from influence_distillation.data.records import Sample, load_samples
 from influence_distillation.errors import ConfigError, InfDistError
-from influence_distillation.runtime import artifacts
-from influence_distillation.runtime.data import Sample, load_samples
 
 GROUP_FIELDS = ("source", "task", "dataset")  # the default --group-by, first one the records have
 

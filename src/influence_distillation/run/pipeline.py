@@ -15,9 +15,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from influence_distillation import __version__
-from influence_distillation.baselines import BASELINES
+from influence_distillation import artifacts
 from influence_distillation.config import SelectConfig
+from influence_distillation.data.records import data_fingerprint, iter_samples, load_samples
+from influence_distillation.data.tokenization import TokenizedSet, check_usable, tokenize_samples
+from influence_distillation.method.baselines import BASELINES
+from influence_distillation.method.flops import influence_flops
 from influence_distillation.method.gradients import projected_gradients
 from influence_distillation.method.hessian import gradient_and_hessian_rows, target_hvp
 from influence_distillation.method.influence import curvature, first_order_influence
@@ -46,27 +49,21 @@ from influence_distillation.method.weights import (
     kkt_residual,
     solve_weights,
 )
+from influence_distillation.model.loading import load_model, pad_token_id, resolve_model_path
 from influence_distillation.options import key_dict, same_config
-from influence_distillation.runtime import artifacts, cost, distributed
-from influence_distillation.runtime.baseline_runs import select_baseline
-from influence_distillation.runtime.data import data_fingerprint, iter_samples, load_samples
-from influence_distillation.runtime.distributed import DistInfo
-from influence_distillation.runtime.models import load_model, pad_token_id, resolve_model_path
-from influence_distillation.runtime.outputs import (
+from influence_distillation.run import distributed
+from influence_distillation.run.baselines import select_baseline
+from influence_distillation.run.distributed import DistInfo
+from influence_distillation.run.outputs import (
     SelectionResult,
     manifest_base,
     output_files,
     selected_records,
     write_outputs,
 )
-from influence_distillation.runtime.shards import (
-    EMBEDDING_SHARD,
-    GRADIENT_SHARD,
-    RowCache,
-    ShardedStage,
-    tokenized_in,
-)
-from influence_distillation.runtime.tokenization import TokenizedSet, check_usable, tokenize_samples
+from influence_distillation.run.shards import EMBEDDING_SHARD, GRADIENT_SHARD, RowCache, ShardedStage, tokenized_in
+from influence_distillation.run.timing import StageTimer
+from influence_distillation.version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +75,7 @@ class _Run:
     config: SelectConfig
     progress: bool
     cache_dir: Path | None
-    timer: cost.StageTimer = field(default_factory=cost.StageTimer)
+    timer: StageTimer = field(default_factory=StageTimer)
     seeds: dict[str, int] = field(default_factory=dict)
     reused: list[str] = field(default_factory=list)
     stage_keys: dict[str, str] = field(default_factory=dict)  # pool-wide stage → its cache fingerprint
@@ -338,7 +335,7 @@ def _select_influence(run: _Run) -> SelectionResult:
         "propagation": {"bandwidth": bandwidth, "ridge": ridge, "heldout_spearman": fidelity, "warning": warning},
         "landmarks": {"first": int(len(random_landmarks)), "verified": int(len(landmarks) - len(random_landmarks)),
                       "near_targets": near_target_count(verify, config.landmarks), "strategy": config.landmarks.strategy},
-        "cost": cost.influence_flops(model, pool.examples, landmark_examples, target.examples, config, exact,
+        "cost": influence_flops(model, pool.examples, landmark_examples, target.examples, config, exact,
                                      space.projector, order),
     }
     if solution is not None:

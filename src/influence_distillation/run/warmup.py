@@ -19,14 +19,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from influence_distillation.artifacts import atomic_directory
 from influence_distillation.config import DataConfig, ModelConfig
+from influence_distillation.data.records import load_samples
+from influence_distillation.data.tokenization import tokenize_samples, training_batches
 from influence_distillation.errors import ConfigError, OutputError
-from influence_distillation.method.gradients import backward_mean_loss, select_parameters
+from influence_distillation.method.gradients import select_parameters
+from influence_distillation.method.losses import backward_mean_loss
+from influence_distillation.model.loading import load_model, pad_token_id
 from influence_distillation.options import check_ranges, option, to_dict
-from influence_distillation.runtime.artifacts import atomic_directory
-from influence_distillation.runtime.data import load_samples
-from influence_distillation.runtime.models import load_model, pad_token_id
-from influence_distillation.runtime.tokenization import tokenize_samples, training_batches
 
 log = logging.getLogger(__name__)
 

@@ -29,10 +29,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from influence_distillation.artifacts import NpyRows, atomic_file, staging_directory, write_npy
+from influence_distillation.data.tokenization import TokenizedSet
 from influence_distillation.errors import OutputError
-from influence_distillation.runtime.artifacts import NpyRows, atomic_file, staging_directory, write_npy
-from influence_distillation.runtime.distributed import DistInfo, barrier
-from influence_distillation.runtime.tokenization import TokenizedSet
+from influence_distillation.run.distributed import DistInfo, barrier
 
 log = logging.getLogger(__name__)
 

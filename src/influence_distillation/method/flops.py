@@ -6,32 +6,23 @@ only); a backward pass costs twice its forward; a forward-mode JVP along m tange
 (1 + 2m) forwards of the K kept blocks, the last of them at the last token only but for its keys and values; a
 Walsh–Hadamard transform of n points costs n·log2(n) additions, a CountSketch of D coordinates D; an RBF-KRR
 propagation costs 2·N·l·d_e for the kernel. Embedding lookups are free. These are estimates for the ratios between
-methods, not measurements.
+methods, not measurements (`run/timing.py` measures what a run took).
 
 The counts take a model's `Layout` (its shapes, which a meta-device model without weights has too, so a 7B layout
 is counted without loading it) and `Tokens` (samples, tokens and completion tokens of a set), so the same formulas
-serve a finished run, the dry run's prediction for a pool, and the paper's setting. `StageTimer` measures what a run
-actually took: wall time and peak memory per stage.
+serve a finished run, the dry run's prediction for a pool, and the paper's setting.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import math
-import resource
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
-from influence_distillation.runtime.last_token import every_position_weights, llama_layout
-from influence_distillation.runtime.models import find_blocks
-from influence_distillation.runtime.tokenization import IGNORE_INDEX, Example
-
-log = logging.getLogger(__name__)
+from influence_distillation.data.tokenization import IGNORE_INDEX, Example
+from influence_distillation.model.blocks import find_blocks
+from influence_distillation.model.last_token import every_position_weights, llama_layout
 
 MINILM_PARAMETERS = 22_700_000  # all-MiniLM-L6-v2
 
@@ -166,32 +157,3 @@ def influence_flops(model, pool, landmarks, targets, config, exact: bool, projec
 def baseline_flops(method: str, model, pool, targets, projector=None) -> dict[str, float]:
     return _total(baseline_parts(method, Layout.of(model), Tokens.of(pool), Tokens.of(targets),
                                  Projection.of(projector) if projector is not None else None))
-
-
-class StageTimer:
-    """Wall time of each stage, and the process's peak resident memory when it ended (the peak so far: a stage that
-    needs more than the ones before it shows up as a step). Once `device` is a GPU (set when the model is loaded), also
-    each stage's own peak of allocated memory on it (the allocator's peak is reset when a stage starts)."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-        self.peak_gib: dict[str, float] = {}
-        self.gpu_peak_gib: dict[str, float] = {}
-        self.device: torch.device | None = None
-
-    @contextlib.contextmanager
-    def __call__(self, stage: str) -> Iterator[None]:
-        log.info("stage %s: started", stage)
-        if self._on_gpu():
-            torch.cuda.reset_peak_memory_stats(self.device)
-        start = time.perf_counter()
-        yield
-        if self._on_gpu():  # the first stage's peak counts from CUDA's start
-            torch.cuda.synchronize(self.device)
-            self.gpu_peak_gib[stage] = round(torch.cuda.max_memory_allocated(self.device) / 2**30, 3)
-        self.seconds[stage] = round(time.perf_counter() - start, 3)
-        self.peak_gib[stage] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)  # KiB on Linux
-        log.info("stage %s: %.1f s", stage, self.seconds[stage])
-
-    def _on_gpu(self) -> bool:
-        return self.device is not None and self.device.type == "cuda"

@@ -16,12 +16,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from influence_distillation import artifacts
+from influence_distillation.data.tokenization import TokenizedSet
 from influence_distillation.errors import DataError
 from influence_distillation.method.selection import row_means
 from influence_distillation.method.weights import WeightSolution
 from influence_distillation.options import to_dict
-from influence_distillation.runtime import artifacts
-from influence_distillation.runtime.tokenization import TokenizedSet
 
 
 @dataclass
@@ -117,7 +117,7 @@ def write_outputs(out: Path, result: SelectionResult, records: dict[str, dict[st
 
 
 def _version() -> str:
-    from influence_distillation import __version__
+    from influence_distillation.version import __version__
 
     return __version__
 
@@ -128,7 +128,7 @@ def _environment(model: nn.Module) -> dict[str, str]:
 
     import transformers
 
-    from influence_distillation.runtime.distributed import backend_name
+    from influence_distillation.run.distributed import backend_name
 
     device, group = next(model.parameters()).device, backend_name()
     return {

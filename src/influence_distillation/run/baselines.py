@@ -5,16 +5,16 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from influence_distillation import baselines
+from influence_distillation.data.tokenization import TokenizedSet
+from influence_distillation.method import baselines
+from influence_distillation.method.flops import baseline_flops
 from influence_distillation.method.influence import first_order_influence
 from influence_distillation.method.selection import select
 from influence_distillation.method.stages import compute_gradients, gradient_space
+from influence_distillation.model.loading import pad_token_id
 from influence_distillation.options import key_dict
-from influence_distillation.runtime import cost
-from influence_distillation.runtime.models import pad_token_id
-from influence_distillation.runtime.outputs import SelectionResult
-from influence_distillation.runtime.shards import EMBEDDING_SHARD, GRADIENT_SHARD
-from influence_distillation.runtime.tokenization import TokenizedSet
+from influence_distillation.run.outputs import SelectionResult
+from influence_distillation.run.shards import EMBEDDING_SHARD, GRADIENT_SHARD
 
 
 def select_baseline(run) -> SelectionResult:
@@ -62,7 +62,7 @@ def select_baseline(run) -> SelectionResult:
             selected = select(scores, budget, strategy, run.seeds["selection"])
     run.details = {"selection": {"strategy": strategy},
                    "dimensions": {"embedding": None if embeddings is None else int(embeddings.shape[1])},
-                   "cost": cost.baseline_flops(method, model, pool.examples, target.examples, projector)}
+                   "cost": baseline_flops(method, model, pool.examples, target.examples, projector)}
     return SelectionResult(pool.ids, embeddings, np.zeros(0, dtype=np.int64), torch.zeros(0, scores.shape[1]),
                            scores, np.asarray(selected))
 

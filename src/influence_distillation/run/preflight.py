@@ -21,20 +21,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from influence_distillation.baselines import less_transform, rds_embeddings
 from influence_distillation.config import SelectConfig
+from influence_distillation.data.records import iter_samples
+from influence_distillation.data.tokenization import tokenize_samples
 from influence_distillation.errors import ConfigError
-from influence_distillation.method.gradients import flat_gradient, only_requires_grad
+from influence_distillation.method.baselines import less_transform, rds_embeddings
+from influence_distillation.method.flops import Layout, Projection, Tokens, baseline_parts, influence_parts
+from influence_distillation.method.gradients import flat_gradient
 from influence_distillation.method.landmarks import landmark_count
+from influence_distillation.method.losses import only_requires_grad
 from influence_distillation.method.preconditioning import AdamParamState
 from influence_distillation.method.stages import gradient_space, make_embedder, verification_count
-from influence_distillation.runtime import estimates
-from influence_distillation.runtime.cost import Layout, Projection, Tokens, baseline_parts, influence_parts
-from influence_distillation.runtime.data import iter_samples
-from influence_distillation.runtime.estimates import GIB, Estimate, Rates, Sizes, Workload
-from influence_distillation.runtime.models import find_blocks, load_model, pad_token_id, truncated_backbone
-from influence_distillation.runtime.shards import EMBEDDING_SHARD
-from influence_distillation.runtime.tokenization import tokenize_samples
+from influence_distillation.model.blocks import find_blocks, truncated_backbone
+from influence_distillation.model.loading import load_model, pad_token_id
+from influence_distillation.run import estimates
+from influence_distillation.run.estimates import GIB, Estimate, Rates, Sizes, Workload
+from influence_distillation.run.shards import EMBEDDING_SHARD
 
 PEERS = ("rds+", "less")
 QUANTILES = (0.25, 0.75, 0.99)  # the lengths calibration batches are timed at

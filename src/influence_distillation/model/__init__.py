@@ -1,0 +1,1 @@
+"""Loading a causal LM and cutting it to the blocks the JVP embeddings need."""

@@ -1,1 +1,0 @@
-"""Run machinery: data and models in, resumable stages, run directories and manifests out."""
