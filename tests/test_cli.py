@@ -10,19 +10,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
-from conftest import make_model
+from conftest import make_model, select_args
 
 from influence_distillation.cli import Ranged, build_parser, main, number
 from influence_distillation.config import SelectConfig
 from influence_distillation.errors import ConfigError
 from influence_distillation.options import from_dict
-
-FAST = ["--landmarks", "12", "--num-blocks", "2", "--grad-dim", "256", "--quiet"]
-
-
-def select_args(pool, target, model, out, budget=8, *extra):
-    return ["select", "--pool", str(pool), "--target", str(target), "--model", str(model), "--out", str(out),
-            "--budget", str(budget), *FAST, *extra]
 
 
 @pytest.mark.parametrize("kind, chat_template", [("llama", True), ("gpt2", False), ("qwen2", True)])

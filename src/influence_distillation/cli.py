@@ -95,10 +95,6 @@ def _add_common(command: argparse.ArgumentParser, cls: type) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from influence_distillation.evaluation.benchmark import BenchmarkConfig
-    from influence_distillation.evaluation.demo import DemoConfig
-    from influence_distillation.evaluation.lora import EvalConfig
-    from influence_distillation.run.warmup import WarmupConfig
     from influence_distillation.version import __version__
 
     parser = argparse.ArgumentParser(
@@ -107,86 +103,95 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    select = commands.add_parser(
-        "select",
-        help="select the BUDGET pool samples most influential on the target set",
-        description=(
-            "Embed the pool with JVP embeddings, take exact gradients of a few landmark samples and of the target "
-            "samples, propagate the landmarks' influence to the pool by kernel ridge regression, and select. "
-            "Writes selected.jsonl, scores.parquet, target_scores.npy, embeddings.npy, excluded.jsonl, "
-            "weights.parquet (when weights are solved) and manifest.json into --out."
-        ),
-        epilog="Examples: influence-distill select --pool pool.jsonl --target target.jsonl --model ./my-model "
-        "--budget 1000 --out runs/first;  second order with AdamW state: ... --order 2 --optimizer-state "
-        "runs/warm/optimizer.pt --model runs/warm;  exact reference: ... --exact",
-    )
+    for add in (_select_parser, _warmup_parser, _evaluate_parser, _demo_and_benchmark_parsers, _report_parser):
+        add(commands)
+    return parser
+
+
+def _command(commands, name: str, help: str, description: str, epilog: str | None = None):
+    return commands.add_parser(name, help=help, description=description, epilog=epilog)
+
+
+def _select_parser(commands) -> None:
+    select = _command(
+        commands, "select", "select the BUDGET pool samples most influential on the target set",
+        "Embed the pool with JVP embeddings, take exact gradients of a few landmark samples and of the target "
+        "samples, propagate the landmarks' influence to the pool by kernel ridge regression, and select. Writes "
+        "selected.jsonl, scores.parquet, target_scores.npy, embeddings.npy, excluded.jsonl, weights.parquet (when "
+        "weights are solved) and manifest.json into --out.",
+        "Examples: influence-distill select --pool pool.jsonl --target target.jsonl --model ./my-model --budget 1000 "
+        "--out runs/first;  second order with AdamW state: ... --order 2 --optimizer-state runs/warm/optimizer.pt "
+        "--model runs/warm;  exact reference: ... --exact")
     _add_common(select, SelectConfig)
     select.add_argument("--cache-dir", metavar="DIR", help="keep the resumable pool-wide stage shards here (shared "
                         "by runs on the same pool, e.g. other targets) instead of OUT/stages")
     select.add_argument("--paper", action="store_true", help="start from the paper's settings where this "
                         "library's defaults differ: K = 4 blocks, m = 2 tangents, 4,096 landmarks, no verification "
                         "landmarks, SRHT projection (flags and --config values still override them)")
-    select.add_argument("--dry-run", action="store_true", help="estimate each stage's time, memory and disk "
-                        "(from a few timed calibration batches) and check they fit; run nothing else")
+    select.add_argument("--dry-run", action="store_true", help="estimate the time, memory and disk of each stage, and "
+                        "of --method rds+ and less on the same pool (from a few timed calibration batches), and check "
+                        "they fit; run nothing else")
     select.add_argument("--shard-rows", type=Ranged(int, int), metavar="N",
                         help="rows per resumable shard of the pool-wide "
                         "stages (default: 256 for embeddings and forward passes, 32 for gradients); a killed run "
                         "loses at most one shard per rank")
-    warmup = commands.add_parser(
-        "warmup",
-        help="briefly fine-tune with AdamW and save the model and optimizer state for the Adam variant",
-        description=(
-            "Train the model with AdamW on a seeded random slice of the pool and save into --out the model "
-            "(safetensors), its tokenizer, optimizer.pt and warmup.json. Then run select with "
-            "--model OUT --optimizer-state OUT/optimizer.pt."
-        ),
-    )
-    _add_common(warmup, WarmupConfig)
-    evaluate = commands.add_parser(
-        "evaluate",
-        help="fine-tune with LoRA on a selection and on a random subset; report target test loss and accuracy",
-        description=(
-            "For each seed, train LoRA adapters from the same model on --train and on a seeded random subset of "
-            "--pool of the same size, and score both and the untrained model on --test: teacher-forced test loss "
-            "on the completions and, for records with 'options', multiple-choice accuracy by log-likelihood. "
-            "Writes OUT/eval.json and prints a table (mean ± std over seeds)."
-        ),
-    )
-    _add_common(evaluate, EvalConfig)
-    demo = commands.add_parser(
-        "demo",
-        help="the end-to-end demo: SmolLM2-135M + BIG-bench, selection vs random, report.html",
-        description=(
-            "Convert SmolLM2-135M-Instruct (once), fetch BIG-bench 1.0.0 (once), build a pool and three targets, "
-            "select for each target, evaluate the selection against a random subset with LoRA fine-tuning, and "
-            "write OUT/report.html, report.md and plots. Finished steps are reused on a second run."
-        ),
-    )
-    benchmark = commands.add_parser(
-        "benchmark",
-        help="all methods side by side: selection quality (LoRA fine-tunes) and selection cost",
-        description=(
-            "Run every --methods selection for every target at the same budget, fine-tune on each with the same "
-            "LoRA recipe and seeds, and write OUT/benchmark.md, benchmark.csv, benchmark.json and "
-            "quality_vs_cost.png: test loss and accuracy, selection wall time (cold), analytic FLOPs, and time "
-            "relative to Influence Distillation."
-        ),
-    )
-    report = commands.add_parser(
-        "report",
-        help="an HTML page (and Markdown twin) on what a finished run selected and why, or two runs compared",
-        description=(
-            "Read a finished run directory (any method) and write a self-contained HTML page and its Markdown twin: "
-            "the run's settings and cost per stage, score distribution of pool and selection, composition of the "
-            "selection against the pool, whether the propagation held, the pool samples each target sample pulls "
-            "in, the weights (when solved) and the fine-tuning result (when `evaluate --out RUN` wrote "
-            "RUN/eval.json, or --eval). With two runs: overlap, composition difference, cost and settings side by "
-            "side. Reads the pool and target files named in the manifest; what it cannot read is left out with a "
-            "note."
-        ),
-        epilog="Examples: influence-distill report runs/first;  influence-distill report runs/first runs/rds "
-        "--group-by source --out compare.html",
-    )
+
+
+def _warmup_parser(commands) -> None:
+    from influence_distillation.run.warmup import WarmupConfig
+
+    _add_common(_command(
+        commands, "warmup", "briefly fine-tune with AdamW and save the model and optimizer state for the Adam variant",
+        "Train the model with AdamW on a seeded random slice of the pool and save into --out the model "
+        "(safetensors), its tokenizer, optimizer.pt and warmup.json. Then run select with --model OUT "
+        "--optimizer-state OUT/optimizer.pt."), WarmupConfig)
+
+
+def _evaluate_parser(commands) -> None:
+    from influence_distillation.evaluation.lora import EvalConfig
+
+    _add_common(_command(
+        commands, "evaluate",
+        "fine-tune with LoRA on a selection and on a random subset; report target test loss and accuracy",
+        "For each seed, train LoRA adapters from the same model on --train and on a seeded random subset of --pool "
+        "of the same size, and score both and the untrained model on --test: teacher-forced test loss on the "
+        "completions and, for records with 'options', multiple-choice accuracy by log-likelihood. Writes "
+        "OUT/eval.json and prints a table (mean ± std over seeds)."), EvalConfig)
+
+
+def _demo_and_benchmark_parsers(commands) -> None:
+    from influence_distillation.evaluation.benchmark import BenchmarkConfig
+    from influence_distillation.evaluation.demo import DemoConfig
+
+    demo = _command(
+        commands, "demo", "the end-to-end demo: SmolLM2-135M + BIG-bench, selection vs random, report.html",
+        "Convert SmolLM2-135M-Instruct (once), fetch BIG-bench 1.0.0 (once), build a pool and three targets, "
+        "select for each target, evaluate the selection against a random subset with LoRA fine-tuning, and write "
+        "OUT/report.html, report.md and plots. Finished steps are reused on a second run.")
+    benchmark = _command(
+        commands, "benchmark", "all methods side by side: selection quality (LoRA fine-tunes) and selection cost",
+        "Run every --methods selection for every target at the same budget, fine-tune on each with the same LoRA "
+        "recipe and seeds, and write OUT/benchmark.md, benchmark.csv, benchmark.json and quality_vs_cost.png: test "
+        "loss and accuracy, selection wall time (cold), analytic FLOPs, and time relative to Influence "
+        "Distillation.")
+    for command, cls in ((demo, DemoConfig), (benchmark, BenchmarkConfig)):
+        _add_fields(command, cls, "")
+        command.add_argument("--quiet", action="store_true", help="no progress bars or stage logs")
+        command.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+
+
+def _report_parser(commands) -> None:
+    report = _command(
+        commands, "report",
+        "an HTML page (and Markdown twin) on what a finished run selected and why, or two runs compared",
+        "Read a finished run directory (any method) and write a self-contained HTML page and its Markdown twin: the "
+        "run's settings and cost per stage, score distribution of pool and selection, composition of the selection "
+        "against the pool, whether the propagation held, the pool samples each target sample pulls in, the weights "
+        "(when solved) and the fine-tuning result (when `evaluate --out RUN` wrote RUN/eval.json, or --eval). With "
+        "two runs: overlap, composition difference, cost and settings side by side. Reads the pool and target "
+        "files named in the manifest; what it cannot read is left out with a note.",
+        "Examples: influence-distill report runs/first;  influence-distill report runs/first runs/rds --group-by "
+        "source --out compare.html")
     report.add_argument("runs", nargs="+", metavar="RUN", help="a select --out directory; a second one to compare")
     report.add_argument("--group-by", metavar="FIELD", help="record field to group the composition by (default: "
                         "source, task or dataset when the records have one, else the id's prefix)")
@@ -197,11 +202,6 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--examples", type=Ranged(int, int, {"minimum": 0}), default=3, metavar="N",
                         help="target samples whose top pool samples are listed (default: 3)")
     report.add_argument("--debug", action="store_true", help="show tracebacks for errors")
-    for command, cls in ((demo, DemoConfig), (benchmark, BenchmarkConfig)):
-        _add_fields(command, cls, "")
-        command.add_argument("--quiet", action="store_true", help="no progress bars or stage logs")
-        command.add_argument("--debug", action="store_true", help="show tracebacks for errors")
-    return parser
 
 
 def config_from_args(args: argparse.Namespace, cls: type = SelectConfig) -> Any:

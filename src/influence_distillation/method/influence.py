@@ -36,14 +36,15 @@ def curvature(rows: torch.Tensor, hessian_rows: torch.Tensor, num_pool: int) -> 
     return (q + q.T) / 2
 
 
-def gd_terms(rows: torch.Tensor, target_grad: torch.Tensor, hessian_rows: torch.Tensor | None, num_pool: int):
-    """(p, Q) for a gradient-descent step; Q is None when `hessian_rows` is None (first order)."""
-    p = rows.double() @ target_grad.double()
+def gd_terms(rows, target_grad: torch.Tensor, hessian_rows: torch.Tensor | None, num_pool: int):
+    """(p, Q) for a gradient-descent step; Q is None when `hessian_rows` is None (first order). `rows` may be read
+    from disk on access, as in `first_order_influence`."""
+    p = first_order_influence(rows, target_grad[None])[:, 0]
     return p, None if hessian_rows is None else curvature(rows, hessian_rows, num_pool)
 
 
 def adam_terms(
-    rows: torch.Tensor,
+    rows,
     target_grad: torch.Tensor,
     hessian_rows: torch.Tensor | None,
     hessian_b: torch.Tensor | None,
@@ -52,8 +53,7 @@ def adam_terms(
 ):
     """(p_Adam, Q_Adam) for an AdamW step; `rows` are a ⊙ g_i. Without `hessian_b` the η·H·b correction is dropped."""
     direction = target_grad.double() if hessian_b is None else target_grad.double() - eta * hessian_b.double()
-    p = rows.double() @ direction
-    return p, None if hessian_rows is None else curvature(rows, hessian_rows, num_pool)
+    return gd_terms(rows, direction, hessian_rows, num_pool)
 
 
 def adam_offset(target_grad: torch.Tensor, b: torch.Tensor, hessian_b: torch.Tensor | None, eta: float) -> float:

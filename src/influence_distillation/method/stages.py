@@ -126,7 +126,7 @@ def compute_gradients(
     model: nn.Module, examples: list[Example], space: GradientSpace, precondition: bool, desc: str = "gradients",
     progress: bool = True,
 ) -> torch.Tensor:
-    """Stages 2–3: projected per-sample gradients (n, k_p), unit-normalised and Adam-preconditioned as configured."""
+    """Stage 3: projected per-sample gradients (n, k_p), unit-normalised and Adam-preconditioned as configured."""
     rows, _ = projected_gradients(
         model, examples, space.params, space.projector, space.preconditioner if precondition else None,
         space.normalize, desc=desc, progress=progress, batch_size=space.batch_size,
@@ -138,7 +138,7 @@ def propagate(
     embeddings: torch.Tensor, landmark_rows: np.ndarray, landmark_values: torch.Tensor, config: PropagationConfig,
     seed: int, out=None,
 ) -> tuple[Any, KernelRidge]:
-    """Stage 4: KRR from the landmarks' values (l, t) to every row, (N, t); landmark rows keep their exact values.
+    """Stage 5: KRR from the landmarks' values (l, t) to every row, (N, t); landmark rows keep their exact values.
 
     The scores are an array, or `out` (any (N, t) array that takes row-slice writes: an on-disk `NpyRows` keeps a
     large pool's scores out of memory)."""

@@ -7,6 +7,7 @@ from collections import Counter
 
 import numpy as np
 
+from influence_distillation.method.propagation import spearman
 from influence_distillation.report.page import Figure, Note, Section, Table, clip, figure_png
 from influence_distillation.report.run_data import RunData, pool_groups, selection_groups
 from influence_distillation.report.sections import OTHER_COLOR, SELECTED_COLOR, TOP_GROUPS, draw_scores, share_bars
@@ -28,12 +29,11 @@ def overlap(a: RunData, b: RunData) -> Section:
                          "selections from different inputs"))
     common = sorted(set(a.ids) & set(b.ids))
     if len(common) > 2:
-        from scipy.stats import spearmanr
-
         index_a, index_b = {i: n for n, i in enumerate(a.ids)}, {i: n for n, i in enumerate(b.ids)}
-        rho = spearmanr([a.scores[index_a[i]] for i in common], [b.scores[index_b[i]] for i in common])[0]
+        rho = spearman(np.array([a.scores[index_a[i]] for i in common], dtype=np.float64),
+                       np.array([b.scores[index_b[i]] for i in common], dtype=np.float64))
         section.add(f"Rank correlation of their scores over the {len(common)} pool samples both scored: "
-                    f"Spearman {float(np.nan_to_num(rho)):.2f}.")
+                    f"Spearman {rho:.2f}.")
     return section
 
 

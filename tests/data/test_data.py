@@ -100,7 +100,7 @@ def test_a_pool_that_changes_during_the_run_is_refused_before_any_output(tmp_pat
                                                                         monkeypatch):
     import json
 
-    from test_cli import select_args
+    from conftest import select_args
 
     from influence_distillation.cli import main
 

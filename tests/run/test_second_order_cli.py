@@ -6,13 +6,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from test_cli import select_args
+from conftest import read_selected, select_args
 
 from influence_distillation.cli import main
-
-
-def read_selected(out):
-    return [json.loads(line) for line in (out / "selected.jsonl").read_text().splitlines()]
 
 
 def test_warmup_then_second_order_adam_selection(model_dir, data_files, tmp_path):

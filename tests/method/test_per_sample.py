@@ -145,7 +145,7 @@ def test_token_batches_cover_every_sample_once_within_the_limits():
 
 def test_select_with_batched_kronecker_gradients_matches_one_at_a_time(model_dir, data_files, tmp_path):
     import numpy as np
-    from test_cli import select_args
+    from conftest import select_args
 
     from influence_distillation.cli import main
 

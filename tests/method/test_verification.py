@@ -7,9 +7,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from test_cli import select_args
-from test_distributed import assert_same_selection, torchrun
-from test_second_order_cli import read_selected
+from conftest import read_selected, select_args
 
 from influence_distillation import ModelConfig, load_model, load_samples, tokenize_samples
 from influence_distillation.cli import main
@@ -158,15 +156,3 @@ def test_verified_landmarks_are_where_the_first_propagation_selects(model_dir, d
     plain = json.loads((tmp_path / "plain" / "manifest.json").read_text())
     # The held-out fidelity is measured on the random landmarks alone, so verification leaves it unchanged.
     assert manifest["propagation"]["heldout_spearman"] == plain["propagation"]["heldout_spearman"]
-
-
-def test_verification_under_torchrun_selects_as_one_process(model_dir, data_files, tmp_path):
-    pool, target = data_files
-    outputs = []
-    for ranks in (1, 2):
-        out = tmp_path / f"ranks{ranks}"
-        result = torchrun(ranks, select_args(pool, target, model_dir("llama"), out, 8, "--verify", "-1",
-                                             "--shard-rows", "3"))
-        assert result.returncode == 0, result.stderr[-2000:]
-        outputs.append((out / "selected.jsonl").read_text())
-    assert_same_selection(outputs[0], outputs[1])

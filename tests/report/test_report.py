@@ -13,8 +13,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import adam_state_file, synthetic_pool, synthetic_target, write_jsonl
-from test_cli import select_args
+from conftest import adam_state_file, select_args, synthetic_pool, synthetic_target, write_jsonl
 
 from influence_distillation.cli import main
 from influence_distillation.report.run_report import COMPARE_SECTIONS, RUN_SECTIONS

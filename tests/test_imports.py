@@ -1,0 +1,107 @@
+"""The package's architecture, checked: every import points down the layers, and no modules import each other in a
+circle (imports inside functions included: a lazy import is still a dependency)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "influence_distillation"
+ROOT = "influence_distillation"
+# Bottom to top. A module may import its own layer (without a circle) and the layers below it, never above.
+LAYERS = [("errors", "version"), ("options",), ("config", "artifacts"), ("data",), ("model",), ("method",), ("run",),
+          ("report",), ("evaluation",), ("cli", "__init__", "__main__")]
+RANK = {part: rank for rank, parts in enumerate(LAYERS) for part in parts}
+
+
+def package_sources() -> dict[str, str]:
+    """Module name → source, for every module of the package."""
+    sources = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE).with_suffix("").parts
+        sources[".".join((ROOT, *parts)).removesuffix(".__init__")] = path.read_text()
+    return sources
+
+
+def graph(sources: dict[str, str]) -> dict[str, set[str]]:
+    """Module → the package's modules it imports, anywhere in its file: `from X import y` counts as X.y when that
+    is a module, else as X."""
+    edges = {}
+    for module, source in sources.items():
+        found = set()
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.Import):
+                found |= {alias.name for alias in node.names if alias.name.startswith(ROOT)}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith(ROOT):
+                for alias in node.names:
+                    child = f"{node.module}.{alias.name}"
+                    found.add(child if child in sources else node.module)
+        edges[module] = found - {module}
+    return edges
+
+
+def layer(module: str) -> int:
+    if module == ROOT:
+        return RANK["__init__"]
+    part = module.split(".")[1]
+    assert part in RANK, f"{module}: its top-level name {part!r} is in no layer of tests/test_imports.py"
+    return RANK[part]
+
+
+def upward_imports(edges: dict[str, set[str]]) -> list[str]:
+    return [f"{module} (layer {layer(module)}) imports {target} (layer {layer(target)})"
+            for module, targets in sorted(edges.items()) for target in sorted(targets) if layer(target) > layer(module)]
+
+
+def circles(edges: dict[str, set[str]]) -> list[str]:
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    found = []
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for target in sorted(edges.get(module, ())):
+            if state.get(target) == 1:
+                found.append(" -> ".join(path[path.index(target):] + [target]))
+            elif target not in state:
+                visit(target, path + [target])
+        state[module] = 2
+
+    for module in sorted(edges):
+        if module not in state:
+            visit(module, [module])
+    return found
+
+
+def test_every_import_points_down_the_layers():
+    assert not (problems := upward_imports(graph(package_sources()))), "\n".join(problems)
+
+
+def test_no_circle_of_imports():
+    assert not (problems := circles(graph(package_sources()))), "\n".join(problems)
+
+
+def test_no_module_imports_the_package_root():
+    """The root re-exports the API for users; inside the package it would be an import from the top."""
+    edges = graph(package_sources())
+    assert not [module for module, targets in edges.items() if ROOT in targets and module != f"{ROOT}.__main__"]
+
+
+def test_the_checks_find_a_planted_upward_import_and_circle():
+    planted = {f"{ROOT}.data.a": "def f():\n    from influence_distillation.run import b\n",
+               f"{ROOT}.run.b": "from influence_distillation.run.c import x\n",
+               f"{ROOT}.run.c": "import influence_distillation.run.b\nx = 1\n"}
+    edges = graph(planted)
+    assert edges[f"{ROOT}.data.a"] == {f"{ROOT}.run.b"}
+    assert upward_imports(edges) == [f"{ROOT}.data.a (layer 3) imports {ROOT}.run.b (layer 6)"]
+    assert circles(edges) == [f"{ROOT}.run.b -> {ROOT}.run.c -> {ROOT}.run.b"]
+
+
+def test_no_module_over_400_lines_and_no_function_over_80():
+    too_long = []
+    for module, source in package_sources().items():
+        if (lines := len(source.splitlines())) > 400:
+            too_long.append(f"{module}: {lines} lines")
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 80:
+                too_long.append(f"{module}.{node.name}: {node.end_lineno - node.lineno + 1} lines")
+    assert not too_long, "\n".join(too_long)
