@@ -320,20 +320,32 @@ def main(argv: list[str] | None = None) -> int:
                         level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO, stream=sys.stderr)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from influence_distillation.run.guards import Interrupted, disk_error, disk_problem, signals_interrupt
+
     try:
         import transformers
 
         transformers.logging.set_verbosity_error()
         transformers.utils.logging.disable_progress_bar()  # our own bars cover every stage
-        return {"select": _select, "warmup": _warmup, "evaluate": _evaluate, "demo": _demo,
-                "benchmark": _benchmark, "report": _report}[args.command](args)
+        with signals_interrupt():  # SIGTERM and Ctrl-C unwind through the atomic writes and say where they hit
+            return {"select": _select, "warmup": _warmup, "evaluate": _evaluate, "demo": _demo,
+                    "benchmark": _benchmark, "report": _report}[args.command](args)
     except InfDistError as exc:
         if args.debug:
             raise
         print(f"influence-distill: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("influence-distill: interrupted; no output was marked complete", file=sys.stderr)
+    except OSError as exc:
+        if args.debug or disk_problem(exc) is None:
+            raise
+        print(f"influence-distill: error: {disk_error(Path(exc.filename or 'a file'), exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, Interrupted):
+            print(f"influence-distill: {exc.message()} (no output was marked complete)", file=sys.stderr)
+            return exc.exit_code
+        print("influence-distill: interrupted; no output was marked complete; rerun the same command to resume",
+              file=sys.stderr)
         return 130
 
 

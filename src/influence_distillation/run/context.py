@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from influence_distillation import artifacts
 from influence_distillation.config import SelectConfig
@@ -19,6 +20,7 @@ from influence_distillation.data.tokenization import TokenizedSet, tokenize_samp
 from influence_distillation.model.loading import resolve_model_path
 from influence_distillation.options import key_dict
 from influence_distillation.run.distributed import DistInfo
+from influence_distillation.run.guards import FORMAT
 from influence_distillation.run.shards import RowCache, ShardedStage, tokenized_in
 from influence_distillation.run.timing import StageTimer
 from influence_distillation.version import __version__
@@ -115,9 +117,11 @@ class OtherRankDone(Exception):
 
 
 def cache_basis(config: SelectConfig) -> dict[str, Any]:
-    """What every pool-wide stage depends on: the model and pool files, tokenisation, dtype and device."""
+    """What every pool-wide stage depends on: the model and pool files, tokenisation, dtype and device, and the
+    versions that could change its values or layout (this package's, its cache layout's, torch's): a cache written
+    by another of them is never mixed into this run's."""
     optimizer = config.gradients.optimizer_state
     return {"model": artifacts.content_fingerprint(resolve_model_path(config.model.path)),
             "pool": data_fingerprint(config.pool, config.data.split, config.data.subset), "data": key_dict(config.data),
-            "dtype": config.model.dtype, "device": config.model.device, "version": __version__,
-            "optimizer": artifacts.content_fingerprint(optimizer) if optimizer else None}
+            "dtype": config.model.dtype, "device": config.model.device, "version": __version__, "format": FORMAT,
+            "torch": torch.__version__, "optimizer": artifacts.content_fingerprint(optimizer) if optimizer else None}

@@ -5,6 +5,7 @@ shards, and writes the outputs (see `write_outputs`) with `manifest.json` last.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from influence_distillation.run.baselines import select_baseline
 from influence_distillation.run.context import OtherRankDone, RunContext
 from influence_distillation.run.distillation import select_influence
 from influence_distillation.run.distributed import DistInfo
+from influence_distillation.run.guards import output_lock
 from influence_distillation.run.outputs import (
     SelectionResult,
     manifest_base,
@@ -48,8 +50,13 @@ def run_selection(config: SelectConfig, overwrite: bool = False, progress: bool 
     if info.is_main:
         artifacts.check_output_dir(out, lambda stored: isinstance(stored, dict) and same_config(
             {**stored, "out": config.out}, config), overwrite)  # the same run, wherever --out was spelled
+    with output_lock(out) if info.is_main else contextlib.nullcontext():  # one run at a time on --out
+        return _run(config, out, info, progress, cache_dir, shard_rows)
+
+
+def _run(config: SelectConfig, out: Path, info: DistInfo, progress: bool, cache_dir, shard_rows):
     run = RunContext(config, progress and info.is_main, Path(cache_dir) if cache_dir else None, dist=info,
-               shard_rows=shard_rows)
+                     shard_rows=shard_rows)
     run.seeds = {stage: derive_seed(config.seed, stage)
                  for stage in ("tangents", "landmarks", "projection", "kernel", "selection")}
     with run.timer("load"):

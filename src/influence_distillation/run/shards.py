@@ -16,7 +16,6 @@ grows or changes, the rows of unchanged samples are read back instead of recompu
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -29,15 +28,23 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from influence_distillation.artifacts import NpyRows, atomic_file, staging_directory, write_npy
+from influence_distillation.artifacts import NpyRows, atomic_file, staging_directory, write_json, write_npy
 from influence_distillation.data.tokenization import TokenizedSet
 from influence_distillation.errors import OutputError
 from influence_distillation.run.distributed import DistInfo, barrier
+from influence_distillation.run.guards import FORMAT, check_format, disk_error, disk_problem, note_stage, shard_claim
 
 log = logging.getLogger(__name__)
 
 EMBEDDING_SHARD = 256  # rows per shard of cheap per-sample stages (embeddings, forward passes)
 GRADIENT_SHARD = 32  # rows per shard of per-sample gradients (about 30 s each for a 135M model on a CPU)
+FORMAT_FILE = "format.json"  # in token folders and row caches: the layout they were written in
+
+
+def _format_record(folder: Path) -> dict:
+    """A cache folder's recorded layout; folders from before the record existed are layout 1."""
+    found = folder / FORMAT_FILE
+    return json.loads(found.read_text()) if found.is_file() else {"format": 1}
 
 
 class ShardedStage:
@@ -46,7 +53,7 @@ class ShardedStage:
     def __init__(self, folder: Path, rows: int, shard_rows: int, description: dict):
         self.folder, self.rows, self.shard_rows = folder, rows, shard_rows
         self.count = max(1, -(-rows // shard_rows))
-        self.description = {**description, "rows": rows, "shard_rows": shard_rows}
+        self.description = {**description, "rows": rows, "shard_rows": shard_rows, "format": FORMAT}
 
     def path(self, shard: int) -> Path:
         return self.folder / f"shard-{shard:06d}.npy"
@@ -59,28 +66,53 @@ class ShardedStage:
 
     def compute(self, info: DistInfo, compute_rows: Callable[[list[int]], torch.Tensor], label: str,
                 progress: bool = True) -> None:
-        """Compute this rank's missing shards (then wait for the other ranks)."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        if info.is_main:
-            with atomic_file(self.folder / "stage.json") as handle:
-                json.dump(self.description, handle, indent=2, default=str)
+        """Compute this rank's missing shards (then wait for the other ranks). A shard another run is writing into
+        the same folder (a shared `--cache-dir`) is left to it and waited for at the end."""
+        self._open(info)
         mine = info.shards(self.count)
         todo = [s for s in mine if not self.path(s).is_file()]
         if todo and len(todo) < len(mine):
             log.info("%s: resuming, %d of this rank's %d shards already done", label, len(mine) - len(todo),
                      len(mine))
-        with tqdm(total=sum(len(self.rows_of(s)) for s in todo), desc=label, unit="sample",
-                  disable=not progress or not todo) as bar:
-            for shard in todo:
+        try:
+            with tqdm(total=sum(len(self.rows_of(s)) for s in todo), desc=label, unit="sample",
+                      disable=not progress or not todo) as bar:
+                deferred = [s for s in todo if not self._compute_shard(s, compute_rows, wait=False, bar=bar)]
+                for shard in deferred:  # another run had them; now wait for it and compute what it left undone
+                    self._compute_shard(shard, compute_rows, wait=True, bar=bar)
+        except BaseException as exc:
+            note_stage(exc, label, (len(self.finished()), self.count))
+            raise
+        barrier(info)
+
+    def _open(self, info: DistInfo) -> None:
+        """Create the folder, or check that an existing one has this version's layout; record what it holds."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        found = self.folder / "stage.json"
+        if found.is_file():
+            check_format(self.folder, json.loads(found.read_text()), "the stage cache")
+        if info.is_main:
+            with atomic_file(found) as handle:
+                json.dump(self.description, handle, indent=2, default=str)
+
+    def _compute_shard(self, shard: int, compute_rows, wait: bool, bar) -> bool:
+        """Compute and write one shard unless it exists; False if another process holds it and `wait` is False."""
+        path = self.path(shard)
+        with shard_claim(path, wait) as claimed:
+            if not claimed:
+                return False
+            if not path.is_file():
                 values = compute_rows(self.rows_of(shard))
                 try:
-                    write_npy(self.path(shard), values.numpy())
+                    write_npy(path, values.numpy())
                 except OSError as exc:
-                    reason = "the disk is full" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
-                    raise OutputError(f"cannot write {self.path(shard)}: {reason}; free space and re-run (the "
-                                      f"{len(self.finished())} finished shards are kept)") from None
-                bar.update(len(self.rows_of(shard)))
-        barrier(info)
+                    if disk_problem(exc) is None:
+                        raise
+                    remaining = self.count - len(self.finished())
+                    raise disk_error(path, exc, remaining * values.numpy().nbytes,
+                                     f" (the {len(self.finished())} finished shards are kept)") from None
+            bar.update(len(self.rows_of(shard)))
+        return True
 
     def load(self) -> torch.Tensor:
         self._check_complete()
@@ -137,10 +169,12 @@ def tokenized_in(folder: Path, tokenize: Callable[[Path], TokenizedSet]) -> tupl
     into a staging sibling that is renamed into place once saved, so a folder that exists is complete (ranks that
     race keep whichever finished first)."""
     if folder.is_dir():
+        check_format(folder, _format_record(folder), "the token cache")
         return TokenizedSet.open(folder), True
     staging = staging_directory(folder)
     try:
         tokenize(staging).save()
+        write_json(staging / FORMAT_FILE, {"format": FORMAT})
         try:
             os.rename(staging, folder)
         except OSError:
@@ -161,6 +195,10 @@ class RowCache:
 
     def __init__(self, folder: Path):
         self.folder = folder
+        if any(folder.glob("*.digests.npy")):
+            check_format(folder, _format_record(folder), "the row cache")
+        elif not (folder / FORMAT_FILE).is_file():
+            write_json(folder / FORMAT_FILE, {"format": FORMAT})
         self.paths: list[Path] = []
         # Sorted runs of (digest, file, row) arrays, merged like a binary counter so there are O(log n) of them:
         # 24 bytes a cached row, where a dict of digests took about 200.

@@ -10,6 +10,8 @@ from collections.abc import Iterator
 
 import torch
 
+from influence_distillation.run.guards import note_stage
+
 log = logging.getLogger(__name__)
 
 
@@ -30,7 +32,11 @@ class StageTimer:
         if self._on_gpu():
             torch.cuda.reset_peak_memory_stats(self.device)
         start = time.perf_counter()
-        yield
+        try:
+            yield
+        except BaseException as exc:
+            note_stage(exc, stage)
+            raise
         if self._on_gpu():  # the first stage's peak counts from CUDA's start
             torch.cuda.synchronize(self.device)
             self.gpu_peak_gib[stage] = round(torch.cuda.max_memory_allocated(self.device) / 2**30, 3)

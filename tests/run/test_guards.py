@@ -1,0 +1,238 @@
+"""Long runs against their environment: SIGTERM and Ctrl-C, full / over-quota / read-only disks, two runs on one
+output or one cache, a cache written in another layout, a torchrun rank that dies."""
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+from conftest import ENV, assert_same_selection, select_args, synthetic_pool, synthetic_target, write_jsonl
+
+from influence_distillation.cli import main
+from influence_distillation.errors import OutputError
+from influence_distillation.run import guards, shards
+from influence_distillation.run.distributed import DistInfo
+from influence_distillation.run.guards import FORMAT, Interrupted, output_lock, shard_claim
+from influence_distillation.run.shards import RowCache, ShardedStage
+
+
+def _long_run(tmp_path, model_dir, name):
+    pool = write_jsonl(tmp_path / "pool.jsonl", synthetic_pool(300))
+    target = write_jsonl(tmp_path / "target.jsonl", synthetic_target(4))
+    return pool, target, select_args(pool, target, model_dir("llama"), tmp_path / name, 20, "--shard-rows", "2")
+
+
+def _wait_for_shards(folder, process, count, pattern="embeddings-*/shard-*.npy"):
+    deadline = time.time() + 120
+    while len(list(folder.glob(pattern))) < count and process.poll() is None:
+        assert time.time() < deadline
+        time.sleep(0.01)
+    if process.poll() is not None:
+        pytest.fail("the run finished before it could be interrupted; make it longer")
+
+
+def _same_as_fresh(tmp_path, model_dir, pool, target, out, exactly=True):
+    fresh = subprocess.run([sys.executable, "-m", "influence_distillation",
+                            *select_args(pool, target, model_dir("llama"), tmp_path / "fresh", 20, "--shard-rows",
+                                         "2")], env=ENV, capture_output=True, text=True, timeout=600)
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+    if exactly:
+        assert (out / "selected.jsonl").read_bytes() == (tmp_path / "fresh" / "selected.jsonl").read_bytes()
+    else:  # ranks sum floats with their own thread counts: the same samples, scores equal to float32 rounding
+        assert_same_selection((out / "selected.jsonl").read_text(), (tmp_path / "fresh" / "selected.jsonl").read_text())
+
+
+@pytest.mark.slow
+def test_sigterm_mid_stage_says_where_exits_143_and_the_rerun_equals_a_fresh_run(model_dir, tmp_path):
+    pool, target, args = _long_run(tmp_path, model_dir, "stopped")
+    process = subprocess.Popen([sys.executable, "-m", "influence_distillation", *args], env=ENV,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_shards(tmp_path / "stopped" / "stages", process, 5)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    last = err.strip().splitlines()[-1]
+    assert process.returncode == 143, err[-2000:]
+    assert last.startswith("influence-distill: interrupted during embeddings after ") and \
+        "of 150 shards; rerun the same command to resume" in last, last
+    assert not (tmp_path / "stopped" / "manifest.json").exists()
+    assert not list((tmp_path / "stopped" / "stages").glob("*/.*.npy.*.tmp"))  # the shard in progress was dropped
+    resumed = subprocess.run([sys.executable, "-m", "influence_distillation", *args], env=ENV, capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    _same_as_fresh(tmp_path, model_dir, pool, target, tmp_path / "stopped")
+
+
+def test_an_interruption_is_reported_with_its_stage_and_progress(model_dir, data_files, tmp_path, capsys,
+                                                                monkeypatch):
+    """In process: the signal handler's exception, raised inside a shard, names the stage and its shards."""
+    pool, target = data_files
+    calls = []
+
+    def interrupted_on_third(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise Interrupted(signal.SIGINT)
+        return real(self, *args, **kwargs)
+
+    real = ShardedStage._compute_shard
+    monkeypatch.setattr(ShardedStage, "_compute_shard", interrupted_on_third)
+    code = main(select_args(pool, target, model_dir("llama"), tmp_path / "run", 5, "--shard-rows", "5"))
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 130 and err == ("influence-distill: interrupted during embeddings after 2 of 8 shards; rerun the "
+                                   "same command to resume (no output was marked complete)")
+    monkeypatch.setattr(ShardedStage, "_compute_shard", real)
+    assert main(select_args(pool, target, model_dir("llama"), tmp_path / "run", 5, "--shard-rows", "5")) == 0
+
+
+@pytest.mark.parametrize("code, words", [(errno.ENOSPC, "the disk is full"), (errno.EDQUOT, "quota is exceeded"),
+                                         (errno.EROFS, "read-only")])
+def test_a_disk_that_refuses_a_shard_names_the_path_and_the_space_needed(code, words, model_dir, data_files,
+                                                                         tmp_path, capsys, monkeypatch):
+    pool, target = data_files
+    written = []
+
+    def refuse_after_two(path, array):
+        if path.name.startswith("shard-"):
+            if len(written) == 2:
+                raise OSError(code, os.strerror(code))
+            written.append(path)
+        real_write(path, array)
+
+    real_write = shards.write_npy
+    monkeypatch.setattr(shards, "write_npy", refuse_after_two)
+    out = tmp_path / "run"
+    assert main(select_args(pool, target, model_dir("llama"), out, 5, "--shard-rows", "5")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words in err[0] and "shard-000002.npy" in err[0] and "KiB more" in err[0], err
+    assert "2 finished shards are kept" in err[0] and not (out / "manifest.json").exists()
+    monkeypatch.setattr(shards, "write_npy", real_write)  # space freed: the rerun completes and equals a fresh run
+    assert main(select_args(pool, target, model_dir("llama"), out, 5, "--shard-rows", "5")) == 0
+    assert main(select_args(pool, target, model_dir("llama"), tmp_path / "fresh", 5, "--shard-rows", "5")) == 0
+    assert (out / "selected.jsonl").read_bytes() == (tmp_path / "fresh" / "selected.jsonl").read_bytes()
+
+
+def test_a_full_disk_while_writing_the_outputs_is_one_line_naming_the_file(model_dir, data_files, tmp_path, capsys,
+                                                                          monkeypatch):
+    from influence_distillation import artifacts
+
+    pool, target = data_files
+    real = artifacts.os.fsync
+
+    def full(fd):
+        if "selected.jsonl" in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd)
+
+    monkeypatch.setattr(artifacts.os, "fsync", full)
+    out = tmp_path / "run"
+    assert main(select_args(pool, target, model_dir("llama"), out, 5)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "selected.jsonl: the disk is full" in err[0], err
+    assert not (out / "manifest.json").exists() and not list(out.glob(".selected.jsonl*"))
+    monkeypatch.setattr(artifacts.os, "fsync", real)
+    assert main(select_args(pool, target, model_dir("llama"), out, 5)) == 0
+
+
+def test_a_second_run_on_the_same_out_refuses_at_once_naming_the_first(model_dir, data_files, tmp_path, capsys):
+    pool, target = data_files
+    out = tmp_path / "run"
+    with output_lock(out):  # another run holds --out (its lock is this process's)
+        assert main(select_args(pool, target, model_dir("llama"), out, 5)) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"--out {out} is in use by process {os.getpid()} on " in err and "choose another --out" in err
+    assert main(select_args(pool, target, model_dir("llama"), out, 5)) == 0  # released: the run goes ahead
+
+
+def test_a_lock_left_by_a_killed_run_is_taken_over(model_dir, data_files, tmp_path, caplog):
+    pool, target = data_files
+    out = tmp_path / "run"
+    out.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (out / ".lock").write_text(json.dumps({"pid": int(dead.stdout), "host": "h", "since": 0}))  # no flock held
+    caplog.set_level("INFO")
+    assert main(select_args(pool, target, model_dir("llama"), out, 5)) == 0
+    assert f"taking over the lock left by process {int(dead.stdout)} on h" in caplog.text
+    assert (out / ".lock").read_text() == ""  # a clean exit leaves nothing to take over
+
+
+def test_two_runs_on_one_cache_never_compute_the_same_shard(tmp_path):
+    """A shard another process is writing is left to it and waited for; the stage is whole either way."""
+    full = np.arange(40, dtype=np.float32).reshape(20, 2)
+    store = ShardedStage(tmp_path / "stage", 20, 4, {"stage": "test"})
+    computed = []
+
+    def rows(part):
+        computed.append(part[0] // 4)
+        return torch.from_numpy(full[part])
+
+    store.folder.mkdir(parents=True)
+    held = threading.Event()
+    release = threading.Event()
+
+    def other_run():  # holds shard 1 for a while, then writes it
+        with shard_claim(store.path(1), wait=True):
+            held.set()
+            release.wait(10)
+            shards.write_npy(store.path(1), full[4:8])
+
+    thread = threading.Thread(target=other_run)
+    thread.start()
+    held.wait(10)
+    threading.Timer(0.3, release.set).start()
+    store.compute(DistInfo(), rows, "test", progress=False)
+    thread.join()
+    assert sorted(computed) == [0, 2, 3, 4] and np.array_equal(store.load().numpy(), full)
+
+
+def test_caches_in_another_layout_are_refused_with_the_folder_to_delete(tmp_path):
+    store = ShardedStage(tmp_path / "stage", 8, 4, {"stage": "test"})
+    store.compute(DistInfo(), lambda part: torch.zeros(len(part), 2), "test", progress=False)
+    assert json.loads((store.folder / "stage.json").read_text())["format"] == FORMAT
+    description = json.loads((store.folder / "stage.json").read_text())
+    (store.folder / "stage.json").write_text(json.dumps({**description, "format": FORMAT - 1}))
+    with pytest.raises(OutputError, match=f"the stage cache {store.folder} was written by another version.*delete"):
+        store.compute(DistInfo(), lambda part: torch.zeros(len(part), 2), "test", progress=False)
+    rows = tmp_path / "rows"
+    RowCache(rows).add([b"a" * 16], np.ones((1, 2), dtype=np.float32))
+    (rows / "format.json").unlink()  # a row cache from before the layout was recorded
+    with pytest.raises(OutputError, match=f"the row cache {rows} was written by another version"):
+        RowCache(rows)
+
+
+def test_the_cache_key_holds_the_layout_and_torch_version(tmp_path):
+    from influence_distillation.config import SelectConfig
+    from influence_distillation.run.context import cache_basis
+
+    pool = write_jsonl(tmp_path / "pool.jsonl", synthetic_pool(3))
+    config = SelectConfig(pool=str(pool), target=str(pool), out=str(tmp_path / "o"))
+    config.model.path = str(tmp_path)
+    (tmp_path / "config.json").write_text("{}")
+    basis = cache_basis(config)
+    assert basis["format"] == guards.FORMAT and basis["torch"] == torch.__version__
+
+
+@pytest.mark.slow
+def test_a_torchrun_rank_killed_mid_stage_stops_every_rank_and_the_rerun_resumes(model_dir, tmp_path):
+    pool, target, args = _long_run(tmp_path, model_dir, "ranks")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "influence_distillation", *args]
+    process = subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_shards(tmp_path / "ranks" / "stages", process, 6)
+    workers = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
+    assert len(workers) == 2, workers
+    os.kill(int(workers[1]), signal.SIGKILL)
+    start = time.time()
+    process.communicate(timeout=120)
+    assert process.returncode != 0 and time.time() - start < 60
+    assert all(not os.path.exists(f"/proc/{pid}") for pid in workers)
+    assert not (tmp_path / "ranks" / "manifest.json").exists()
+    resumed = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    _same_as_fresh(tmp_path, model_dir, pool, target, tmp_path / "ranks", exactly=False)
