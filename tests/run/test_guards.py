@@ -118,6 +118,40 @@ def test_a_disk_that_refuses_a_shard_names_the_path_and_the_space_needed(code, w
     assert (out / "selected.jsonl").read_bytes() == (tmp_path / "fresh" / "selected.jsonl").read_bytes()
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 256 KiB tmpfs (where this machine lets the tests mount one), grown in place by calling the fixture's value."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a size-limited tmpfs here (needs root); the injected ENOSPC tests cover the logic")
+    try:
+        yield folder, lambda size: subprocess.run(["mount", "-o", f"remount,size={size}", str(folder)], check=True)
+    finally:
+        subprocess.run(["umount", str(folder)], capture_output=True)
+
+
+def test_a_real_disk_filled_mid_stage_then_grown_resumes_to_a_fresh_runs_selection(small_disk, model_dir, tmp_path,
+                                                                                  capsys):
+    folder, grow = small_disk
+    pool = write_jsonl(tmp_path / "pool.jsonl", synthetic_pool(300))
+    target = write_jsonl(tmp_path / "target.jsonl", synthetic_target(4))
+    args = select_args(pool, target, model_dir("llama"), tmp_path / "run", 20, "--shard-rows", "10",
+                       "--cache-dir", str(folder))
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the disk is full" in err[0] and str(folder) in err[0] and "finished shards are kept" \
+        in err[0], err
+    finished = sorted(p.name for p in folder.glob("embeddings-*/shard-*.npy"))
+    assert finished and all(np.load(next(folder.glob(f"embeddings-*/{name}"))).shape[0] == 10 for name in finished)
+    grow("16m")
+    assert main(args) == 0
+    fresh = select_args(pool, target, model_dir("llama"), tmp_path / "fresh", 20, "--shard-rows", "10")
+    assert main(fresh) == 0
+    assert (tmp_path / "run" / "selected.jsonl").read_bytes() == (tmp_path / "fresh" / "selected.jsonl").read_bytes()
+
+
 def test_a_full_disk_while_writing_the_outputs_is_one_line_naming_the_file(model_dir, data_files, tmp_path, capsys,
                                                                           monkeypatch):
     from influence_distillation import artifacts
