@@ -89,6 +89,8 @@ def disk_error(path: Path, exc: OSError, needed: int | None = None, kept: str = 
 @contextlib.contextmanager
 def output_lock(out: Path) -> Iterator[None]:
     """Hold `out/.lock` while a run writes `out`: a second run on it refuses at once, naming the first."""
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--out {out} is a file; give a directory")
     out.mkdir(parents=True, exist_ok=True)
     handle = open(out / LOCK, "a+")
     try:

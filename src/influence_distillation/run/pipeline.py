@@ -47,10 +47,10 @@ def run_selection(config: SelectConfig, overwrite: bool = False, progress: bool 
     config.validate()
     out = Path(config.out)
     info = dist or DistInfo()
-    if info.is_main:
-        artifacts.check_output_dir(out, lambda stored: isinstance(stored, dict) and same_config(
-            {**stored, "out": config.out}, config), overwrite)  # the same run, wherever --out was spelled
     with output_lock(out) if info.is_main else contextlib.nullcontext():  # one run at a time on --out
+        if info.is_main:
+            artifacts.check_output_dir(out, lambda stored: isinstance(stored, dict) and same_config(
+                {**stored, "out": config.out}, config), overwrite)  # the same run, wherever --out was spelled
         return _run(config, out, info, progress, cache_dir, shard_rows)
 
 
