@@ -182,6 +182,9 @@ def test_a_second_run_on_the_same_out_refuses_at_once_naming_the_first(model_dir
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert f"--out {out} is in use by process {os.getpid()} on " in err and "choose another --out" in err
     assert main(select_args(pool, target, model_dir("llama"), out, 5)) == 0  # released: the run goes ahead
+    (tmp_path / "a-file").write_text("x")
+    assert main(select_args(pool, target, model_dir("llama"), tmp_path / "a-file", 5)) == 2
+    assert "--out" in capsys.readouterr().err and (tmp_path / "a-file").read_text() == "x"
 
 
 def test_a_lock_left_by_a_killed_run_is_taken_over(model_dir, data_files, tmp_path, caplog):
