@@ -6,9 +6,10 @@ separate cold `influence-distill select` process with its own empty stage cache,
 child's own peak RSS from `os.wait4`) and per stage (its manifest: seconds, peak memory at the end of each stage, and
 on a GPU each stage's peak of allocated GPU memory).
 
-Ours runs with the library defaults (K = 4, m = 1, verification landmarks) twice: landmarks at a fixed fraction of
-the pool (`influence`, 5%) and at a fixed count (`influence-fixed`, 256); `influence-fixed-k2` is the fixed count
-with K = 2, the setting the demo and the LoRA benchmark use. LESS needs a warm-up's AdamW state (timed
+`default` is the library's defaults with only `--budget` given (K = 2, landmarks 5% of the pool between 32 and
+128, as many verification landmarks, CountSketch); `influence` takes 5% landmarks without the cap, `influence-fixed`
+256 (both K = 2 now; before 2026-12-03 the defaults had K = 4 and SRHT, which `influence-fixed-k2`'s name recalls).
+LESS needs a warm-up's AdamW state (timed
 once, not part of its selection time, as in the side-by-side benchmark); above `--less-max` samples it is not run but
 extrapolated from its largest measured run (fixed stages as measured, per-sample stages scaled with the pool) and
 marked as such. Usage (hours on a 2-core CPU at the default sizes; every finished run is kept and reused, and
