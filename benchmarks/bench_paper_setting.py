@@ -10,7 +10,7 @@ full one's coordinates (CountSketch and LESS's Adam direction are linear in them
 the same for SmolLM2-135M's layout and also times the whole 30-block model, to show what the depth extrapolation
 misses. The rates go into `run/estimates.py` (the dry run's cost model) with N = 200,000 pool samples, budget
 10,000, 100 target samples, `--tokens` tokens a sample (half of them completion), and the FLOPs into
-`method/flops.py`'s counts. Usage (about 15 minutes on a 2-core CPU, up to ~14 GiB of memory for the 7B layout):
+`method/flops.py`'s counts. Usage (about 20 minutes on a 2-core CPU, up to ~14 GiB of memory for the 7B layout):
 
     .venv/bin/python benchmarks/bench_paper_setting.py [--layouts qwen2.5-1.5b,llama-2-7b] [--check] [--out FILE]
 """

@@ -102,14 +102,14 @@ class ShardedStage:
             if not claimed:
                 return False
             if not path.is_file():
-                values = compute_rows(self.rows_of(shard))
+                values = compute_rows(self.rows_of(shard)).numpy()
                 try:
-                    write_npy(path, values.numpy())
+                    write_npy(path, values)
                 except OSError as exc:
                     if disk_problem(exc) is None:
                         raise
                     remaining = self.count - len(self.finished())
-                    raise disk_error(path, exc, remaining * values.numpy().nbytes,
+                    raise disk_error(path, exc, remaining * values.nbytes,
                                      f" (the {len(self.finished())} finished shards are kept)") from None
             bar.update(len(self.rows_of(shard)))
         return True
