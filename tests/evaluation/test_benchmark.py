@@ -67,7 +67,8 @@ def test_benchmark_compares_every_method_on_the_same_footing(model_dir, tmp_path
 
 def test_benchmark_variants_and_per_row_seeds(model_dir, tmp_path, monkeypatch):
     """Variants (the paper's propagation, AdamW, order 2 trained weighted) run next to methods; `NAME:N` sets a
-    row's seeds; random draws a new subset per seed; a weighted row trains on its twin's selection with weights."""
+    row's seeds; `NAME@S` selects with another seed and fine-tunes with the same ones; random draws a new subset per
+    seed; a weighted row trains on its twin's selection with weights."""
     data = tmp_path / "data"
     (data / "targets" / "math").mkdir(parents=True)
     write_jsonl(data / "pool.jsonl", [{"id": f"p{i}", **r} for i, r in enumerate(synthetic_pool(40))])
@@ -78,7 +79,8 @@ def test_benchmark_variants_and_per_row_seeds(model_dir, tmp_path, monkeypatch):
     real = benchmark.evaluate_subsets
     monkeypatch.setattr(benchmark, "evaluate_subsets", lambda config, subsets, *a, **k: calls.append(
         (sorted(subsets), config.seed, config.weighted)) or real(config, subsets, *a, **k))
-    rows = "influence,random,influence-paper:1,influence-order2:1,influence-order2-weighted:1,influence-verify2:1"
+    rows = ("influence,random,influence-paper:1,influence-order2:1,influence-order2-weighted:1,influence-verify2:1,"
+            "influence@3:1")
     assert main(["benchmark", "--model", str(model_dir("llama")), "--data", str(data), "--out", str(out), "--quick",
                  "--budget", "5", "--methods", rows, "--seeds", "2", "--quiet"]) == 0
     summary = json.loads((out / "benchmark.json").read_text())
@@ -88,7 +90,11 @@ def test_benchmark_variants_and_per_row_seeds(model_dir, tmp_path, monkeypatch):
     assert sorted(trained) == sorted([(["influence"], 0, False), (["influence"], 1, False), (["random"], 0, False),
                                       (["random"], 1, False), (["influence-paper"], 0, False),
                                       (["influence-order2"], 0, False), (["influence-order2-weighted"], 0, True),
-                                      (["influence-verify2"], 0, False)])
+                                      (["influence-verify2"], 0, False), (["influence@3"], 0, False)])
+    redrawn = json.loads((out / "select-math-influence-draw3" / "manifest.json").read_text())
+    first = json.loads((out / "select-math-influence" / "manifest.json").read_text())
+    assert redrawn["config"]["seed"] == 3 and first["config"]["seed"] == 0
+    assert redrawn["config"]["landmarks"] == first["config"]["landmarks"]
     random_sets = [{json.loads(x)["id"] for x in (out / f"select-math-random{s}" / "selected.jsonl").open()}
                    for s in ("", "-s1")]
     assert random_sets[0] != random_sets[1]
@@ -102,3 +108,10 @@ def test_benchmark_variants_and_per_row_seeds(model_dir, tmp_path, monkeypatch):
     assert twice["config"]["landmarks"]["verify"] == 10 and twice["landmarks"]["verified"] == 10  # 2 × the budget
     with_weights = [json.loads(x) for x in (out / "select-math-influence-order2" / "selected.jsonl").open()]
     assert all("weight" in record for record in with_weights)
+
+
+def test_benchmark_rows_are_checked_before_any_work(tmp_path, capsys):
+    for rows, message in (("influence@x", "selection seed"), ("nope@1", "unknown 'nope'"), ("influence:0", "seed count")):
+        assert main(["benchmark", "--out", str(tmp_path / "b"), "--methods", rows]) != 0
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()

@@ -83,7 +83,9 @@ class BenchmarkConfig:
                        "BIG-bench data, built under OUT/data.")
     methods: str = option(
         ",".join(METHODS), "Comma-separated rows: a method (" + ", ".join(METHODS) + ") or a variant ("
-        + ", ".join(VARIANTS) + "); NAME:N evaluates that row with only N fine-tuning seeds.")
+        + ", ".join(VARIANTS) + "); NAME:N evaluates that row with only N fine-tuning seeds; NAME@S selects with "
+        "seed S instead of --seed (another landmark draw, tangents and projections; fine-tuning seeds unchanged), "
+        "to see how much the selection itself varies.")
     targets: str = option("", "Comma-separated targets (default: every folder under the data's targets/).")
     quick: bool = option(False, "The demo's quick sizes and recipe: a few minutes per method.")
     seeds: int = option(1, "Fine-tuning seeds per selection (random: a new random subset per seed).")
@@ -104,7 +106,7 @@ def run_benchmark(config: BenchmarkConfig, progress: bool = True) -> dict[str, A
     targets = [t.strip() for t in config.targets.split(",") if t.strip()] or sorted(
         p.name for p in (data / "targets").iterdir() if p.is_dir())
     model = str(resolve_model_path(config.model))
-    needs_warm = any(m == "less" or (m in VARIANTS and VARIANTS[m].warm) for m in methods)
+    needs_warm = any(_variant(m)[0].warm for m in methods)
     warm = _warmup(out, data, model, settings, progress) if needs_warm else None
 
     cold = {m: v for m, v in _load(out / "timings.json").items() if isinstance(v, dict)}  # method → cold time
@@ -155,10 +157,13 @@ def _parse_rows(text: str, default_seeds: int) -> dict[str, int]:
         if not item:
             continue
         name, _, count = item.partition(":")
-        if name not in METHODS and name not in VARIANTS:
-            raise ConfigError(f"--methods: unknown {name!r}; choose from {', '.join(METHODS + tuple(VARIANTS))}")
+        base, at, draw = name.partition("@")
+        if base not in METHODS and base not in VARIANTS:
+            raise ConfigError(f"--methods: unknown {base!r}; choose from {', '.join(METHODS + tuple(VARIANTS))}")
         if count and not (count.isdigit() and int(count) > 0):
             raise ConfigError(f"--methods: {item!r}: the number after ':' must be a positive seed count")
+        if at and not draw.isdigit():
+            raise ConfigError(f"--methods: {item!r}: the number after '@' must be a selection seed (0 or more)")
         rows[name] = int(count) if count else default_seeds
     if not rows:
         raise ConfigError("--methods: name at least one method")
@@ -181,9 +186,17 @@ def _warmup(out: Path, data: Path, model: str, settings, progress) -> Path:
     return run_warmup(config, overwrite=True, progress=progress)
 
 
+def _variant(row: str) -> tuple[Variant, int | None]:
+    """A row's settings and, for NAME@S, its own selection seed."""
+    base, at, draw = row.partition("@")
+    return VARIANTS.get(base, Variant(base, warm=base == "less")), int(draw) if at else None
+
+
 def _select(out, data, target, row, model, warm, settings, seed, progress, suffix=""):
-    variant = VARIANTS.get(row, Variant(row, warm=row == "less"))
-    name = row.removesuffix("-weighted") if variant.weighted else row  # weighted rows train on their twin's selection
+    variant, draw = _variant(row)
+    seed = seed if draw is None else draw
+    name = row.replace("-weighted", "") if variant.weighted else row  # weighted rows train on their twin's selection
+    name = name.replace("@", "-draw")
     config = SelectConfig(pool=str(data / "pool.jsonl"), target=str(data / "targets" / target / "target.jsonl"),
                           out=str(out / f"select-{target}-{name}{suffix}"), seed=seed, method=variant.method)
     config.model.path = str(warm) if variant.warm else model
@@ -219,7 +232,7 @@ def _evaluate(out, data, target, model, selections, seeds, settings, config: Ben
         cached = {"recipe": recipe, "runs": {}}
     runs, missing = {}, []
     for row, per_seed in selections.items():
-        weighted = VARIANTS[row].weighted if row in VARIANTS else False
+        weighted = _variant(row)[0].weighted
         for seed in range(config.seed, config.seed + seeds[row]):
             key = artifacts.fingerprint(ids=[s.id for s in per_seed(seed)], seed=seed, weighted=weighted)
             runs.setdefault(row, []).append(key)
