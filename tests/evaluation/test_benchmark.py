@@ -4,6 +4,7 @@ import csv
 import json
 
 from conftest import synthetic_pool, synthetic_target, write_jsonl
+from scipy.stats import rankdata
 
 from influence_distillation.cli import main
 from influence_distillation.evaluation import benchmark
@@ -15,7 +16,7 @@ def test_benchmark_compares_every_method_on_the_same_footing(model_dir, tmp_path
     pool = [{"id": f"p{i}", "task": "math" if "plus" in r["prompt"] else "other", **r}
             for i, r in enumerate(synthetic_pool(48))]
     write_jsonl(data / "pool.jsonl", pool)
-    write_jsonl(data / "targets" / "math" / "target.jsonl", synthetic_target(4))
+    write_jsonl(data / "targets" / "math" / "target.jsonl", [{**r, "task": "math"} for r in synthetic_target(4)])
     test = [{**r, "options": [r["completion"], "The capital is Rome."]} for r in synthetic_target(6, seed=9)]
     write_jsonl(data / "targets" / "math" / "test.jsonl", test)
     out = tmp_path / "bench"
@@ -37,6 +38,17 @@ def test_benchmark_compares_every_method_on_the_same_footing(model_dir, tmp_path
         assert len(selected) == 6
         assert summary["methods"][method]["selection_seconds"] is not None
     assert (out / "quality_vs_cost.png").is_file() and (out / "warmup" / "optimizer.pt").is_file()
+    # What each selection holds, counted here from the files; ranks as scipy gives them.
+    picked = {m: [json.loads(x) for x in (out / f"select-math-{m}" / "selected.jsonl").open()] for m in methods.split(",")}
+    ours = {r["id"] for r in picked["influence"]}
+    for method, records in picked.items():
+        held = summary["composition"]["math"][method]
+        assert held["own_task"] == sum(r["task"] == "math" for r in records) / 6
+        assert held["shared"] == (None if method == "influence" else len(ours & {r["id"] for r in records}) / 6)
+    losses = [r["test_loss"] for r in summary["rows"]]
+    for row, rank in zip(summary["rows"], rankdata(losses)):
+        assert summary["methods"][row["method"]]["mean_rank"] == rank
+    assert "What each selection holds" in (out / "benchmark.md").read_text()
     # Everything is reused on a second run, and the cold timings are kept.
     assert main(args) == 0
     assert json.loads((out / "benchmark.json").read_text())["methods"]["less"]["selection_seconds"] == \

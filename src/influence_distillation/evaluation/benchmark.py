@@ -21,13 +21,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from influence_distillation import artifacts
 from influence_distillation.config import METHODS, SelectConfig
 from influence_distillation.data.records import load_samples
 from influence_distillation.errors import ConfigError
+from influence_distillation.evaluation.composition import describe, format_composition, shared, target_task
 from influence_distillation.evaluation.demo import FULL, QUICK, apply_settings, prepare_demo_data
 from influence_distillation.evaluation.lora import EvalConfig, aggregate_runs, evaluate_subsets
+from influence_distillation.method.propagation import average_ranks
 from influence_distillation.model.loading import SMOLLM2, resolve_model_path
 from influence_distillation.options import check_ranges, option, same_config, to_dict
 from influence_distillation.run.pipeline import run_selection
@@ -110,7 +113,7 @@ def run_benchmark(config: BenchmarkConfig, progress: bool = True) -> dict[str, A
     warm = _warmup(out, data, model, settings, progress) if needs_warm else None
 
     cold = {m: v for m, v in _load(out / "timings.json").items() if isinstance(v, dict)}  # method → cold time
-    rows = []
+    rows, composition = [], {}
     for target in targets:
         selections = {}
         for method in methods:
@@ -128,6 +131,7 @@ def run_benchmark(config: BenchmarkConfig, progress: bool = True) -> dict[str, A
                 cold.pop(method)
             rows.append({"target": target, "method": method, "flops": manifest["cost"]["flops"],
                          "selection_seconds": seconds})
+        composition[target] = _composition(data, target, selections, config.seed)
         evaluation = _evaluate(out, data, target, model, selections, seeds, settings, config, progress)
         for row in rows:
             if row["target"] == target:
@@ -135,6 +139,7 @@ def run_benchmark(config: BenchmarkConfig, progress: bool = True) -> dict[str, A
                 row["untrained_test_loss"] = evaluation["results"]["untrained"]["test_loss"]
     artifacts.write_json(out / "timings.json", cold)
     summary = _summarize(rows, {m: v["seconds"] for m, v in cold.items()}, methods, targets)
+    summary["composition"] = composition
     _write(out, rows, summary, settings, config)
     return summary
 
@@ -148,6 +153,16 @@ def _per_seed(selected, method, count, out, data, target, model, settings, confi
             folder, _ = _select(out, data, target, method, model, None, settings, seed, progress, suffix=f"-s{seed}")
             subsets[seed] = load_samples(folder / "selected.jsonl", "selection")
     return lambda seed: subsets.get(seed, selected)
+
+
+def _composition(data: Path, target: str, selections, seed: int) -> dict[str, dict[str, Any]]:
+    """What each row picked for this target (its first fine-tuning seed's subset), and how much it shares with
+    ours (or the first row, without ours)."""
+    own = target_task([s.record for s in load_samples(data / "targets" / target / "target.jsonl", "target")])
+    picked = {row: [s.record for s in per_seed(seed)] for row, per_seed in selections.items()}
+    reference = OURS if OURS in picked else next(iter(picked))
+    return {row: {**describe(records, own), "shared": None if row == reference else shared(records, picked[reference])}
+            for row, records in picked.items()}
 
 
 def _parse_rows(text: str, default_seeds: int) -> dict[str, int]:
@@ -267,6 +282,11 @@ def _method_key(manifest) -> str:
 def _summarize(rows, timings, methods, targets) -> dict[str, Any]:
     ours = timings.get(OURS)
     per_method = {}
+    ranks = {method: [] for method in methods}  # per target, 1 = the lowest test loss; ties share their mean rank
+    for target in targets:
+        losses = {r["method"]: r["test_loss"] for r in rows if r["target"] == target}
+        for method, rank in zip(losses, average_ranks(torch.tensor(list(losses.values()))).tolist()):
+            ranks[method].append(rank + 1)
     for method in methods:
         mine = [r for r in rows if r["method"] == method]
         relative = [r["test_loss"] / next(x for x in rows if x["target"] == r["target"] and x["method"] == "random")[
@@ -274,6 +294,7 @@ def _summarize(rows, timings, methods, targets) -> dict[str, Any]:
         per_method[method] = {
             "mean_test_loss": float(np.mean([r["test_loss"] for r in mine])),
             "loss_vs_random": float(np.mean(relative)) if relative else None,
+            "mean_rank": float(np.mean(ranks[method])) if ranks[method] else None,
             "selection_seconds": timings.get(method),
             "flops": float(np.mean([r["flops"] for r in mine])),
             "time_vs_ours": (timings[method] / ours) if ours and timings.get(method) else None,
@@ -291,12 +312,16 @@ def _write(out: Path, rows, summary, settings, config: BenchmarkConfig) -> None:
     artifacts.write_json(out / "benchmark.json", {**summary, "settings": settings, "config": to_dict(config)})
     with artifacts.atomic_file(out / "benchmark.md") as handle:
         handle.write(format_tables(summary) + "\n")
+        if summary.get("composition"):
+            reference = OURS if OURS in summary["methods"] else next(iter(summary["methods"]))
+            handle.write("\nWhat each selection holds (its first fine-tuning seed's subset):\n\n"
+                         + format_composition(summary["composition"], reference) + "\n")
     _plot(out / "quality_vs_cost.png", summary)
 
 
 def format_tables(summary: dict[str, Any]) -> str:
     lines = ["| method | " + " | ".join(f"{t} test loss" for t in summary["targets"]) + " | mean loss / random | "
-             "selection s (cold) | × ours | TFLOPs |", "|---|" + "---|" * (len(summary["targets"]) + 4)]
+             "mean rank | selection s (cold) | × ours | TFLOPs |", "|---|" + "---|" * (len(summary["targets"]) + 5)]
     for method, values in summary["methods"].items():
         cells = []
         for target in summary["targets"]:
@@ -307,7 +332,8 @@ def format_tables(summary: dict[str, Any]) -> str:
         ratio = "n/a" if values["loss_vs_random"] is None else f"{values['loss_vs_random']:.3f}"
         seconds = "n/a" if values["selection_seconds"] is None else f"{values['selection_seconds']:.0f}"
         times = "n/a" if values["time_vs_ours"] is None else f"{values['time_vs_ours']:.2f}"
-        lines.append(f"| {method} | " + " | ".join(cells) + f" | {ratio} | {seconds} | {times} | "
+        rank = "n/a" if values.get("mean_rank") is None else f"{values['mean_rank']:.1f}"
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {ratio} | {rank} | {seconds} | {times} | "
                      f"{values['flops'] / 1e12:.1f} |")
     return "\n".join(lines)
 

@@ -138,12 +138,13 @@ def tune_kernel_ridge(landmarks: torch.Tensor, values: torch.Tensor, bandwidth_f
 def spearman(x, y) -> float:
     """Spearman rank correlation of two vectors: the Pearson correlation of their ranks, tied values sharing their
     average rank (as scipy's); 0 when either is constant."""
-    rank_x, rank_y = _average_ranks(torch.as_tensor(x)), _average_ranks(torch.as_tensor(y))
+    rank_x, rank_y = average_ranks(torch.as_tensor(x)), average_ranks(torch.as_tensor(y))
     rank_x, rank_y = rank_x - rank_x.mean(), rank_y - rank_y.mean()
     return float((rank_x @ rank_y) / (rank_x.norm() * rank_y.norm()).clamp_min(1e-300))
 
 
-def _average_ranks(values: torch.Tensor) -> torch.Tensor:
+def average_ranks(values: torch.Tensor) -> torch.Tensor:
+    """0-based ranks, equal values sharing the mean of their positions."""
     order = values.argsort(stable=True)
     ordered = values[order]
     starts = torch.ones(len(values), dtype=torch.bool)
