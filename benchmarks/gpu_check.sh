@@ -13,7 +13,8 @@
 # (DATA: its data folder, built where BIG-bench is at hand).
 #
 #   benchmarks/gpu_check.sh [WORK]
-# env: PYTHON, MODEL_LIKE, DATA, SIZES (bench_scale), SMALL (step 2's pool, 400), MEDIUM (step 3's, 2500),
+# env: PYTHON, MODEL_LIKE, LAYOUT (random_model.py's --set, e.g. SmolLM2-1.7B's shapes; MODEL_DTYPE its --dtype),
+#      DATA, SIZES and SCALE_METHODS (bench_scale), SMALL (step 2's pool, 400), MEDIUM (step 3's, 2500),
 #      DEADLINE (seconds for the whole check, 900), STEPS, TEST_SECONDS (most the suite may take, 300),
 #      RESERVE (step 3 starts no variant with fewer seconds left, 60).
 set -uo pipefail
@@ -23,6 +24,9 @@ PY=${PYTHON:-python3}
 MODEL_LIKE=${MODEL_LIKE:-$HOME/.cache/influence-distillation/smollm2-135m-instruct}
 DATA=${DATA:-runs/scale/data}
 SIZES=${SIZES:-2500,5000,10000,20000}
+SCALE_METHODS=${SCALE_METHODS:-influence,rds+}
+LAYOUT=${LAYOUT:-}
+MODEL_DTYPE=${MODEL_DTYPE:-float32}
 SMALL=${SMALL:-400}
 MEDIUM=${MEDIUM:-2500}
 DEADLINE=${DEADLINE:-900}
@@ -45,7 +49,10 @@ NGPU=${GPU%% *}
 row environment ok "$GPU"
 
 # A random-weights model of the real architecture, and the pools.
-$PY benchmarks/random_model.py --like "$MODEL_LIKE" --out "$WORK/model" > /dev/null 2>&1 || { row model failed ""; exit 1; }
+# shellcheck disable=SC2086
+$PY benchmarks/random_model.py --like "$MODEL_LIKE" --out "$WORK/model" --dtype "$MODEL_DTYPE" ${LAYOUT:+--set $LAYOUT} \
+  > "$WORK/model.log" 2>&1 || { row model failed "$(tail -n 1 "$WORK/model.log")"; exit 1; }
+row model ok "$(tail -n 1 "$WORK/model.log") ($(($(date +%s) - START)) s)"
 mkdir -p "$WORK/scale/data" "$WORK/runs"
 cp -r "$DATA"/. "$WORK/scale/data/"
 POOL=$WORK/scale/data/pool-$MEDIUM.jsonl
@@ -133,15 +140,15 @@ step_scale() {
   local done="" size
   for size in ${SIZES//,/ }; do
     [ "$(left)" -lt 30 ] && break
-    timeout "$(left)" $PY benchmarks/bench_scale.py --out "$WORK/scale" --sizes "$size" --methods influence,rds+ \
+    timeout "$(left)" $PY benchmarks/bench_scale.py --out "$WORK/scale" --sizes "$size" --methods "$SCALE_METHODS" \
       --model "$WORK/model" >> "$WORK/scale.log" 2>&1 && done="$done,$size"
   done
   if [ -n "$done" ]; then
-    $PY benchmarks/bench_scale.py --out "$WORK/scale" --sizes "${done#,}" --methods influence,rds+ \
-      --model "$WORK/model" > "$WORK/scale.md" 2>&1  # finished runs are reused: only the table is new
+    $PY benchmarks/bench_scale.py --out "$WORK/scale" --report > "$WORK/scale.md" 2>&1  # every finished run
     row "bench_scale" "sizes ${done#,}" "table in scale.md"
   else
-    row "bench_scale" "no size finished" "log scale.log"
+    $PY benchmarks/bench_scale.py --out "$WORK/scale" --report > "$WORK/scale.md" 2>&1  # the runs that did finish
+    row "bench_scale" "no size finished whole" "log scale.log, table scale.md"
   fi
 }
 

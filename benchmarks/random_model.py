@@ -4,6 +4,9 @@ Timings depend on tensor shapes, not on weight values, so a GPU machine that can
 times the same work on this copy (benchmarks/gpu_check.sh). Selections made with it mean nothing.
 
     python3 benchmarks/random_model.py --like ~/.cache/influence-distillation/smollm2-135m-instruct --out DIR
+    # a larger layout with the same tokenizer (SmolLM2-1.7B's shapes, 1.7B parameters), saved in bfloat16:
+    python3 benchmarks/random_model.py --like ... --out DIR --dtype bfloat16 \
+        --set hidden_size=2048 intermediate_size=8192 num_hidden_layers=24 num_attention_heads=32 num_key_value_heads=32
 """
 
 from __future__ import annotations
@@ -24,12 +27,22 @@ def main() -> None:
     parser.add_argument("--like", required=True, help="folder with config.json and the tokenizer files")
     parser.add_argument("--out", required=True)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=INT",
+                        help="config fields to change, e.g. num_hidden_layers=24 (another layout, same tokenizer)")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                        help="dtype of the saved weights (bfloat16 halves the file of a large layout)")
     args = parser.parse_args()
     like, out = Path(args.like), Path(args.out)
     if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
         return
     torch.manual_seed(args.seed)
-    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(like))
+    config = AutoConfig.from_pretrained(like)
+    for item in args.set:
+        key, _, value = item.partition("=")
+        if not hasattr(config, key) or not value.isdigit():
+            parser.error(f"--set {item}: expected KEY=INT with KEY a field of {like / 'config.json'}")
+        setattr(config, key, int(value))
+    model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, args.dtype))
     model.save_pretrained(out)
     for name in TOKENIZER_FILES:
         if (like / name).is_file():
