@@ -121,7 +121,9 @@ class GradientConfig:
     batch_size: int | None = option(
         None, "Samples per forward/backward pass for per-sample gradients: 1 takes them one unpadded sample at a time; "
         "more takes a batch's per-sample gradients of linear layers from hooks in one pass (the same gradients). "
-        "Default: 1 on a CPU; 16 on a GPU when every --grad-params parameter is a linear layer's.", "--grad-batch-size",
+        "Default: 1 on a CPU; on a GPU, when every --grad-params parameter is a linear layer's, 16, or fewer where a "
+        "batch's full-size gradients (≈ 9 bytes a coordinate a sample) would pass half the GPU's memory.",
+        "--grad-batch-size",
         performance=True)
     optimizer_state: str | None = option(
         None,

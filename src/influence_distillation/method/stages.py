@@ -38,11 +38,32 @@ MAX_COEFFICIENT_BYTES = 4 << 30  # the dense (N, l) propagation matrix that --or
 # nothing; on a GPU small batches are launch-bound (docs/BENCHMARKS.md, "On a GPU").
 EMBEDDING_BATCH = {"cpu": 8, "cuda": 64}
 GRADIENT_BATCH = {"cpu": 1, "cuda": 16}
+# A batch's per-sample gradients are formed at full size before projection: ≈ 9 bytes a coordinate a sample at peak
+# (the float32 rows plus the einsum's block; 55 GiB for 16 samples of SmolLM2-1.7B's 403M MLP down-projection
+# coordinates on an H200, docs/BENCHMARKS.md). The default batch keeps them within half the GPU's memory.
+GRADIENT_BYTES_PER_COORDINATE = 9
+GRADIENT_MEMORY_SHARE = 0.5
 
 
 def device_batch_size(requested: int | None, defaults: dict[str, int], device: torch.device) -> int:
     """`requested`, or the default for `device`'s type (the CPU's for devices without one)."""
     return requested if requested is not None else defaults.get(torch.device(device).type, defaults["cpu"])
+
+
+def gradient_batch_size(device: torch.device, coordinates: int, memory_bytes: int | None = None) -> int:
+    """The device's default gradient batch, smaller where its full-size per-sample gradients would not fit.
+
+    Without the cap a 7B model's 1.4B MLP down-projection coordinates would need ≈ 200 GB for 16 samples.
+    `memory_bytes` is the accelerator's total memory (read from CUDA when not given; none on a CPU).
+    """
+    device = torch.device(device)
+    default = device_batch_size(None, GRADIENT_BATCH, device)
+    if memory_bytes is None and device.type == "cuda":
+        memory_bytes = torch.cuda.get_device_properties(device).total_memory
+    if memory_bytes is None:
+        return default
+    fits = int(memory_bytes * GRADIENT_MEMORY_SHARE) // (GRADIENT_BYTES_PER_COORDINATE * max(1, coordinates))
+    return max(1, min(default, fits))
 
 
 def derive_seed(master: int, stage: str) -> int:
@@ -113,7 +134,7 @@ def gradient_space(model: nn.Module, config: GradientConfig, seed: int) -> Gradi
         projector = make_projector(size, config.proj_dim, seed)
     batch_size = config.batch_size
     if batch_size is None:  # batched only where it is exact: every chosen parameter a linear layer's
-        batch_size = device_batch_size(None, GRADIENT_BATCH, next(model.parameters()).device) \
+        batch_size = gradient_batch_size(next(model.parameters()).device, size) \
             if linear_layers(model, params) is not None else 1
     space = GradientSpace(params, projector, config.normalize, batch_size=batch_size)
     if config.optimizer_state:
