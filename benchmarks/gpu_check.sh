@@ -50,7 +50,7 @@ row environment ok "$GPU"
 
 # A random-weights model of the real architecture, and the pools.
 # shellcheck disable=SC2086
-$PY benchmarks/random_model.py --like "$MODEL_LIKE" --out "$WORK/model" --dtype "$MODEL_DTYPE" ${LAYOUT:+--set $LAYOUT} \
+$PY benchmarks/random_model.py --like "$MODEL_LIKE" --out "$WORK/model" --device cuda --dtype "$MODEL_DTYPE" ${LAYOUT:+--set $LAYOUT} \
   > "$WORK/model.log" 2>&1 || { row model failed "$(tail -n 1 "$WORK/model.log")"; exit 1; }
 row model ok "$(tail -n 1 "$WORK/model.log") ($(($(date +%s) - START)) s)"
 mkdir -p "$WORK/scale/data" "$WORK/runs"

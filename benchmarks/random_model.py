@@ -29,6 +29,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=INT",
                         help="config fields to change, e.g. num_hidden_layers=24 (another layout, same tokenizer)")
+    parser.add_argument("--device", default="cpu", help="where to initialise it (cuda: seconds for a large layout)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                         help="dtype of the saved weights (bfloat16 halves the file of a large layout)")
     args = parser.parse_args()
@@ -42,7 +43,8 @@ def main() -> None:
         if not hasattr(config, key) or not value.isdigit():
             parser.error(f"--set {item}: expected KEY=INT with KEY a field of {like / 'config.json'}")
         setattr(config, key, int(value))
-    model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, args.dtype))
+    with torch.device(args.device):
+        model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, args.dtype))
     model.save_pretrained(out)
     for name in TOKENIZER_FILES:
         if (like / name).is_file():

@@ -74,7 +74,8 @@ def test_diagonal_weights_and_normalisation_are_fused_exactly(device):
 def test_countsketch_is_one_signed_entry_per_column_and_unbiased(monkeypatch, device):
     from influence_distillation.method.projection import CountSketchProjector
 
-    monkeypatch.setattr(CountSketchProjector, "CHUNK", 7)  # several chunks even at this size
+    for chunk in ("CHUNK", "DEVICE_CHUNK"):
+        monkeypatch.setattr(CountSketchProjector, chunk, 7)  # several chunks even at this size
     sketch = CountSketchProjector(50, 12, seed=2)
     dense = sketch.dense()
     assert ((dense != 0).sum(0) == 1).all() and set(dense.unique().tolist()) <= {-1.0, 0.0, 1.0}
@@ -87,6 +88,7 @@ def test_countsketch_is_one_signed_entry_per_column_and_unbiased(monkeypatch, de
     on_device = lambda **kw: sketch(x.to(device), diag=diag.to(device), **kw).cpu()
     torch.testing.assert_close(on_device(), loop)
     torch.testing.assert_close(on_device(normalize=True), loop / (x * diag).norm(dim=1, keepdim=True))
+    torch.testing.assert_close(on_device(), loop)  # again, with the maps already on the device
     a, b = torch.randn(2, 300, dtype=torch.float64)
     estimates = torch.tensor([float(p(a[None])[0] @ p(b[None])[0])
                               for p in (CountSketchProjector(300, 32, seed) for seed in range(400))])
