@@ -127,3 +127,42 @@ def test_benchmark_rows_are_checked_before_any_work(tmp_path, capsys):
         assert main(["benchmark", "--out", str(tmp_path / "b"), "--methods", rows]) != 0
         assert message in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
+
+
+def test_a_ledger_continues_the_benchmark_from_a_fresh_checkout(model_dir, tmp_path, monkeypatch):
+    """What a ledger holds is enough to rebuild the tables elsewhere without selecting or fine-tuning again, holds
+    no pool text, and is not reused for other settings."""
+    data = tmp_path / "data"
+    (data / "targets" / "math").mkdir(parents=True)
+    pool = [{"id": f"p{i}", **r} for i, r in enumerate(synthetic_pool(40))]
+    write_jsonl(data / "pool.jsonl", pool)
+    write_jsonl(data / "targets" / "math" / "target.jsonl", synthetic_target(4))
+    write_jsonl(data / "targets" / "math" / "test.jsonl", synthetic_target(5, seed=9))
+    ledger = tmp_path / "ledger"
+    work = {"selections": 0, "fine-tunes": 0}
+    real_select, real_evaluate = benchmark.run_selection, benchmark.evaluate_subsets
+    monkeypatch.setattr(benchmark, "run_selection", lambda *a, **k: work.update(selections=work["selections"] + 1)
+                        or real_select(*a, **k))
+    monkeypatch.setattr(benchmark, "evaluate_subsets", lambda *a, **k: work.update(
+        {"fine-tunes": work["fine-tunes"] + 1}) or real_evaluate(*a, **k))
+
+    def run(out: str, budget: int = 5) -> dict:
+        work.update(selections=0, **{"fine-tunes": 0})
+        assert main(["benchmark", "--model", str(model_dir("llama")), "--data", str(data), "--out",
+                     str(tmp_path / out), "--quick", "--budget", str(budget), "--methods", "influence,random:2,less",
+                     "--ledger", str(ledger), "--quiet"]) == 0
+        return json.loads((tmp_path / out / "benchmark.json").read_text())
+
+    first = run("first")
+    assert work == {"selections": 4, "fine-tunes": 5}  # random once per seed; the untrained model, 1 + 2 + 1
+    recorded = "".join(p.read_text() for p in ledger.iterdir())
+    assert not any(record["prompt"] in recorded for record in pool)  # ids, not data
+    second = run("second")  # another folder: no stage cache, no local evaluations
+    assert work == {"selections": 0, "fine-tunes": 0}
+    assert second["rows"] == first["rows"] and second["methods"] == first["methods"]
+    assert second["composition"] == first["composition"]
+    for name in ("influence", "random", "random-s1", "less"):
+        assert (tmp_path / "second" / f"select-math-{name}" / "selected.jsonl").read_text() == \
+            (tmp_path / "first" / f"select-math-{name}" / "selected.jsonl").read_text()
+    run("third", budget=6)  # other settings: nothing recorded applies
+    assert work["selections"] == 4 and work["fine-tunes"] == 4  # the untrained model's scores do not depend on it

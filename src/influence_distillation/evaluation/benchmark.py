@@ -8,6 +8,9 @@ measured in the same run. Outputs: `benchmark.md`, `benchmark.csv`, `benchmark.j
 
 `less` needs an AdamW state: a short warm-up (`influence-distill warmup`, MLP down-projections) is run first and its
 model and state are used for LESS's gradients; every fine-tune starts from the original model.
+
+`--ledger DIR` keeps finished selections and fine-tunes as small files to commit (`evaluation/ledger.py`), so a
+benchmark longer than one session continues from a fresh checkout.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from influence_distillation.data.records import load_samples
 from influence_distillation.errors import ConfigError
 from influence_distillation.evaluation.composition import describe, format_composition, shared, target_task
 from influence_distillation.evaluation.demo import FULL, QUICK, apply_settings, prepare_demo_data
+from influence_distillation.evaluation.ledger import Ledger
 from influence_distillation.evaluation.lora import EvalConfig, aggregate_runs, evaluate_subsets
 from influence_distillation.method.propagation import average_ranks
 from influence_distillation.model.loading import SMOLLM2, resolve_model_path
@@ -94,6 +98,10 @@ class BenchmarkConfig:
     seeds: int = option(1, "Fine-tuning seeds per selection (random: a new random subset per seed).")
     seed: int = option(0, "Seed of the data, selections and fine-tuning.", minimum=0)
     budget: int = option(0, "Samples to select (default: the demo's, 5%% of its pool).", minimum=0)
+    ledger: str = option("", "A folder of small JSON files to commit (selected ids, run manifests, fine-tune scores; no "
+                         "data): read before computing anything, written after every finished selection and "
+                         "fine-tune, so a long benchmark continues from a fresh checkout. An entry is reused only for "
+                         "the same pool, target and test contents, model name and settings.")
 
 
 def run_benchmark(config: BenchmarkConfig, progress: bool = True) -> dict[str, Any]:
@@ -111,15 +119,17 @@ def run_benchmark(config: BenchmarkConfig, progress: bool = True) -> dict[str, A
     model = str(resolve_model_path(config.model))
     needs_warm = any(_variant(m)[0].warm for m in methods)
     warm = _warmup(out, data, model, settings, progress) if needs_warm else None
+    ledger = Ledger(config.ledger, config.model) if config.ledger else None
 
     cold = {m: v for m, v in _load(out / "timings.json").items() if isinstance(v, dict)}  # method → cold time
     rows, composition = [], {}
     for target in targets:
         selections = {}
         for method in methods:
-            folder, manifest = _select(out, data, target, method, model, warm, settings, config.seed, progress)
+            folder, manifest = _select(out, data, target, method, model, warm, settings, config.seed, progress,
+                                       ledger=ledger)
             selections[method] = _per_seed(load_samples(folder / "selected.jsonl", "selection"), method, seeds[method],
-                                           out, data, target, model, settings, config, progress)
+                                           out, data, target, model, settings, config, progress, ledger)
             seconds = sum(v for k, v in manifest["stages"].items() if k not in SETUP_STAGES)
             key, entry = _method_key(manifest), cold.get(method)
             if not set(manifest["cache"]["reused"]) - {"tokens"} and (entry is None or entry["key"] != key):
@@ -132,7 +142,7 @@ def run_benchmark(config: BenchmarkConfig, progress: bool = True) -> dict[str, A
             rows.append({"target": target, "method": method, "flops": manifest["cost"]["flops"],
                          "selection_seconds": seconds})
         composition[target] = _composition(data, target, selections, config.seed)
-        evaluation = _evaluate(out, data, target, model, selections, seeds, settings, config, progress)
+        evaluation = _evaluate(out, data, target, model, selections, seeds, settings, config, progress, ledger)
         for row in rows:
             if row["target"] == target:
                 row.update({k: v for k, v in evaluation["results"][row["method"]].items()})
@@ -144,13 +154,13 @@ def run_benchmark(config: BenchmarkConfig, progress: bool = True) -> dict[str, A
     return summary
 
 
-def _per_seed(selected, method, count, out, data, target, model, settings, config, progress):
+def _per_seed(selected, method, count, out, data, target, model, settings, config, progress, ledger):
     """seed → the samples to fine-tune on: the selection for every seed, except that `random` draws a new subset
     for each fine-tuning seed (so its ± covers the subset draw too)."""
     subsets = {config.seed: selected}
     if method == "random":
         for seed in range(config.seed + 1, config.seed + count):
-            folder, _ = _select(out, data, target, method, model, None, settings, seed, progress, suffix=f"-s{seed}")
+            folder, _ = _select(out, data, target, method, model, None, settings, seed, progress, f"-s{seed}", ledger)
             subsets[seed] = load_samples(folder / "selected.jsonl", "selection")
     return lambda seed: subsets.get(seed, selected)
 
@@ -207,7 +217,7 @@ def _variant(row: str) -> tuple[Variant, int | None]:
     return VARIANTS.get(base, Variant(base, warm=base == "less")), int(draw) if at else None
 
 
-def _select(out, data, target, row, model, warm, settings, seed, progress, suffix=""):
+def _select(out, data, target, row, model, warm, settings, seed, progress, suffix="", ledger=None):
     variant, draw = _variant(row)
     seed = seed if draw is None else draw
     name = row.replace("-weighted", "") if variant.weighted else row  # weighted rows train on their twin's selection
@@ -225,15 +235,20 @@ def _select(out, data, target, row, model, warm, settings, seed, progress, suffi
         setattr(getattr(config, section), field_name, value(settings) if callable(value) else value)
     folder = Path(config.out)
     manifest = artifacts.read_manifest(folder)
-    if not (manifest and manifest.get("status") == "complete" and same_config(manifest["config"], config)):
-        manifest = run_selection(config, overwrite=True, progress=progress,
-                                 cache_dir=out / "cache").manifest
-    else:
+    if manifest and manifest.get("status") == "complete" and same_config(manifest["config"], config):
         log.info("%s/%s: reusing the finished selection", target, row)
+        return folder, manifest
+    key = ledger.selection_key(config, warm if variant.warm else None) if ledger else None
+    if ledger and ledger.restore_selection(folder, key, config):
+        log.info("%s/%s: the selection recorded in %s", target, row, ledger.folder)
+        return folder, artifacts.read_manifest(folder)
+    manifest = run_selection(config, overwrite=True, progress=progress, cache_dir=out / "cache").manifest
+    if ledger:
+        ledger.record_selection(folder, key, config)
     return folder, manifest
 
 
-def _evaluate(out, data, target, model, selections, seeds, settings, config: BenchmarkConfig, progress):
+def _evaluate(out, data, target, model, selections, seeds, settings, config: BenchmarkConfig, progress, ledger=None):
     """Fine-tune and score each row's selection for each of its seeds. Every (selection, seed, weighting) is
     evaluated once and cached under the recipe, so changing one method re-evaluates only that method, and a row
     asked for more seeds runs only the new ones."""
@@ -245,6 +260,17 @@ def _evaluate(out, data, target, model, selections, seeds, settings, config: Ben
     cached = _load(path)
     if cached.get("recipe") != recipe:
         cached = {"recipe": recipe, "runs": {}}
+    recorded = ledger.evaluations(target, ledger.evaluation_recipe(evaluation)) if ledger else {}
+    for key, scores in recorded.get("runs", {}).items():
+        cached["runs"].setdefault(key, scores)
+    if "untrained" in recorded:
+        cached.setdefault("untrained", recorded["untrained"])
+
+    def keep():  # after every fine-tune: an interrupted benchmark resumes here, and a fresh checkout from the ledger
+        artifacts.write_json(path, cached)
+        if ledger:
+            ledger.record_evaluations(target, {**recorded, "runs": {**recorded.get("runs", {}), **cached["runs"]},
+                                               "untrained": cached["untrained"]})
     runs, missing = {}, []
     for row, per_seed in selections.items():
         weighted = _variant(row)[0].weighted
@@ -257,12 +283,12 @@ def _evaluate(out, data, target, model, selections, seeds, settings, config: Ben
         log.info("%s: evaluating %s", target, ", ".join(f"{r} (seed {s})" for r, s, _, _ in missing) or "untrained")
     if "untrained" not in cached:
         cached["untrained"] = evaluate_subsets(evaluation, {}, evaluation.test, progress)["results"]["untrained"]
-        artifacts.write_json(path, cached)
+        keep()
     for row, seed, weighted, key in missing:
         single = dataclasses.replace(evaluation, seed=seed, weighted=weighted)
         result = evaluate_subsets(single, {row: selections[row](seed)}, evaluation.test, progress, untrained=False)
         cached["runs"][key] = result["per_seed"][row][0]
-        artifacts.write_json(path, cached)  # after every fine-tune: an interrupted benchmark resumes here
+        keep()
     results = {"untrained": cached["untrained"]}
     for row, keys in runs.items():
         results[row] = aggregate_runs([cached["runs"][key] for key in keys])
