@@ -304,7 +304,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _benchmark(args: argparse.Namespace) -> int:
-    from influence_distillation.evaluation.benchmark import BenchmarkConfig, format_tables, run_benchmark
+    from influence_distillation.evaluation.benchmark import BenchmarkConfig, run_benchmark
+    from influence_distillation.evaluation.benchmark_outputs import format_tables
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(BenchmarkConfig) if hasattr(args, f.name)}
     config = BenchmarkConfig(**values)

@@ -146,15 +146,19 @@ def test_a_ledger_continues_the_benchmark_from_a_fresh_checkout(model_dir, tmp_p
     monkeypatch.setattr(benchmark, "evaluate_subsets", lambda *a, **k: work.update(
         {"fine-tunes": work["fine-tunes"] + 1}) or real_evaluate(*a, **k))
 
-    def run(out: str, budget: int = 5) -> dict:
+    def run(out: str, budget: int = 5, *extra: str) -> dict:
         work.update(selections=0, **{"fine-tunes": 0})
         assert main(["benchmark", "--model", str(model_dir("llama")), "--data", str(data), "--out",
                      str(tmp_path / out), "--quick", "--budget", str(budget), "--methods", "influence,random:2,less",
-                     "--ledger", str(ledger), "--quiet"]) == 0
-        return json.loads((tmp_path / out / "benchmark.json").read_text())
+                     "--ledger", str(ledger), "--quiet", *extra]) == 0
+        path = tmp_path / out / "benchmark.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
 
+    assert run("scout", 5, "--select-only") == {}  # selections only: what each holds, no fine-tune
+    assert work == {"selections": 4, "fine-tunes": 0}  # random once per fine-tuning seed
+    assert "What each selection holds" in (tmp_path / "scout" / "composition.md").read_text()
     first = run("first")
-    assert work == {"selections": 4, "fine-tunes": 5}  # random once per seed; the untrained model, 1 + 2 + 1
+    assert work == {"selections": 0, "fine-tunes": 5}  # the scout's selections; the untrained model, 1 + 2 + 1
     recorded = "".join(p.read_text() for p in ledger.iterdir())
     assert not any(record["prompt"] in recorded for record in pool)  # ids, not data
     second = run("second")  # another folder: no stage cache, no local evaluations

@@ -15,7 +15,6 @@ benchmark longer than one session continues from a fresh checkout.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import logging
@@ -30,7 +29,8 @@ from influence_distillation import artifacts
 from influence_distillation.config import METHODS, SelectConfig
 from influence_distillation.data.records import load_samples
 from influence_distillation.errors import ConfigError
-from influence_distillation.evaluation.composition import describe, format_composition, shared, target_task
+from influence_distillation.evaluation.benchmark_outputs import OURS, composition_text, write_outputs
+from influence_distillation.evaluation.composition import describe, shared, target_task
 from influence_distillation.evaluation.demo import FULL, QUICK, apply_settings, prepare_demo_data
 from influence_distillation.evaluation.ledger import Ledger
 from influence_distillation.evaluation.lora import EvalConfig, aggregate_runs, evaluate_subsets
@@ -41,7 +41,6 @@ from influence_distillation.run.pipeline import run_selection
 from influence_distillation.run.warmup import WarmupConfig, run_warmup
 
 log = logging.getLogger(__name__)
-OURS = "influence"
 # The suite: the demo's pool and targets plus the long-context block (two reading targets over 300-450-token
 # passages and their sibling tasks), hence the longer max_length; the library's default JVP depth and landmarks.
 SUITE = {**FULL, "max_length": 512}
@@ -102,6 +101,8 @@ class BenchmarkConfig:
                          "data): read before computing anything, written after every finished selection and "
                          "fine-tune, so a long benchmark continues from a fresh checkout. An entry is reused only for "
                          "the same pool, target and test contents, model name and settings.")
+    select_only: bool = option(False, "Only the selections and what each holds (OUT/composition.md), no fine-tuning: "
+                               "a quick look, or the stage cache and ledger filled ahead of the fine-tunes.")
 
 
 def run_benchmark(config: BenchmarkConfig, progress: bool = True) -> dict[str, Any]:
@@ -142,15 +143,22 @@ def run_benchmark(config: BenchmarkConfig, progress: bool = True) -> dict[str, A
             rows.append({"target": target, "method": method, "flops": manifest["cost"]["flops"],
                          "selection_seconds": seconds})
         composition[target] = _composition(data, target, selections, config.seed)
+        if config.select_only:
+            continue
         evaluation = _evaluate(out, data, target, model, selections, seeds, settings, config, progress, ledger)
         for row in rows:
             if row["target"] == target:
                 row.update({k: v for k, v in evaluation["results"][row["method"]].items()})
                 row["untrained_test_loss"] = evaluation["results"]["untrained"]["test_loss"]
     artifacts.write_json(out / "timings.json", cold)
+    if config.select_only:
+        summary = {"select_only": True, "targets": targets, "composition": composition}
+        with artifacts.atomic_file(out / "composition.md") as handle:
+            handle.write(composition_text(summary) + "\n")
+        return summary
     summary = _summarize(rows, {m: v["seconds"] for m, v in cold.items()}, methods, targets)
     summary["composition"] = composition
-    _write(out, rows, summary, settings, config)
+    write_outputs(out, rows, summary, settings, to_dict(config))
     return summary
 
 
@@ -326,62 +334,3 @@ def _summarize(rows, timings, methods, targets) -> dict[str, Any]:
             "time_vs_ours": (timings[method] / ours) if ours and timings.get(method) else None,
         }
     return {"rows": rows, "methods": per_method, "targets": targets}
-
-
-def _write(out: Path, rows, summary, settings, config: BenchmarkConfig) -> None:
-    fields = ["target", "method", "test_loss", "test_loss_std", "accuracy", "accuracy_std", "untrained_test_loss",
-              "selection_seconds", "flops"]
-    with artifacts.atomic_file(out / "benchmark.csv") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    artifacts.write_json(out / "benchmark.json", {**summary, "settings": settings, "config": to_dict(config)})
-    with artifacts.atomic_file(out / "benchmark.md") as handle:
-        handle.write(format_tables(summary) + "\n")
-        if summary.get("composition"):
-            reference = OURS if OURS in summary["methods"] else next(iter(summary["methods"]))
-            handle.write("\nWhat each selection holds (its first fine-tuning seed's subset):\n\n"
-                         + format_composition(summary["composition"], reference) + "\n")
-    _plot(out / "quality_vs_cost.png", summary)
-
-
-def format_tables(summary: dict[str, Any]) -> str:
-    lines = ["| method | " + " | ".join(f"{t} test loss" for t in summary["targets"]) + " | mean loss / random | "
-             "mean rank | selection s (cold) | × ours | TFLOPs |", "|---|" + "---|" * (len(summary["targets"]) + 5)]
-    for method, values in summary["methods"].items():
-        cells = []
-        for target in summary["targets"]:
-            row = next(r for r in summary["rows"] if r["target"] == target and r["method"] == method)
-            spread = f" ± {row['test_loss_std']:.3f}" if row.get("test_loss_std") else ""
-            accuracy = f" (acc {row['accuracy']:.2f})" if "accuracy" in row else ""
-            cells.append(f"{row['test_loss']:.3f}{spread}{accuracy}")
-        ratio = "n/a" if values["loss_vs_random"] is None else f"{values['loss_vs_random']:.3f}"
-        seconds = "n/a" if values["selection_seconds"] is None else f"{values['selection_seconds']:.0f}"
-        times = "n/a" if values["time_vs_ours"] is None else f"{values['time_vs_ours']:.2f}"
-        rank = "n/a" if values.get("mean_rank") is None else f"{values['mean_rank']:.1f}"
-        lines.append(f"| {method} | " + " | ".join(cells) + f" | {ratio} | {rank} | {seconds} | {times} | "
-                     f"{values['flops'] / 1e12:.1f} |")
-    return "\n".join(lines)
-
-
-def _plot(path: Path, summary) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for method, values in summary["methods"].items():
-        if values["loss_vs_random"] is None:
-            continue
-        x = max(values["flops"], 1e9)
-        ax.scatter(x, values["loss_vs_random"], s=60, color="#4e79a7" if method == OURS else "#f28e2b")
-        ax.annotate(method, (x, values["loss_vs_random"]), textcoords="offset points", xytext=(5, 4), fontsize=9)
-    ax.set_xscale("log")
-    ax.set_xlabel("selection cost (FLOPs, analytic; random drawn at 1e9)")
-    ax.set_ylabel("test loss / random's (mean over targets)")
-    ax.set_title("quality vs selection cost (lower-left is better)")
-    ax.axhline(1.0, color="#999999", lw=0.8, ls="--")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
