@@ -143,11 +143,10 @@ step_scale() {
     timeout "$(left)" $PY benchmarks/bench_scale.py --out "$WORK/scale" --sizes "$size" --methods "$SCALE_METHODS" \
       --model "$WORK/model" >> "$WORK/scale.log" 2>&1 && done="$done,$size"
   done
+  $PY benchmarks/bench_scale.py --out "$WORK/scale" --report > "$WORK/scale.md" 2>&1  # every finished run
   if [ -n "$done" ]; then
-    $PY benchmarks/bench_scale.py --out "$WORK/scale" --report > "$WORK/scale.md" 2>&1  # every finished run
     row "bench_scale" "sizes ${done#,}" "table in scale.md"
   else
-    $PY benchmarks/bench_scale.py --out "$WORK/scale" --report > "$WORK/scale.md" 2>&1  # the runs that did finish
     row "bench_scale" "no size finished whole" "log scale.log, table scale.md"
   fi
 }

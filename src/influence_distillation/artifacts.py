@@ -93,6 +93,18 @@ def write_json(path: Path, value: Any) -> None:
         handle.write("\n")
 
 
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object, or {} where there is no file yet."""
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """One JSON object a line, blank lines skipped; [] where there is no file."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     with atomic_file(path) as handle:
         for row in rows:

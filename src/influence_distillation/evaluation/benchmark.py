@@ -16,7 +16,6 @@ benchmark longer than one session continues from a fresh checkout.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,7 +121,7 @@ def run_benchmark(config: BenchmarkConfig, progress: bool = True) -> dict[str, A
     warm = _warmup(out, data, model, settings, progress) if needs_warm else None
     ledger = Ledger(config.ledger, config.model) if config.ledger else None
 
-    cold = {m: v for m, v in _load(out / "timings.json").items() if isinstance(v, dict)}  # method → cold time
+    cold = {m: v for m, v in artifacts.read_json(out / "timings.json").items() if isinstance(v, dict)}  # method → cold time
     rows, composition = [], {}
     for target in targets:
         selections = {}
@@ -203,16 +202,12 @@ def _parse_rows(text: str, default_seeds: int) -> dict[str, int]:
     return rows
 
 
-def _load(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
 def _warmup(out: Path, data: Path, model: str, settings, progress) -> Path:
     folder = out / "warmup"
     config = WarmupConfig(pool=str(data / "pool.jsonl"), out=str(folder), params="mlp-down",
                           size=64 if settings == QUICK else 256, steps=4 if settings == QUICK else 40)
     config.model.path, config.data.max_length = model, settings["max_length"]
-    done = _load(folder / "warmup.json")
+    done = artifacts.read_json(folder / "warmup.json")
     if done.get("status") == "complete" and same_config(done.get("config"), config):
         log.info("warm-up: reusing %s", folder)
         return folder
@@ -265,7 +260,7 @@ def _evaluate(out, data, target, model, selections, seeds, settings, config: Ben
     evaluation.model.path = model
     path = out / f"eval-{target}.json"
     recipe = artifacts.fingerprint(config=to_dict(evaluation))
-    cached = _load(path)
+    cached = artifacts.read_json(path)
     if cached.get("recipe") != recipe:
         cached = {"recipe": recipe, "runs": {}}
     recorded = ledger.evaluations(target, ledger.evaluation_recipe(evaluation)) if ledger else {}
@@ -276,9 +271,8 @@ def _evaluate(out, data, target, model, selections, seeds, settings, config: Ben
 
     def keep():  # after every fine-tune: an interrupted benchmark resumes here, and a fresh checkout from the ledger
         artifacts.write_json(path, cached)
-        if ledger:
-            ledger.record_evaluations(target, {**recorded, "runs": {**recorded.get("runs", {}), **cached["runs"]},
-                                               "untrained": cached["untrained"]})
+        if ledger:  # cached["runs"] holds the recorded runs too
+            ledger.record_evaluations(target, {**recorded, "runs": cached["runs"], "untrained": cached["untrained"]})
     runs, missing = {}, []
     for row, per_seed in selections.items():
         weighted = _variant(row)[0].weighted

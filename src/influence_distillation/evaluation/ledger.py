@@ -11,7 +11,6 @@ machine (`manifest.environment`).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ class Ledger:
     def __init__(self, folder: str | Path, model: str):
         self.folder, self.model = Path(folder), model
         self._contents: dict[str, str] = {}
+        self._pools: dict[str, dict[str, dict[str, Any]]] = {}
 
     def _content(self, path: str | Path) -> str:
         """A file's content fingerprint, once per file and run (the pool is hashed for every selection)."""
@@ -30,6 +30,12 @@ class Ledger:
         if key not in self._contents:
             self._contents[key] = artifacts.content_fingerprint(path)
         return self._contents[key]
+
+    def _pool(self, path: str) -> dict[str, dict[str, Any]]:
+        """The pool's records by id, read once per run (every selection of every target shares it)."""
+        if path not in self._pools:
+            self._pools[path] = {record["id"]: record for record in artifacts.read_jsonl(Path(path))}
+        return self._pools[path]
 
     def _portable(self, values: dict[str, Any], files: tuple[str, ...], model: str) -> dict[str, Any]:
         """`values` (a to_dict'ed config) with file paths replaced by their contents and the model by its name."""
@@ -39,7 +45,7 @@ class Ledger:
 
     def warm_key(self, warm: Path) -> str:
         """The warm-up by its recipe (pool contents, model, settings), not by its multi-MB optimizer file."""
-        config = json.loads((warm / "warmup.json").read_text())["config"]
+        config = artifacts.read_json(warm / "warmup.json")["config"]
         return artifacts.fingerprint(warmup=self._portable(config, ("pool",), self.model))
 
     def selection_key(self, config, warm: Path | None) -> str:
@@ -51,10 +57,10 @@ class Ledger:
     def restore_selection(self, folder: Path, key: str, config) -> bool:
         """Write `folder` as the selection run recorded under `key` would have (selected.jsonl from the pool's
         records, its manifest with this run's settings); False when the ledger holds no such selection."""
-        entry = _load(self.folder / f"{folder.name}.json")
+        entry = artifacts.read_json(self.folder / f"{folder.name}.json")
         if entry.get("key") != key:
             return False
-        pool = {record["id"]: record for record in _records(Path(config.pool))}
+        pool = self._pool(config.pool)
         manifest = {**entry["manifest"], "config": to_dict(config), "ledger": str(self.folder / f"{folder.name}.json")}
         with artifacts.atomic_directory(folder) as staging:
             artifacts.write_jsonl(staging / "selected.jsonl", [{**pool[row["id"]], **row} for row in entry["rows"]])
@@ -63,9 +69,9 @@ class Ledger:
 
     def record_selection(self, folder: Path, key: str, config) -> None:
         """Keep a finished selection: its ids with the fields the run added to the pool's records, and its manifest."""
-        pool = {record["id"]: record for record in _records(Path(config.pool))}
+        pool = self._pool(config.pool)
         rows = [{k: v for k, v in row.items() if k == "id" or k not in pool[row["id"]]}
-                for row in _records(folder / "selected.jsonl")]
+                for row in artifacts.read_jsonl(folder / "selected.jsonl")]
         artifacts.write_json(self.folder / f"{folder.name}.json",
                              {"key": key, "rows": rows, "manifest": artifacts.read_manifest(folder)})
 
@@ -76,16 +82,8 @@ class Ledger:
 
     def evaluations(self, target: str, recipe: str) -> dict[str, Any]:
         """{"runs": {key: scores}, "untrained": scores} recorded for this target under `recipe` (empty if none)."""
-        entry = _load(self.folder / f"eval-{target}.json")
+        entry = artifacts.read_json(self.folder / f"eval-{target}.json")
         return entry if entry.get("recipe") == recipe else {"recipe": recipe, "runs": {}}
 
     def record_evaluations(self, target: str, entry: dict[str, Any]) -> None:
         artifacts.write_json(self.folder / f"eval-{target}.json", entry)
-
-
-def _load(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _records(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

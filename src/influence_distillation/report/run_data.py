@@ -83,7 +83,7 @@ def load_run(folder: str | Path, evaluation: str | Path | None = None) -> RunDat
     pool = _samples(config.get("pool"), "pool", data, notes)
     targets = _samples(config.get("target"), "target", data, notes)
     if targets is not None:
-        excluded = {row["id"] for row in _jsonl(folder / artifacts.EXCLUDED) if row.get("set") == "target"}
+        excluded = {row["id"] for row in artifacts.read_jsonl(folder / artifacts.EXCLUDED) if row.get("set") == "target"}
         targets = [sample for sample in targets if sample.id not in excluded]
         if target_scores is not None and len(targets) != target_scores.shape[1]:
             notes.append(f"the target file now holds {len(targets)} usable samples, the run scored "
@@ -117,12 +117,6 @@ def _samples(path: str | None, what: str, data: dict[str, Any], notes: list[str]
         notes.append(f"the {what} cannot be read from here ({exc}); what needs its records is left out — run the "
                      "report from the directory select ran in")
         return None
-
-
-def _jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def _evaluation(folder: Path, given: str | Path | None, notes: list[str]) -> dict[str, Any] | None:
