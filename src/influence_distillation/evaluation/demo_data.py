@@ -114,7 +114,8 @@ def fetch_bigbench(cache: Path) -> Path:
         downloaded = Path(staging) / BIGBENCH_FILE
         if result.returncode != 0 or not downloaded.is_file():
             message = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no file"]
-            raise DataError(f"could not download {BIGBENCH} with pip ({message[0]}); check network access to PyPI")
+            raise DataError(f"could not download {BIGBENCH} with pip ({message[0]}); check that your package index "
+                            f"serves it, or put {BIGBENCH_FILE} (SHA-256 {BIGBENCH_SHA256[:12]}...) at {path}")
         digest = hashlib.sha256(downloaded.read_bytes()).hexdigest()
         if digest != BIGBENCH_SHA256:
             raise DataError(f"{BIGBENCH_FILE} has SHA-256 {digest}, expected {BIGBENCH_SHA256}; refusing to use it")
