@@ -205,9 +205,12 @@ def torchrun(ranks, args):
 
 def assert_same_selection(a: str, b: str) -> None:
     """Same samples in the same order; scores equal up to float32 rounding (ranks compute their shards with their
-    own thread counts, and float sums depend on them). The synthetic pools repeat texts under different ids, and
-    rounding may order two copies of one text either way: copies count as the same sample."""
+    own thread counts, and float sums depend on them), which the kernel ridge solve amplifies: a run resumed by two
+    ranks under CI's one-thread AVX2 pass differed from a fresh one by 2.1e-5 relative (2026-12-05), so 1e-4; a
+    wrong or missing shard moves scores by far more, and the order check stays exact. The synthetic pools repeat
+    texts under different ids, and rounding may order two copies of one text either way: copies count as the same
+    sample."""
     rows_a, rows_b = ([json.loads(line) for line in text.splitlines()] for text in (a, b))
     assert [{k: v for k, v in r.items() if k not in ("score", "id")} for r in rows_a] == \
         [{k: v for k, v in r.items() if k not in ("score", "id")} for r in rows_b]
-    np.testing.assert_allclose([r["score"] for r in rows_a], [r["score"] for r in rows_b], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose([r["score"] for r in rows_a], [r["score"] for r in rows_b], rtol=1e-4, atol=1e-7)
