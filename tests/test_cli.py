@@ -52,6 +52,41 @@ def test_select_writes_every_output(kind, chat_template, model_dir, data_files, 
     assert np.load(out / "target_scores.npy").shape == (36, 4)
 
 
+def test_a_sharegpt_pool_with_untrainable_records_runs_to_the_end(model_dir, tmp_path):
+    """ShareGPT as users hold it: assistant-first conversations (trained from the first user turn on), an empty
+    assistant turn, an empty conversation, an image part and a human-only record are listed in excluded.jsonl with
+    their reasons, and the rest is selected from."""
+    from conftest import synthetic_pool, synthetic_target, write_jsonl
+
+    def conversation(record, opening=None):
+        turns = [{"from": "human", "value": record["prompt"]}, {"from": "gpt", "value": record["completion"]}]
+        return [{"from": "gpt", "value": opening}, *turns] if opening else turns
+
+    pool = [{"id": f"c{i}", "conversations": conversation(r, "(continued)" if i % 4 == 0 else None)}
+            for i, r in enumerate(synthetic_pool(32))]
+    broken = {"empty-turn": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": ""}],
+              "empty": [], "human-only": [{"from": "human", "value": "Anyone?"}],
+              "image": [{"from": "human", "value": [{"type": "image_url", "image_url": {"url": "x.png"}}]},
+                        {"from": "gpt", "value": "A cat."}]}
+    pool[5:5] = [{"id": name, "conversations": turns} for name, turns in broken.items()]
+    target = [{"messages": [{"role": "user", "content": [{"type": "text", "text": r["prompt"]}]},
+                            {"role": "assistant", "content": r["completion"]}]} for r in synthetic_target(4)]
+    out = tmp_path / "run"
+    assert main(select_args(write_jsonl(tmp_path / "pool.jsonl", pool), write_jsonl(tmp_path / "target.jsonl", target),
+                            model_dir("llama"), out, 6)) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["counts"]["pool"]["kept"] == 32
+    excluded = {row["id"]: row["reason"] for row in map(json.loads, (out / "excluded.jsonl").read_text().splitlines())}
+    assert excluded == {"empty-turn": "empty assistant turn", "empty": "no assistant turn after a user turn",
+                        "human-only": "no assistant turn after a user turn",
+                        "image": "non-text content part (image_url)"}
+    assert manifest["counts"]["pool"]["excluded_by_reason"] == {"empty assistant turn": 1,
+                                                                "no assistant turn after a user turn": 2,
+                                                                "non-text content part (image_url)": 1}
+    selected = [json.loads(line) for line in (out / "selected.jsonl").read_text().splitlines()]
+    assert len(selected) == 6 and not {row["id"] for row in selected} & set(broken)
+
+
 def test_same_seed_gives_byte_identical_selection_and_manifest_replays(model_dir, data_files, tmp_path):
     pool, target = data_files
     model = model_dir("llama")
@@ -195,7 +230,7 @@ BAD_INPUTS = {
     "wrong field type": (lambda d: {"pool": write_bad(d, '{"prompt": ["p"], "completion": "c"}\n')},
                          "field 'prompt' must be a string"),
     "empty completion": (lambda d: {"target": write_bad(d, '{"prompt": "p", "completion": ""}\n')},
-                         "field 'completion' is empty"),
+                         r"none of its 1 samples has a trainable token .*\(empty completion: 1\)"),
     "duplicate ids": (lambda d: {"pool": write_bad(d, '{"id": 1, "text": "a b"}\n{"id": 1, "text": "c d"}\n')},
                       "duplicate id '1'"),
     "target with no trainable token": (lambda d: {"target": write_bad(

@@ -3,7 +3,7 @@ import json
 import pytest
 from conftest import write_jsonl
 
-from influence_distillation.data.records import load_samples
+from influence_distillation.data.records import load_samples, trained_turns
 from influence_distillation.errors import DataError
 
 
@@ -26,6 +26,47 @@ def test_all_record_formats_become_turns_or_text(tmp_path):
     assert turns["instruction"] == (("user", "Say hello\n\nto Bob"), ("assistant", "Hello Bob"))
     assert turns["instruction-no-input"] == (("user", "Say hello"), ("assistant", "Hello"))
     assert turns["text"] == "Just text."
+
+
+def test_sharegpt_conversations_and_content_parts_read_as_chat_turns(tmp_path):
+    sharegpt = {"id": "QWJhYvA_0", "conversations": [
+        {"from": "system", "value": "Be brief."}, {"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"},
+        {"from": "user", "value": "Again?"}, {"from": "chatgpt", "value": "Yes."}, {"from": "tool", "value": "{}"}]}
+    (sample,) = load_samples(write_jsonl(tmp_path / "sharegpt.jsonl", [sharegpt]))
+    assert sample.id == "QWJhYvA_0" and sample.record == sharegpt and sample.excluded is None
+    assert sample.messages == (("system", "Be brief."), ("user", "Hi"), ("assistant", "Hello"), ("user", "Again?"),
+                               ("assistant", "Yes."), ("tool", "{}"))
+    parts = {"messages": [{"role": "user", "content": [{"type": "text", "text": "Look:"}, "plain", {"text": "x"}]},
+                          {"role": "assistant", "content": [{"type": "text", "text": "Seen."}]}]}
+    (sample,) = load_samples(write_jsonl(tmp_path / "parts.jsonl", [parts]))
+    assert sample.messages == (("user", "Look:\nplain\nx"), ("assistant", "Seen.")) and sample.excluded is None
+
+
+@pytest.mark.parametrize("record, reason", [
+    ({"messages": []}, "no assistant turn after a user turn"),
+    ({"messages": [{"role": "user", "content": "Hi"}]}, "no assistant turn after a user turn"),
+    ({"messages": [{"role": "assistant", "content": "Hello"}]}, "no assistant turn after a user turn"),
+    ({"conversations": [{"from": "gpt", "value": "(cont.)"}, {"from": "human", "value": "ok"}]},
+     "no assistant turn after a user turn"),
+    ({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": " "},
+                   {"role": "user", "content": "?"}, {"role": "assistant", "content": "Hello"}]}, "empty assistant turn"),
+    ({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": None}]}, "empty assistant turn"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]},
+                   {"role": "assistant", "content": "A cat."}]}, "non-text content part (image_url)"),
+    ({"prompt": "p", "completion": "  "}, "empty completion"),
+    ({"instruction": "Say it", "output": ""}, "empty output"),
+    ({"text": "\n"}, "empty text"),
+])
+def test_records_that_read_but_cannot_be_trained_on_carry_their_reason(tmp_path, record, reason):
+    (sample,) = load_samples(write_jsonl(tmp_path / "pool.jsonl", [record]))
+    assert sample.excluded == reason and sample.record == record
+
+
+def test_an_opening_assistant_turn_is_context(tmp_path):
+    record = {"conversations": [{"from": "gpt", "value": "...and so on."}, {"from": "human", "value": "Go on"},
+                                {"from": "gpt", "value": "Next."}]}
+    (sample,) = load_samples(write_jsonl(tmp_path / "pool.jsonl", [record]))
+    assert sample.excluded is None and trained_turns(sample.messages) == [2]
 
 
 def test_ids_come_from_the_id_field_or_the_row(tmp_path):
@@ -58,9 +99,12 @@ def test_parquet_and_saved_dataset_folders(tmp_path):
         (['{"question": "x", "answer": "y"}'], r"bad\.jsonl:1: unknown record format \(fields: answer, question\)"),
         (['{"text": "a"}', '{"prompt": "p", "completion": "c"}'], r":2: record is in 'prompt-completion' format"),
         (['{"prompt": "p", "completion": 3}'], r":1: field 'completion' must be a string"),
-        (['{"prompt": "p", "completion": "  "}'], r":1: field 'completion' is empty"),
-        (['{"messages": "hello"}'], r":1: field 'messages' must be a non-empty list"),
-        (['{"messages": [{"role": "user", "content": 1}]}'], r"messages\[0\]\.content must be a string"),
+        (['{"messages": "hello"}'], r":1: field 'messages' must be a list"),
+        (['{"messages": [{"role": "user", "content": 1}]}'], r"messages\[0\]\.content must be a string or a list"),
+        (['{"messages": [{"role": "user", "content": [{"text": 3}]}]}'], r"messages\[0\]\.content\[0\] is a text"),
+        (['{"messages": [{"role": "user", "content": [7]}]}'], r"messages\[0\]\.content\[0\] must be a string or"),
+        (['{"conversations": [{"value": "hi"}]}'], r":1: conversations\[0\] must be an object with a string 'from'"),
+        (['{"conversations": [{"from": "gpt", "value": 5}]}'], r"conversations\[0\]\.value must be a string"),
         (['{"id": 1, "text": "a"}', '{"id": "1", "text": "b"}'], r":2: duplicate id '1' \(first seen at .*:1\)"),
         (['{"id": 1, "text": "a"}', '{"text": "b"}'], r":2: some records have an 'id' field"),
         (['[1, 2]'], r":1: expected a JSON object"),

@@ -1,8 +1,10 @@
 import pytest
 import torch
-from conftest import make_tokenizer
+from conftest import make_tokenizer, write_jsonl
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from influence_distillation.data.records import Sample
+from influence_distillation.data.records import Sample, load_samples
 from influence_distillation.data.tokenization import (
     IGNORE_INDEX,
     Example,
@@ -195,3 +197,73 @@ def test_chunked_encoding_keeps_order_and_labels_of_a_mixed_stream(tokenizer):
         else:  # the labelled tokens are exactly the assistant turn as the template renders it
             rendered, spans = render_chat(sample.messages, tokenizer, tokenizer.chat_template)
             assert labelled_text(tokenizer, example) == "".join(rendered[a:b] for a, b in spans)
+
+
+def test_an_opening_assistant_turn_is_context_and_not_trained(tokenizer):
+    sample = chat(("assistant", "...as I was saying."), ("user", "Go on."), ("assistant", "Next point."))
+    (example,) = tokenize_samples([sample], tokenizer, max_length=512).examples
+    assert tokenizer.decode(example.input_ids).startswith("<|im_start|>assistant\n...as I was saying.<|im_end|>")
+    assert labelled_text(tokenizer, example) == "Next point.<|im_end|>\n"
+
+
+def test_a_chat_template_that_refuses_a_conversation_excludes_it(tokenizer):
+    strict = ("{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+              "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+              "{% endif %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}"
+              "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    tokenizer.chat_template = strict
+    samples = [chat(("user", "Hi"), ("assistant", "Hello."), sample_id="ok"),
+               chat(("system", "Be brief."), ("user", "Hi"), ("assistant", "Hello."), sample_id="system-first")]
+    result = tokenize_samples(samples, tokenizer, max_length=512)
+    assert result.ids == ["ok"]
+    ((sample_id, reason),) = result.excluded
+    assert sample_id == "system-first" and reason.startswith("the chat template refused it (")
+    assert "roles must alternate" in reason
+
+
+# Generated conversations as users hold them: any roles in any order (ShareGPT speakers too), empty, null and
+# list-of-parts contents, system turns. Reading and rendering never fail on a well-formed record: each is either
+# excluded with the reason an independent reading of the rules gives, or trains on exactly its assistant turns that
+# follow a user turn, rendered as the template writes them.
+TEXT = st.text(alphabet="abc XYZ.?\n", max_size=12)
+PART = st.one_of(TEXT, st.fixed_dictionaries({"type": st.just("text"), "text": TEXT}),
+                 st.fixed_dictionaries({"type": st.sampled_from(["image_url", "input_audio"])}))
+CONTENT = st.one_of(TEXT, st.none(), st.lists(PART, max_size=3))
+ROLES = {"messages": ["user", "assistant", "system", "tool"], "conversations": ["human", "gpt", "system", "chatgpt"]}
+
+
+def expected_outcome(turns: list[tuple[str, object]]) -> tuple[str | None, list[str]]:
+    """(exclusion reason, texts of the trained assistant turns), from the documented rules."""
+    texts, seen_user, trained = [], False, []
+    for role, content in turns:
+        parts = [] if content is None else [content] if isinstance(content, str) else content
+        images = [p["type"] for p in parts if isinstance(p, dict) and p["type"] != "text"]
+        text = "\n".join(p if isinstance(p, str) else p["text"] for p in parts if isinstance(p, str) or
+                         p["type"] == "text")
+        if images:
+            return f"non-text content part ({images[0]})", []
+        if role == "assistant" and not text.strip():
+            return "empty assistant turn", []
+        seen_user = seen_user or role == "user"
+        if role == "assistant" and seen_user:
+            trained.append(text)
+        texts.append(text)
+    return (None, trained) if trained else ("no assistant turn after a user turn", [])
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(shape=st.sampled_from(list(ROLES)), data=st.data())
+def test_generated_conversations_read_and_render_by_the_rules(tmp_path, tokenizer, shape, data):
+    turns = data.draw(st.lists(st.tuples(st.sampled_from(ROLES[shape]), CONTENT), max_size=6))
+    role_key, content_key = ("role", "content") if shape == "messages" else ("from", "value")
+    record = {shape: [{role_key: role, content_key: content} for role, content in turns]}
+    (sample,) = load_samples(write_jsonl(tmp_path / "pool.jsonl", [record]))
+    as_chat = [({"human": "user", "gpt": "assistant", "chatgpt": "assistant"}.get(role, role), content)
+               for role, content in turns]
+    reason, trained = expected_outcome(as_chat)
+    result = tokenize_samples([sample], tokenizer, max_length=4096)
+    if reason is not None:
+        assert result.excluded == [(sample.id, reason)] and not result.examples
+    else:
+        (example,) = result.examples
+        assert labelled_text(tokenizer, example) == "".join(f"{text}<|im_end|>\n" for text in trained)

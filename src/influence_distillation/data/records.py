@@ -4,10 +4,18 @@ Accepted files: JSONL (one JSON object per line), parquet, a folder written by `
 the `org/name` of a Hugging Face dataset in the Hub cache (its JSONL/parquet files of one split).
 Accepted record formats (one per file):
 
-* ``messages``: a list of ``{"role", "content"}`` turns; the loss covers assistant turns;
+* ``messages``: a list of ``{"role", "content"}`` turns (``content`` a string, or a list of OpenAI-style text parts);
+  the loss covers the assistant turns that follow a user turn;
+* ``conversations``: ShareGPT's shape, as FastChat, Axolotl and LLaMA-Factory read it: ``{"from", "value"}`` turns,
+  ``from`` one of human/user, gpt/assistant (and chatgpt, bing, bard, model), system;
 * ``prompt`` + ``completion``: a user turn and an assistant turn;
 * ``instruction`` [+ ``input``] + ``output``: the user turn is the instruction, a blank line, then the input;
 * ``text``: plain text with no template; the loss covers every token.
+
+Malformed input (bad JSON, a field of the wrong type) is an error naming the file and line. A record that reads but
+cannot be trained on (no assistant turn after a user turn, an empty assistant turn, empty text, a non-text content
+part) becomes a sample with an `excluded` reason: the run lists it in `excluded.jsonl` and counts it in the log, as
+LLaMA-Factory and Axolotl skip such rows, instead of refusing the whole pool.
 
 A record's id is its ``id`` field when the file has one (every record must then have it), else its 0-based row.
 The original record is kept untouched so the selection can be written back verbatim.
@@ -29,7 +37,10 @@ from influence_distillation.artifacts import content_fingerprint
 from influence_distillation.data.hub import resolve_data
 from influence_distillation.errors import DataError
 
-FORMATS = ("messages", "prompt-completion", "instruction-output", "text")
+FORMATS = ("messages", "conversations", "prompt-completion", "instruction-output", "text")
+# ShareGPT speakers as the chat template's roles; any other speaker keeps its own name.
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant",
+                  "bing": "assistant", "bard": "assistant", "model": "assistant", "system": "system"}
 
 
 @dataclass(frozen=True)
@@ -40,6 +51,7 @@ class Sample:
     record: dict[str, Any]
     messages: tuple[tuple[str, str], ...] | None  # (role, content) turns
     text: str | None  # plain-text records only
+    excluded: str | None = None  # why a record that reads cannot be trained on (it goes to excluded.jsonl)
 
 
 def load_samples(path: str | Path, what: str = "pool", split: str | None = None,
@@ -114,6 +126,8 @@ def _raise_duplicate(files: list[Path], suspects: set[int]) -> None:
 def detect_format(record: dict[str, Any], where: str) -> str:
     if "messages" in record:
         return "messages"
+    if "conversations" in record:
+        return "conversations"
     if "prompt" in record and "completion" in record:
         return "prompt-completion"
     if "instruction" in record and "output" in record:
@@ -122,8 +136,8 @@ def detect_format(record: dict[str, Any], where: str) -> str:
         return "text"
     fields = ", ".join(sorted(record)) or "none"
     raise DataError(
-        f"{where}: unknown record format (fields: {fields}); expected 'messages', 'prompt'+'completion', "
-        "'instruction'+'output' or 'text'"
+        f"{where}: unknown record format (fields: {fields}); expected 'messages', 'conversations' (ShareGPT), "
+        "'prompt'+'completion', 'instruction'+'output' or 'text'"
     )
 
 
@@ -187,44 +201,90 @@ def _record_id(record: dict[str, Any], where: str) -> str:
     return str(value)
 
 
-def _text_field(record: dict[str, Any], name: str, where: str, allow_empty: bool = False) -> str:
+def _text_field(record: dict[str, Any], name: str, where: str) -> str:
     value = record[name]
     if not isinstance(value, str):
         raise DataError(f"{where}: field '{name}' must be a string, got {type(value).__name__}")
-    if not allow_empty and not value.strip():
-        raise DataError(f"{where}: field '{name}' is empty")
     return value
 
 
 def _to_sample(sample_id: str, record: dict[str, Any], fmt: str, where: str) -> Sample:
     if fmt == "text":
-        return Sample(sample_id, record, None, _text_field(record, "text", where))
+        text = _text_field(record, "text", where)
+        return Sample(sample_id, record, None, text, None if text.strip() else "empty text")
     if fmt == "prompt-completion":
-        turns = (("user", _text_field(record, "prompt", where)), ("assistant", _text_field(record, "completion", where)))
+        trained = _text_field(record, "completion", where)
+        turns = (("user", _text_field(record, "prompt", where)), ("assistant", trained))
     elif fmt == "instruction-output":
         instruction = _text_field(record, "instruction", where)
-        extra = _text_field(record, "input", where, allow_empty=True) if record.get("input") is not None else ""
+        extra = _text_field(record, "input", where) if record.get("input") is not None else ""
         user = f"{instruction}\n\n{extra}" if extra.strip() else instruction
-        turns = (("user", user), ("assistant", _text_field(record, "output", where)))
+        trained = _text_field(record, "output", where)
+        turns = (("user", user), ("assistant", trained))
     else:
-        turns = _messages(record["messages"], where)
-    return Sample(sample_id, record, turns, None)
+        turns, reason = _turns(record, fmt, where)
+        return Sample(sample_id, record, turns, None, reason)
+    return Sample(sample_id, record, turns, None, None if trained.strip() else f"empty {fmt.split('-')[-1]}")
 
 
-def _messages(messages: Any, where: str) -> tuple[tuple[str, str], ...]:
-    if not isinstance(messages, list) or not messages:
-        raise DataError(f"{where}: field 'messages' must be a non-empty list of {{role, content}} objects")
-    turns = []
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            raise DataError(f"{where}: messages[{i}] must be an object with a string 'role'")
-        content = message.get("content")
-        if not isinstance(content, str):
-            raise DataError(f"{where}: messages[{i}].content must be a string, got {type(content).__name__}")
-        if message["role"] == "assistant" and not content.strip():
-            raise DataError(f"{where}: messages[{i}] is an empty assistant turn")
-        turns.append((message["role"], content))
-    return tuple(turns)
+def _turns(record: dict[str, Any], fmt: str, where: str) -> tuple[tuple[tuple[str, str], ...], str | None]:
+    """The (role, text) turns of a `messages` or ShareGPT `conversations` record, and why it cannot be trained on
+    (None when it can)."""
+    sharegpt = fmt == "conversations"
+    field_name, role_key, content_key = ("conversations", "from", "value") if sharegpt else ("messages", "role",
+                                                                                             "content")
+    turns_in = record[field_name]
+    if not isinstance(turns_in, list):
+        raise DataError(f"{where}: field '{field_name}' must be a list of {{{role_key}, {content_key}}} objects")
+    turns, reason = [], None
+    for i, turn in enumerate(turns_in):
+        if not isinstance(turn, dict) or not isinstance(turn.get(role_key), str):
+            raise DataError(f"{where}: {field_name}[{i}] must be an object with a string '{role_key}'")
+        role = SHAREGPT_ROLES.get(turn[role_key].lower(), turn[role_key]) if sharegpt else turn[role_key]
+        content, part_reason = _content(turn.get(content_key), f"{where}: {field_name}[{i}].{content_key}")
+        if role == "assistant" and not content.strip():
+            part_reason = part_reason or "empty assistant turn"
+        reason = reason or part_reason
+        turns.append((role, content))
+    if reason is None and trained_turns(turns) == []:
+        reason = "no assistant turn after a user turn"
+    return tuple(turns), reason
+
+
+def _content(value: Any, where: str) -> tuple[str, str | None]:
+    """A turn's text: a string, null (an assistant turn that only calls tools), or a list of content parts whose text
+    parts are joined by newlines. A non-text part (an image, audio) cannot be trained on by a text model: the reason
+    excludes the record rather than training on a turn that refers to what it cannot see."""
+    if value is None:
+        return "", None
+    if isinstance(value, str):
+        return value, None
+    if not isinstance(value, list):
+        raise DataError(f"{where} must be a string or a list of content parts, got {type(value).__name__}")
+    texts, reason = [], None
+    for j, part in enumerate(value):
+        if isinstance(part, str):
+            texts.append(part)
+        elif isinstance(part, dict) and part.get("type", "text") == "text":
+            if not isinstance(part.get("text"), str):
+                raise DataError(f"{where}[{j}] is a text part without a string 'text'")
+            texts.append(part["text"])
+        elif isinstance(part, dict) and isinstance(part.get("type"), str):
+            reason = reason or f"non-text content part ({part['type']})"
+        else:
+            raise DataError(f"{where}[{j}] must be a string or an object with a 'type'")
+    return "\n".join(texts), reason
+
+
+def trained_turns(turns) -> list[int]:
+    """Indices of the assistant turns that carry loss: those after a user turn. An opening assistant turn (common in
+    ShareGPT, whose long conversations were split into parts) is context: there is no request it answers."""
+    seen_user, trained = False, []
+    for i, (role, _) in enumerate(turns):
+        seen_user = seen_user or role == "user"
+        if role == "assistant" and seen_user:
+            trained.append(i)
+    return trained
 
 
 def data_fingerprint(path: str, split: str | None = None, subset: str | None = None) -> str | list[str]:

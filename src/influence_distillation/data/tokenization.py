@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from influence_distillation.data.packed import IGNORE_INDEX, Example, PackedExamples
-from influence_distillation.data.records import Sample
+from influence_distillation.data.records import Sample, trained_turns
 from influence_distillation.errors import DataError, ModelError
 
 log = logging.getLogger(__name__)
@@ -86,9 +86,16 @@ def tokenize_samples(
                disable=not progress or (total is not None and total < 2000))
     template, stream = None, iter(bar)
     while part := list(islice(stream, chunk)):
-        if template is None and any(sample.messages is not None for sample in part):
+        usable = [sample for sample in part if not sample.excluded]
+        if template is None and any(sample.messages is not None for sample in usable):
             template = chat_template(tokenizer, template_fallback)
-        for sample, (input_ids, labels) in zip(part, _encode(part, tokenizer, template), strict=True):
+        encoded = iter(_encode(usable, tokenizer, template))
+        for sample in part:
+            outcome = sample.excluded or next(encoded)
+            if isinstance(outcome, str):  # why it cannot be trained on, from the reader or the chat template
+                result.excluded.append((sample.id, outcome))
+                continue
+            input_ids, labels = outcome
             truncated = len(input_ids) > max_length
             input_ids, labels = input_ids[:max_length], labels[:max_length]
             # Position 0 is never predicted, so its label cannot carry loss.
@@ -101,14 +108,21 @@ def tokenize_samples(
     return result
 
 
-def _encode(samples: list[Sample], tokenizer, template: str | None) -> list[tuple[list[int], list[int]]]:
+def _encode(samples: list[Sample], tokenizer, template: str | None) -> list[tuple[list[int], list[int]] | str]:
     """(input_ids, labels) of each sample: chat samples with labels on their assistant turns only, plain texts (with
-    the tokenizer's special tokens) with labels everywhere."""
-    chats = [i for i, sample in enumerate(samples) if sample.messages is not None]
-    texts = [i for i, sample in enumerate(samples) if sample.messages is None]
+    the tokenizer's special tokens) with labels everywhere; or why a sample cannot be rendered (the chat template
+    refused it)."""
     encoded: list = [None] * len(samples)
+    rendered = {}
+    for i, sample in enumerate(samples):
+        if sample.messages is not None:
+            try:
+                rendered[i] = render_chat(sample.messages, tokenizer, template)
+            except TemplateRefusal as refusal:
+                encoded[i] = str(refusal)
+    chats, rendered = list(rendered), list(rendered.values())
+    texts = [i for i, sample in enumerate(samples) if sample.messages is None]
     if chats:
-        rendered = [render_chat(samples[i].messages, tokenizer, template) for i in chats]
         batch = tokenizer([text for text, _ in rendered], add_special_tokens=False, return_offsets_mapping=True)
         for i, (_, spans), input_ids, offsets in zip(chats, rendered, batch["input_ids"], batch["offset_mapping"],
                                                      strict=True):
@@ -136,9 +150,10 @@ def check_usable(pool: TokenizedSet, target: TokenizedSet, config) -> None:
     """Refuse a pool or target with nothing to train on, or a budget larger than the pool; log the counts."""
     for name, tokenized, path in (("target", target, config.target), ("pool", pool, config.pool)):
         if not tokenized.examples:
+            reasons = ", ".join(f"{reason}: {n}" for reason, n in Counter(r for _, r in tokenized.excluded).items())
             raise DataError(
                 f"{name} {path}: none of its {len(tokenized.excluded)} samples has a trainable token within "
-                f"--max-length {config.data.max_length}"
+                f"--max-length {config.data.max_length} ({reasons})"
             )
     if config.selection.budget > len(pool.examples):
         raise DataError(
@@ -162,31 +177,41 @@ def chat_template(tokenizer, template_fallback: bool) -> str:
     return FALLBACK_TEMPLATE
 
 
+class TemplateRefusal(Exception):
+    """The tokenizer's chat template raised on a conversation (e.g. one that demands strictly alternating roles): the
+    sample is excluded with this reason, not the run stopped."""
+
+
 def render_chat(messages: tuple[tuple[str, str], ...], tokenizer, template: str) -> tuple[str, list[tuple[int, int]]]:
-    """Render a conversation; return the text and the character spans of its assistant turns."""
+    """Render a conversation; return the text and the character spans of its trained assistant turns (those after a
+    user turn: `records.trained_turns`)."""
 
     def render(turns, generation_prompt=False) -> str:
         if not turns and not generation_prompt:
             return ""
         conversation = [{"role": role, "content": content} for role, content in turns]
-        return tokenizer.apply_chat_template(
-            conversation, chat_template=template, tokenize=False, add_generation_prompt=generation_prompt
-        )
+        try:
+            return tokenizer.apply_chat_template(
+                conversation, chat_template=template, tokenize=False, add_generation_prompt=generation_prompt
+            )
+        except Exception as error:  # jinja2's TemplateError, or a template's raise_exception(): the template's word
+            message = " ".join(str(error).split())[:200]
+            raise TemplateRefusal(f"the chat template refused it ({type(error).__name__}: {message})") from None
 
     text = render(messages)
     spans = []
-    for i, (role, content) in enumerate(messages):
-        if role != "assistant":
-            continue
+    for i in trained_turns(messages):
+        content = messages[i][1]
         before = render(messages[:i], True)
         through = text if i == len(messages) - 1 else render(messages[: i + 1])
         if through.startswith(before) and text.startswith(through) and len(through) > len(before):
             spans.append((len(before), len(through)))
             continue
         # Templates that rewrite earlier turns break the prefix property; fall back to locating the content.
+        content = content.strip()  # templates that rewrite turns often trim them too
         start = text.find(content, spans[-1][1] if spans else 0)
         if start < 0:
-            raise DataError(f"cannot locate assistant turn {i} in the chat-template rendering")
+            raise TemplateRefusal(f"cannot locate assistant turn {i} in the chat-template rendering")
         spans.append((start, start + len(content)))
     return text, spans
 
