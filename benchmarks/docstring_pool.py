@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from influence_distillation.artifacts import write_jsonl
-from influence_distillation.evaluation.demo_data import MAX_CHARS
+from influence_distillation.evaluation.bigbench_data import MAX_CHARS
 
 TARGET_PACKAGE = "torch/distributions"
 TARGET_SIZE = 32

@@ -164,8 +164,9 @@ def _demo_and_benchmark_parsers(commands) -> None:
     from influence_distillation.evaluation.demo import DemoConfig
 
     demo = _command(
-        commands, "demo", "the end-to-end demo: SmolLM2-135M + BIG-bench, selection vs random, report.html",
-        "Convert SmolLM2-135M-Instruct (once), fetch BIG-bench 1.0.0 (once), build a pool and three targets, "
+        commands, "demo", "the end-to-end demo: SmolLM2-135M + ShareGPT, HumanEval, maths: selection vs random, report.html",
+        "Convert SmolLM2-135M-Instruct (once), build a pool (ShareGPT conversations, generated maths, Python functions) "
+        "and three targets (HumanEval, algebra, SQL chats) from packages of the package index, "
         "select for each target, evaluate the selection against a random subset with LoRA fine-tuning, and write "
         "OUT/report.html, report.md and plots. Finished steps are reused on a second run.")
     benchmark = _command(

@@ -206,11 +206,12 @@ def test_an_opening_assistant_turn_is_context_and_not_trained(tokenizer):
     assert labelled_text(tokenizer, example) == "Next point.<|im_end|>\n"
 
 
-def test_a_chat_template_that_refuses_a_conversation_excludes_it(tokenizer):
+def test_a_chat_template_that_refuses_a_conversation_excludes_it():
     strict = ("{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
               "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
               "{% endif %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}"
               "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    tokenizer = make_tokenizer()  # its own: the shared fixture keeps the plain template
     tokenizer.chat_template = strict
     samples = [chat(("user", "Hi"), ("assistant", "Hello."), sample_id="ok"),
                chat(("system", "Be brief."), ("user", "Hi"), ("assistant", "Hello."), sample_id="system-first")]

