@@ -69,6 +69,7 @@ def test_a_sharegpt_pool_with_untrainable_records_runs_to_the_end(model_dir, tmp
               "image": [{"from": "human", "value": [{"type": "image_url", "image_url": {"url": "x.png"}}]},
                         {"from": "gpt", "value": "A cat."}]}
     pool[5:5] = [{"id": name, "conversations": turns} for name, turns in broken.items()]
+    pool += [{"id": f"c{i}", "conversations": []} for i in range(32)]  # empty copies under used ids, as in ShareGPT
     target = [{"messages": [{"role": "user", "content": [{"type": "text", "text": r["prompt"]}]},
                             {"role": "assistant", "content": r["completion"]}]} for r in synthetic_target(4)]
     out = tmp_path / "run"
@@ -79,12 +80,19 @@ def test_a_sharegpt_pool_with_untrainable_records_runs_to_the_end(model_dir, tmp
     excluded = {row["id"]: row["reason"] for row in map(json.loads, (out / "excluded.jsonl").read_text().splitlines())}
     assert excluded == {"empty-turn": "empty assistant turn", "empty": "no assistant turn after a user turn",
                         "human-only": "no assistant turn after a user turn",
-                        "image": "non-text content part (image_url)"}
+                        "image": "non-text content part (image_url)",
+                        **{f"c{i}": "no assistant turn after a user turn" for i in range(32)}}
     assert manifest["counts"]["pool"]["excluded_by_reason"] == {"empty assistant turn": 1,
-                                                                "no assistant turn after a user turn": 2,
+                                                                "no assistant turn after a user turn": 34,
                                                                 "non-text content part (image_url)": 1}
     selected = [json.loads(line) for line in (out / "selected.jsonl").read_text().splitlines()]
     assert len(selected) == 6 and not {row["id"] for row in selected} & set(broken)
+    assert all(row["conversations"] == pool[int(row["id"][1:]) + 4 * (int(row["id"][1:]) >= 5)]["conversations"]
+               for row in selected)  # the trainable copy, not the empty one under the same id
+    # Two copies that can both be trained on under one id stay an error.
+    pool[-1] = pool[0]
+    assert main(select_args(write_jsonl(tmp_path / "dup.jsonl", pool), tmp_path / "target.jsonl", model_dir("llama"),
+                            tmp_path / "dup", 6)) == 2
 
 
 def test_same_seed_gives_byte_identical_selection_and_manifest_replays(model_dir, data_files, tmp_path):

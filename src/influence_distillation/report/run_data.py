@@ -92,7 +92,7 @@ def load_run(folder: str | Path, evaluation: str | Path | None = None) -> RunDat
     return RunData(folder, manifest, list(table["id"]), np.asarray(table["score"], dtype=np.float64),
                    np.asarray(table["selected"], dtype=bool), np.asarray(table["landmark"], dtype=bool),
                    np.asarray(table["weight"], dtype=np.float64) if "weight" in table else None, target_scores,
-                   selection, None if pool is None else {s.id: s for s in pool}, targets,
+                   selection, None if pool is None else {s.id: s for s in pool if not s.excluded}, targets,
                    _evaluation(folder, evaluation, notes), notes)
 
 

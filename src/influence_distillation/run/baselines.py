@@ -107,5 +107,5 @@ def _cosines(embeddings: torch.Tensor, targets: torch.Tensor) -> Scored:
 
 def _kept(samples: list, tokenized: TokenizedSet) -> list:
     """The samples that survived tokenisation, in the order of `tokenized.examples`."""
-    by_id = {sample.id: sample for sample in samples}
+    by_id = {sample.id: sample for sample in samples if not sample.excluded}  # an excluded copy may share an id
     return [by_id[i] for i in tokenized.ids]

@@ -67,7 +67,7 @@ def selected_records(samples, result: SelectionResult, pool: TokenizedSet, token
     """The selected samples' records from `samples` (the pool read again, streaming), each checked to `tokenize` as
     it did when it was scored: a file edited during the run (rows moved, ids shifted) is refused, not written."""
     rows = {result.pool_ids[row]: row for row in result.selected}
-    found = [sample for sample in samples if sample.id in rows]
+    found = [sample for sample in samples if sample.id in rows and not sample.excluded]
     by_id = {example.id: example for example in tokenize(found).examples}
     for sample_id, row in rows.items():
         scored, now = pool.examples[row], by_id.get(sample_id)
