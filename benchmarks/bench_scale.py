@@ -56,7 +56,7 @@ def build_pools(out: Path, sizes: list[str], seed: int) -> dict[int, Path]:
     data = out / "data"
     if not (data / "pool.jsonl").is_file():
         write_pool(data, [], seed)
-    records = (data / "pool.jsonl").read_text().splitlines()
+    records = (data / "pool.jsonl").read_text().split("\n")[:-1]  # not splitlines: U+2028 is text inside a record
     pools = {}
     for size in sizes:
         if size == "all":
