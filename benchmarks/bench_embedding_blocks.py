@@ -19,8 +19,8 @@ from pathlib import Path
 
 from influence_distillation import SelectConfig, run_selection
 from influence_distillation.artifacts import user_cache_dir
-from influence_distillation.evaluation.demo import FULL
 from influence_distillation.evaluation.bigbench_data import TARGET_TASKS, DemoSizes, build_demo_data, fetch_bigbench
+from influence_distillation.evaluation.demo import FULL
 from influence_distillation.model.loading import SMOLLM2, resolve_model_path
 
 
