@@ -57,9 +57,11 @@ POOL_MATHS = tuple(f"{group}__{name}" for group, names in {
 DOCSTRING_PACKAGE = "asyncio"
 # A conversation is about SQL if any turn names it or a database that speaks it, or holds an SQL query.
 SQL = re.compile(r"(?i:\bsql\b|\bpostgres(?:ql)?\b|\bmysql\b|\bsqlite\b)|\bSELECT\b[^;]{1,300}?\bFROM\b")
-# ShareGPT requests often paste whole documents: a conversation whose opening request alone fills the demo's
-# max_length (384 tokens) has nothing left to train on. Longer openings stay out of the demo's pool and targets.
-MAX_OPENING_CHARS = 1000
+# ShareGPT requests often paste whole documents, and a split conversation opens with the end of an earlier answer: one
+# whose text before its first trained answer fills the demo's max_length (384 tokens) has nothing left to train on.
+# Those with more than 1,000 bytes of it (UTF-8: a byte per character of English, up to four for other scripts, whose
+# characters cost more tokens) stay out of the demo's pool and targets.
+MAX_OPENING_BYTES = 1000
 COMPLETE = "Complete the body of this Python function.\n\n"
 DOCUMENT = "Write the docstring of this Python function from the module `{module}`.\n\n"
 SOLVE = "Solve the following problem. Show your work, then give the final answer.\n\n"
@@ -101,6 +103,13 @@ def _first_user_text(messages: list[dict]) -> str:
     return next((str(m["content"]) for m in messages if m["role"] == "user"), "")
 
 
+def _opening_bytes(messages: list[dict]) -> int:
+    """UTF-8 bytes of the text before the first trained answer (all of it when there is none)."""
+    turns = [(m["role"], str(m["content"] or "")) for m in messages]
+    first = next(iter(trained_turns(turns)), len(turns))
+    return sum(len(text.encode()) for _, text in turns[:first])
+
+
 def _trainable(messages: list[dict]) -> bool:
     """A target or test conversation must open with the user and train on every assistant turn."""
     return (bool(messages) and messages[0]["role"] == "user" and all(isinstance(m["content"], str) for m in messages)
@@ -119,7 +128,7 @@ def _sharegpt(sizes: DemoSizes, rng: random.Random) -> tuple[list[dict], dict[st
         messages = as_messages(conversation)
         record = {"id": f"sharegpt/{conversation['id']}", "messages": messages}
         first = _first_user_text(messages)
-        if (first in seen and first) or len(first) > MAX_OPENING_CHARS:  # ShareGPT repeats some requests
+        if (first in seen and first) or _opening_bytes(messages) > MAX_OPENING_BYTES:  # ShareGPT repeats requests
             continue
         seen.add(first)
         if conversation["id"] in about_sql:
