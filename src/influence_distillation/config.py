@@ -200,7 +200,10 @@ PAPER = {"embedding": {"num_blocks": 4, "num_tangents": 2, "pooling": "last", "m
 @dataclass
 class SelectConfig:
     pool: str = option("", "Pool: a JSONL or parquet file, a datasets.save_to_disk folder, or org/name of a Hugging "
-                       "Face dataset in the Hub cache (with --split/--subset).")
+                       "Face dataset in the Hub cache (with --split/--subset), of one record format: chat 'messages' "
+                       "(content a string or text parts), ShareGPT 'conversations' ({from, value}), 'prompt' + "
+                       "'completion', 'instruction' + 'output', or 'text'. Records that cannot be trained on (no "
+                       "answer after a user turn, an empty answer) are listed in excluded.jsonl, not fatal.")
     target: str = option("", "Target examples, same formats as the pool.")
     out: str = option("", "Run directory for the outputs.")
     seed: int = option(0, "Master seed; every random choice derives from it.", minimum=0)
