@@ -95,3 +95,15 @@ def test_evaluate_reports_exact_match_beside_the_loss_for_maths_test_sets(model_
     assert main([*args, "--out", str(tmp_path / "loss-only"), "--no-task-metric"]) == 0
     results = json.loads((tmp_path / "loss-only" / "eval.json").read_text())["results"]
     assert all(EXACT_MATCH not in row for row in results.values())
+
+
+def test_generation_stops_at_the_first_match_of_the_stop_pattern(tokenizer):
+    import re
+
+    model = make_model("llama", len(tokenizer), seed=5)
+    prompt = ["<|im_start|>user\nWhat is 3 plus 4?<|im_end|>\n<|im_start|>assistant\n"]
+    full = greedy_answers(model, tokenizer, prompt, max_new_tokens=12, pad_id=0)[0]
+    assert len(full) > 2
+    pattern = re.compile(re.escape(full[:2]))
+    stopped = greedy_answers(model, tokenizer, prompt, max_new_tokens=12, pad_id=0, stop_at=pattern)[0]
+    assert full.startswith(stopped) and pattern.search(stopped) and len(stopped) < len(full)

