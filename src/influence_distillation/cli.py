@@ -18,8 +18,9 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from influence_distillation.config import PAPER, SelectConfig
+from influence_distillation.config import PAPER, SelectConfig, WarmupConfig
 from influence_distillation.errors import InfDistError
+from influence_distillation.evaluation.configs import BenchmarkConfig, DemoConfig, EvalConfig
 from influence_distillation.options import flag_of, from_dict, load_config_file, range_problem, scalar_type
 
 log = logging.getLogger("influence_distillation")
@@ -138,8 +139,6 @@ def _select_parser(commands) -> None:
 
 
 def _warmup_parser(commands) -> None:
-    from influence_distillation.run.warmup import WarmupConfig
-
     _add_common(_command(
         commands, "warmup", "briefly fine-tune with AdamW and save the model and optimizer state for the Adam variant",
         "Train the model with AdamW on a seeded random slice of the pool and save into --out the model "
@@ -148,8 +147,6 @@ def _warmup_parser(commands) -> None:
 
 
 def _evaluate_parser(commands) -> None:
-    from influence_distillation.evaluation.lora import EvalConfig
-
     _add_common(_command(
         commands, "evaluate",
         "fine-tune with LoRA on a selection and on a random subset; report target test loss and accuracy",
@@ -160,9 +157,6 @@ def _evaluate_parser(commands) -> None:
 
 
 def _demo_and_benchmark_parsers(commands) -> None:
-    from influence_distillation.evaluation.benchmark import BenchmarkConfig
-    from influence_distillation.evaluation.demo import DemoConfig
-
     demo = _command(
         commands, "demo", "the end-to-end demo: SmolLM2-135M + ShareGPT, HumanEval, maths: selection vs random, report.html",
         "Convert SmolLM2-135M-Instruct (once), build a pool (ShareGPT conversations, generated maths, Python functions) "
@@ -274,7 +268,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _warmup(args: argparse.Namespace) -> int:
-    from influence_distillation.run.warmup import WarmupConfig, run_warmup
+    from influence_distillation.run.warmup import run_warmup
 
     config = config_from_args(args, WarmupConfig)
     out = run_warmup(config, overwrite=args.overwrite, progress=not args.quiet)
@@ -284,7 +278,7 @@ def _warmup(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from influence_distillation.evaluation.lora import EvalConfig, format_table, run_evaluation
+    from influence_distillation.evaluation.lora import format_table, run_evaluation
 
     config = config_from_args(args, EvalConfig)
     summary = run_evaluation(config, progress=not args.quiet)
@@ -294,7 +288,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from influence_distillation.evaluation.demo import DemoConfig, run_demo
+    from influence_distillation.evaluation.demo import run_demo
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(DemoConfig) if hasattr(args, f.name)}
     outcome = run_demo(DemoConfig(**values), progress=not args.quiet)
@@ -305,7 +299,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _benchmark(args: argparse.Namespace) -> int:
-    from influence_distillation.evaluation.benchmark import BenchmarkConfig, run_benchmark
+    from influence_distillation.evaluation.benchmark import run_benchmark
     from influence_distillation.evaluation.benchmark_outputs import format_tables
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(BenchmarkConfig) if hasattr(args, f.name)}
