@@ -118,8 +118,8 @@ def _select_parser(commands) -> None:
         commands, "select", "select the BUDGET pool samples most influential on the target set",
         "Embed the pool with JVP embeddings, take exact gradients of a few landmark samples and of the target "
         "samples, propagate the landmarks' influence to the pool by kernel ridge regression, and select. Writes "
-        "selected.jsonl, scores.parquet, target_scores.npy, embeddings.npy, excluded.jsonl, weights.parquet (when "
-        "weights are solved) and manifest.json into --out.",
+        "selected.jsonl, dataset_info.json (LLaMA-Factory's entry for it), scores.parquet, target_scores.npy, "
+        "embeddings.npy, excluded.jsonl, weights.parquet (when weights are solved) and manifest.json into --out.",
         "Examples: influence-distill select --pool pool.jsonl --target target.jsonl --model ./my-model --budget 1000 "
         "--out runs/first;  second order with AdamW state: ... --order 2 --optimizer-state runs/warm/optimizer.pt "
         "--model runs/warm;  exact reference: ... --exact")
