@@ -264,6 +264,8 @@ class SelectConfig:
 
 @dataclass
 class WarmupConfig:
+    """`influence-distill warmup` (`run.warmup`): the AdamW state the Adam variant of the influence reads."""
+
     pool: str = option("", "Pool file to draw the warm-up samples from (same formats as select).")
     out: str = option("", "Folder for the warmed-up model, optimizer.pt and warmup.json.")
     seed: int = option(0, "Seed of the sample slice and the batch order.", minimum=0)
