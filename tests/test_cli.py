@@ -42,6 +42,10 @@ def test_select_writes_every_output(kind, chat_template, model_dir, data_files, 
     for row in selected:
         original = pool_records[int(row["id"])]
         assert {k: row[k] for k in original} == original and isinstance(row["score"], float)
+    info = json.loads((out / "dataset_info.json").read_text())  # LLaMA-Factory reads the selection as it is
+    assert info == {"selected": {"file_name": "selected.jsonl", "formatting": "alpaca",
+                                 "columns": {"prompt": "prompt", "response": "completion"}}}
+    assert "dataset_info.json" in manifest["outputs"]
     scores = pq.read_table(out / "scores.parquet").to_pydict()
     assert scores["id"] == [str(i) for i in range(36)]
     assert sum(scores["selected"]) == 8 and sum(scores["landmark"]) == 20
@@ -87,6 +91,9 @@ def test_a_sharegpt_pool_with_untrainable_records_runs_to_the_end(model_dir, tmp
                                                                 "non-text content part (image_url)": 1}
     selected = [json.loads(line) for line in (out / "selected.jsonl").read_text().splitlines()]
     assert len(selected) == 6 and not {row["id"] for row in selected} & set(broken)
+    entry = json.loads((out / "dataset_info.json").read_text())["selected"]
+    assert entry["formatting"] == "sharegpt" and entry["columns"] == {"messages": "conversations"}
+    assert (entry["tags"]["user_tag"], entry["tags"]["assistant_tag"]) == ("human", "gpt")
     assert all(row["conversations"] == pool[int(row["id"][1:]) + 4 * (int(row["id"][1:]) >= 5)]["conversations"]
                for row in selected)  # the trainable copy, not the empty one under the same id
     # Two copies that can both be trained on under one id stay an error.

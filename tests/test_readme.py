@@ -91,9 +91,17 @@ def test_readme_evaluate_and_torchrun_commands_run(tmp_path, monkeypatch):
         assert json.loads((tmp_path / "runs/big/manifest.json").read_text())["status"] == "complete"
 
 
-def test_readme_python_examples_run(tmp_path, monkeypatch):
+def python_blocks() -> dict[str, str]:
+    """The README's ```python blocks by what they show: the library's API, and training on a selection."""
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
-    assert len(blocks) == 2
+    named = {"run": [b for b in blocks if "run_selection(" in b], "stages": [b for b in blocks if "propagate(" in b],
+             "sft": [b for b in blocks if "SFTTrainer(" in b]}
+    assert all(len(found) == 1 for found in named.values()) and len(blocks) == len(named), named
+    return {name: found[0] for name, found in named.items()}
+
+
+def test_readme_python_examples_run(tmp_path, monkeypatch):
+    blocks = [python_blocks()["run"], python_blocks()["stages"]]
     monkeypatch.chdir(tmp_path)
     tokenizer = make_tokenizer()
     make_model("llama", len(tokenizer)).save_pretrained("models/my-causal-lm")
@@ -105,3 +113,38 @@ def test_readme_python_examples_run(tmp_path, monkeypatch):
     assert len(namespace["best"]) == 5 and (tmp_path / "runs/first/manifest.json").is_file()
     exec(compile(blocks[1], "README block 2", "exec"), namespace)
     assert namespace["scores"].shape == (400, 6) and len(set(namespace["chosen"].tolist())) == 100
+
+
+SELECTIONS = {  # a selected.jsonl in each format SFTTrainer reads as it is, as `select` writes it
+    "prompt-completion": lambda r: r,
+    "messages": lambda r: {"messages": [{"role": "user", "content": r["prompt"]},
+                                        {"role": "assistant", "content": r["completion"]}]},
+    "text": lambda r: {"text": f"{r['prompt']} {r['completion']}"},
+}
+
+
+@pytest.mark.parametrize("fmt", sorted(SELECTIONS))
+def test_readme_trains_on_a_selection_with_trl(fmt, tmp_path, monkeypatch):
+    """The README's SFTTrainer block, as written, on a tiny model and a 20-record selection: two epochs of three
+    steps, the model saved; the loss on the completion of prompt/completion records, else on every token."""
+    import torch
+    from safetensors.torch import load_file
+
+    monkeypatch.chdir(tmp_path)
+    tokenizer = make_tokenizer()
+    make_model("llama", len(tokenizer)).save_pretrained("my-model")
+    tokenizer.save_pretrained("my-model")
+    (tmp_path / "runs/first").mkdir(parents=True)
+    write_jsonl(tmp_path / "runs/first/selected.jsonl", [{**SELECTIONS[fmt](r), "id": f"p{i}", "score": 1.0 / (i + 1)}
+                                                         for i, r in enumerate(synthetic_pool(20))])
+    namespace: dict = {}
+    exec(compile(python_blocks()["sft"], "README block sft", "exec"), namespace)
+    trainer = namespace["trainer"]
+    assert trainer.state.global_step == 6 and all(torch.isfinite(torch.tensor(row["loss"]))
+                                                  for row in trainer.state.log_history if "loss" in row)
+    before, after = load_file(tmp_path / "my-model/model.safetensors"), load_file(
+        tmp_path / "runs/first/sft/model.safetensors")
+    assert set(before) == set(after) and any(not torch.equal(before[k], after[k]) for k in before)
+    for row in trainer.train_dataset:  # what the README says of the loss: the completion's, else every token's
+        masked = [label == -100 for label in row["labels"]]
+        assert not masked[-1] and any(masked) == (fmt == "prompt-completion")

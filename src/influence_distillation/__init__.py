@@ -2,41 +2,52 @@
 
 One call runs everything (`run_selection`); the stage functions below can also be called one by one:
 load → tokenize → embed → choose landmarks → gradients → influence → propagate → select.
+
+Every name is imported on first use (PEP 562), so `import influence_distillation` and `influence-distill --help`
+do not load torch; the first function that needs it does.
 """
 
-from influence_distillation.config import (
-    DataConfig,
-    EmbeddingConfig,
-    GradientConfig,
-    LandmarkConfig,
-    ModelConfig,
-    PropagationConfig,
-    SelectConfig,
-    SelectionConfig,
-)
-from influence_distillation.data.records import Sample, load_samples
-from influence_distillation.data.tokenization import tokenize_samples
-from influence_distillation.errors import ConfigError, DataError, InfDistError, ModelError, OutputError
-from influence_distillation.method.embeddings import jvp_embeddings
-from influence_distillation.method.gradients import projected_gradients, select_parameters
-from influence_distillation.method.influence import first_order_influence
-from influence_distillation.method.landmarks import choose_landmarks
-from influence_distillation.method.preconditioning import adam_preconditioner, load_adamw_state
-from influence_distillation.method.projection import HadamardProjector, make_projector
-from influence_distillation.method.propagation import KernelRidge, fit_kernel_ridge
-from influence_distillation.method.selection import round_robin, select, top_k
-from influence_distillation.method.stages import compute_embeddings, compute_gradients, gradient_space, propagate
-from influence_distillation.model.blocks import truncated_backbone
-from influence_distillation.model.loading import load_model
-from influence_distillation.run.outputs import SelectionResult
-from influence_distillation.run.pipeline import run_selection
+from __future__ import annotations
 
-__all__ = [
-    "ConfigError", "DataConfig", "DataError", "EmbeddingConfig", "GradientConfig", "HadamardProjector",
-    "InfDistError", "KernelRidge", "LandmarkConfig", "ModelConfig", "ModelError", "OutputError",
-    "PropagationConfig", "Sample", "SelectConfig", "SelectionConfig", "SelectionResult",
-    "adam_preconditioner", "choose_landmarks", "compute_embeddings", "compute_gradients",
-    "first_order_influence", "fit_kernel_ridge", "gradient_space", "jvp_embeddings", "load_adamw_state",
-    "load_model", "load_samples", "make_projector", "projected_gradients", "propagate", "round_robin",
-    "run_selection", "select", "select_parameters", "tokenize_samples", "top_k", "truncated_backbone",
-]
+import importlib
+from typing import Any
+
+# Public name → the module that defines it.
+_EXPORTS = {
+    "influence_distillation.config": (
+        "DataConfig", "EmbeddingConfig", "GradientConfig", "LandmarkConfig", "ModelConfig", "PropagationConfig",
+        "SelectConfig", "SelectionConfig"),
+    "influence_distillation.data.records": ("Sample", "load_samples"),
+    "influence_distillation.data.tokenization": ("tokenize_samples",),
+    "influence_distillation.errors": ("ConfigError", "DataError", "InfDistError", "ModelError", "OutputError"),
+    "influence_distillation.method.embeddings": ("jvp_embeddings",),
+    "influence_distillation.method.gradients": ("projected_gradients", "select_parameters"),
+    "influence_distillation.method.influence": ("first_order_influence",),
+    "influence_distillation.method.landmarks": ("choose_landmarks",),
+    "influence_distillation.method.preconditioning": ("adam_preconditioner", "load_adamw_state"),
+    "influence_distillation.method.projection": ("HadamardProjector", "make_projector"),
+    "influence_distillation.method.propagation": ("KernelRidge", "fit_kernel_ridge"),
+    "influence_distillation.method.selection": ("round_robin", "select", "top_k"),
+    "influence_distillation.method.stages": ("compute_embeddings", "compute_gradients", "gradient_space", "propagate"),
+    "influence_distillation.model.blocks": ("truncated_backbone",),
+    "influence_distillation.model.loading": ("load_model",),
+    "influence_distillation.run.outputs": ("SelectionResult",),
+    "influence_distillation.run.pipeline": ("run_selection",),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # the next lookup is a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+

@@ -22,6 +22,7 @@ from influence_distillation.errors import OutputError
 
 MANIFEST = "manifest.json"
 SELECTED = "selected.jsonl"
+DATASET_INFO = "dataset_info.json"  # LLaMA-Factory's entry for selected.jsonl (`data.export`)
 SCORES = "scores.parquet"
 TARGET_SCORES = "target_scores.npy"
 EMBEDDINGS = "embeddings.npy"
@@ -29,7 +30,7 @@ EXCLUDED = "excluded.jsonl"
 WEIGHTS = "weights.parquet"
 STAGES = "stages"  # resumable pool-wide stage shards, unless a shared --cache-dir is given
 REPORT_FILES = ("report.html", "report.md", "report_files", "eval.json")  # what `report`/`evaluate` add to a run
-OUTPUT_FILES = (SELECTED, SCORES, TARGET_SCORES, EMBEDDINGS, EXCLUDED, WEIGHTS, MANIFEST, STAGES, *REPORT_FILES)
+OUTPUT_FILES = (SELECTED, DATASET_INFO, SCORES, TARGET_SCORES, EMBEDDINGS, EXCLUDED, WEIGHTS, MANIFEST, STAGES, *REPORT_FILES)
 
 
 @contextlib.contextmanager

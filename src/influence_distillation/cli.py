@@ -18,8 +18,9 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from influence_distillation.config import PAPER, SelectConfig
+from influence_distillation.config import PAPER, SelectConfig, WarmupConfig
 from influence_distillation.errors import InfDistError
+from influence_distillation.evaluation.configs import BenchmarkConfig, DemoConfig, EvalConfig
 from influence_distillation.options import flag_of, from_dict, load_config_file, range_problem, scalar_type
 
 log = logging.getLogger("influence_distillation")
@@ -117,8 +118,8 @@ def _select_parser(commands) -> None:
         commands, "select", "select the BUDGET pool samples most influential on the target set",
         "Embed the pool with JVP embeddings, take exact gradients of a few landmark samples and of the target "
         "samples, propagate the landmarks' influence to the pool by kernel ridge regression, and select. Writes "
-        "selected.jsonl, scores.parquet, target_scores.npy, embeddings.npy, excluded.jsonl, weights.parquet (when "
-        "weights are solved) and manifest.json into --out.",
+        "selected.jsonl, dataset_info.json (LLaMA-Factory's entry for it), scores.parquet, target_scores.npy, "
+        "embeddings.npy, excluded.jsonl, weights.parquet (when weights are solved) and manifest.json into --out.",
         "Examples: influence-distill select --pool pool.jsonl --target target.jsonl --model ./my-model --budget 1000 "
         "--out runs/first;  second order with AdamW state: ... --order 2 --optimizer-state runs/warm/optimizer.pt "
         "--model runs/warm;  exact reference: ... --exact")
@@ -138,8 +139,6 @@ def _select_parser(commands) -> None:
 
 
 def _warmup_parser(commands) -> None:
-    from influence_distillation.run.warmup import WarmupConfig
-
     _add_common(_command(
         commands, "warmup", "briefly fine-tune with AdamW and save the model and optimizer state for the Adam variant",
         "Train the model with AdamW on a seeded random slice of the pool and save into --out the model "
@@ -148,8 +147,6 @@ def _warmup_parser(commands) -> None:
 
 
 def _evaluate_parser(commands) -> None:
-    from influence_distillation.evaluation.lora import EvalConfig
-
     _add_common(_command(
         commands, "evaluate",
         "fine-tune with LoRA on a selection and on a random subset; report target test loss and task metrics",
@@ -162,9 +159,6 @@ def _evaluate_parser(commands) -> None:
 
 
 def _demo_and_benchmark_parsers(commands) -> None:
-    from influence_distillation.evaluation.benchmark import BenchmarkConfig
-    from influence_distillation.evaluation.demo import DemoConfig
-
     demo = _command(
         commands, "demo", "the end-to-end demo: SmolLM2-135M + ShareGPT, HumanEval, maths: selection vs random, report.html",
         "Convert SmolLM2-135M-Instruct (once), build a pool (ShareGPT conversations, generated maths, Python functions) "
@@ -276,7 +270,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _warmup(args: argparse.Namespace) -> int:
-    from influence_distillation.run.warmup import WarmupConfig, run_warmup
+    from influence_distillation.run.warmup import run_warmup
 
     config = config_from_args(args, WarmupConfig)
     out = run_warmup(config, overwrite=args.overwrite, progress=not args.quiet)
@@ -286,7 +280,7 @@ def _warmup(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from influence_distillation.evaluation.lora import EvalConfig, format_table, run_evaluation
+    from influence_distillation.evaluation.lora import format_table, run_evaluation
 
     config = config_from_args(args, EvalConfig)
     summary = run_evaluation(config, progress=not args.quiet)
@@ -296,7 +290,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from influence_distillation.evaluation.demo import DemoConfig, run_demo
+    from influence_distillation.evaluation.demo import run_demo
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(DemoConfig) if hasattr(args, f.name)}
     outcome = run_demo(DemoConfig(**values), progress=not args.quiet)
@@ -307,7 +301,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _benchmark(args: argparse.Namespace) -> int:
-    from influence_distillation.evaluation.benchmark import BenchmarkConfig, run_benchmark
+    from influence_distillation.evaluation.benchmark import run_benchmark
     from influence_distillation.evaluation.benchmark_outputs import format_tables
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(BenchmarkConfig) if hasattr(args, f.name)}

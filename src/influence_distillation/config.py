@@ -1,6 +1,7 @@
-"""Typed configuration of a selection run.
+"""Typed configuration of a selection run and of its warm-up.
 
-Each pipeline stage has one frozen-by-convention dataclass; `SelectConfig` nests them. Fields are `options.option`s:
+Each pipeline stage has one frozen-by-convention dataclass; `SelectConfig` nests them. Nothing here imports torch:
+the CLI builds every flag and `--help` from these classes before any model code loads. Fields are `options.option`s:
 their metadata carries the CLI flag, help text and valid range (see `options.py`).
 """
 
@@ -25,6 +26,9 @@ class DataConfig:
         "to read (default: the dataset's only one).", added=True)
     subset: str | None = option(
         None, "For Hub dataset names: the subset (configuration) folder to read.", added=True)
+
+
+SMOLLM2 = "smollm2-135m"  # the demo's model, accepted by --model in every command (`model.loading`)
 
 
 @dataclass
@@ -258,3 +262,27 @@ class SelectConfig:
             )
 
 
+@dataclass
+class WarmupConfig:
+    """`influence-distill warmup` (`run.warmup`): the AdamW state the Adam variant of the influence reads."""
+
+    pool: str = option("", "Pool file to draw the warm-up samples from (same formats as select).")
+    out: str = option("", "Folder for the warmed-up model, optimizer.pt and warmup.json.")
+    seed: int = option(0, "Seed of the sample slice and the batch order.", minimum=0)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    size: int = option(256, "Samples in the warm-up slice (capped at the pool size).")
+    steps: int = option(50, "Optimizer steps.")
+    batch_size: int = option(8, "Samples per step.")
+    learning_rate: float = option(1e-4, "AdamW learning rate (constant).")
+    weight_decay: float = option(0.0, "AdamW weight decay.", minimum=0)
+    params: str = option("all", "Parameters to train: 'all', 'mlp-down', or a regex on parameter names. The Adam "
+                         "variant needs state for every parameter used by select's --grad-params.", "--train-params")
+
+    def validate(self) -> None:
+        for name, flag in (("pool", "--pool"), ("out", "--out")):
+            if not getattr(self, name):
+                raise ConfigError(f"{flag} is required")
+        if not self.model.path:
+            raise ConfigError("--model is required (a local Hugging Face model directory)")
+        check_ranges(self)

@@ -166,7 +166,8 @@ def test_a_ledger_continues_the_benchmark_from_a_fresh_checkout(model_dir, tmp_p
     assert second["rows"] == first["rows"] and second["methods"] == first["methods"]
     assert second["composition"] == first["composition"]
     for name in ("influence", "random", "random-s1", "less"):
-        assert (tmp_path / "second" / f"select-math-{name}" / "selected.jsonl").read_text() == \
-            (tmp_path / "first" / f"select-math-{name}" / "selected.jsonl").read_text()
+        for file in ("selected.jsonl", "dataset_info.json"):  # a restored run folder holds what the run wrote
+            assert (tmp_path / "second" / f"select-math-{name}" / file).read_text() == \
+                (tmp_path / "scout" / f"select-math-{name}" / file).read_text()
     run("third", budget=6)  # other settings: nothing recorded applies
     assert work["selections"] == 4 and work["fine-tunes"] == 4  # the untrained model's scores do not depend on it

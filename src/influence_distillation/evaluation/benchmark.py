@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +29,13 @@ from influence_distillation.data.records import load_samples
 from influence_distillation.errors import ConfigError
 from influence_distillation.evaluation.benchmark_outputs import OURS, composition_text, write_outputs
 from influence_distillation.evaluation.composition import describe, shared, target_task
-from influence_distillation.evaluation.demo import DATA_SOURCES, FULL, QUICK, apply_settings, prepare_demo_data
+from influence_distillation.evaluation.configs import VARIANTS, BenchmarkConfig, EvalConfig, Variant
+from influence_distillation.evaluation.demo import FULL, QUICK, apply_settings, prepare_demo_data
 from influence_distillation.evaluation.ledger import Ledger
-from influence_distillation.evaluation.lora import EvalConfig, aggregate_runs, evaluate_subsets
+from influence_distillation.evaluation.lora import aggregate_runs, evaluate_subsets
 from influence_distillation.method.propagation import average_ranks
-from influence_distillation.model.loading import SMOLLM2, resolve_model_path
-from influence_distillation.options import check_ranges, option, same_config, to_dict
+from influence_distillation.model.loading import resolve_model_path
+from influence_distillation.options import check_ranges, same_config, to_dict
 from influence_distillation.run.pipeline import run_selection
 from influence_distillation.run.warmup import WarmupConfig, run_warmup
 
@@ -45,66 +45,6 @@ log = logging.getLogger(__name__)
 SUITE = {**FULL, "max_length": 512, "eval": {**FULL["eval"], "task_metric": True}}
 # Not part of a method's selection cost: the same for every method (the pool's tokens are cached for the next one).
 SETUP_STAGES = ("load", "tokenize", "write")
-
-
-@dataclass(frozen=True)
-class Variant:
-    """A benchmark row that is a method with other settings: `overrides` maps dotted SelectConfig fields to values
-    (or to functions of the benchmark's settings, for values that scale with them, such as the budget);
-    `warm` takes gradients on the warm-up model with its AdamW state (the Adam variant); `weighted` fine-tunes with
-    the selection's optimal weights (the selection itself is the unweighted row's)."""
-
-    method: str
-    overrides: tuple = ()
-    warm: bool = False
-    weighted: bool = False
-
-
-# The paper's propagation (last-token JVP embeddings, median-heuristic KRR, no verification landmarks), the Adam
-# variant (exact and propagated), and the second-order weights, trained unweighted and weighted (the paper's
-# method: no verification; the target Hessian over 4 target samples, for CPU time); twice the default's verification
-# landmarks; verification by propagated influence alone (the default before --verify-neighbours).
-PAPER_PROPAGATION = (("embedding.pooling", "last"), ("propagation.tune", False), ("landmarks.verify", 0))
-ORDER2 = (("influence.order", 2), ("landmarks.verify", 0), ("influence.hessian_samples", 4))
-VARIANTS = {
-    "influence-paper": Variant("influence", PAPER_PROPAGATION),
-    "influence-adamw": Variant("influence", warm=True),
-    "exact-adamw": Variant("exact", warm=True),
-    "influence-order2": Variant("influence", ORDER2, warm=True),
-    "influence-order2-weighted": Variant("influence", ORDER2, warm=True, weighted=True),
-    "influence-gradient": Variant("influence", (("embedding.method", "gradient"),)),  # loss-gradient embeddings
-    "influence-verify2": Variant("influence", (("landmarks.verify", lambda settings: 2 * settings["budget"]),)),
-    "influence-mean-verify": Variant("influence", (("landmarks.verify_neighbours", 0.0),)),  # before neighbours
-    # The suite's default before the defaults were chosen for scale (2026-12-03): 5% landmarks, the SRHT projection.
-    "influence-5pct": Variant("influence", (("landmarks.count", 0.05), ("gradients.projection", "srht"))),
-}
-
-
-@dataclass
-class BenchmarkConfig:
-    out: str = option("runs/benchmark", "Folder for data, runs, tables and the plot.")
-    model: str = option(SMOLLM2, "smollm2-135m or a local Hugging Face model directory.")
-    data: str = option("", "A folder with pool.jsonl and targets/<name>/{target,test}.jsonl; default: the suite's "
-                       "data (the demo's pool at a larger size and five targets), built under OUT/data.")
-    source: str = option("packages", "Where the suite's data comes from when --data is not given: packages (ShareGPT, "
-                         "HumanEval, CHAMP, generated maths, the standard library) or bigbench (only when its sdist is "
-                         "in the user cache).", choices=DATA_SOURCES)
-    methods: str = option(
-        ",".join(METHODS), "Comma-separated rows: a method (" + ", ".join(METHODS) + ") or a variant ("
-        + ", ".join(VARIANTS) + "); NAME:N evaluates that row with only N fine-tuning seeds; NAME@S selects with "
-        "seed S instead of --seed (another landmark draw, tangents and projections; fine-tuning seeds unchanged), "
-        "to see how much the selection itself varies.")
-    targets: str = option("", "Comma-separated targets (default: every folder under the data's targets/).")
-    quick: bool = option(False, "The demo's quick sizes and recipe: a few minutes per method.")
-    seeds: int = option(1, "Fine-tuning seeds per selection (random: a new random subset per seed).")
-    seed: int = option(0, "Seed of the data, selections and fine-tuning.", minimum=0)
-    budget: int = option(0, "Samples to select (default: the demo's, 5%% of its pool).", minimum=0)
-    ledger: str = option("", "A folder of small JSON files to commit (selected ids, run manifests, fine-tune scores; no "
-                         "data): read before computing anything, written after every finished selection and "
-                         "fine-tune, so a long benchmark continues from a fresh checkout. An entry is reused only for "
-                         "the same pool, target and test contents, model name and settings.")
-    select_only: bool = option(False, "Only the selections and what each holds (OUT/composition.md), no fine-tuning: "
-                               "a quick look, or the stage cache and ledger filled ahead of the fine-tunes.")
 
 
 def run_benchmark(config: BenchmarkConfig, progress: bool = True) -> dict[str, Any]:

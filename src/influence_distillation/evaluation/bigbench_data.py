@@ -38,6 +38,7 @@ import numpy as np
 
 from influence_distillation.artifacts import write_json, write_jsonl
 from influence_distillation.errors import DataError
+from influence_distillation.evaluation.configs import BIGBENCH_TARGET_TASKS as TARGET_TASKS
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,6 @@ POOL_EXTRAS = (
     "misconceptions", "general_knowledge", "hindu_knowledge", "physics",
 )
 
-TARGET_TASKS = {"math": "elementary_math_qa/question_only", "reading": "disfl_qa", "knowledge": "strategyqa"}
 MAX_CHARS = 1200  # about 300 tokens: keeps every rendered sample within the demo's max_length
 
 # The benchmark suite's long-context block: reading comprehension over passages of 300-450 tokens with short answers,

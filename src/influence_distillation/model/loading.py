@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from influence_distillation.artifacts import atomic_directory, user_cache_dir
-from influence_distillation.config import ModelConfig
+from influence_distillation.config import SMOLLM2, ModelConfig
 from influence_distillation.data import hub
 from influence_distillation.errors import ConfigError, ModelError
 
@@ -32,7 +32,6 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-SMOLLM2 = "smollm2-135m"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from influence_distillation import artifacts
+from influence_distillation.data.export import llama_factory_info
 from influence_distillation.data.tokenization import TokenizedSet
 from influence_distillation.errors import DataError
 from influence_distillation.method.selection import row_means
@@ -57,7 +58,7 @@ def manifest_base(config, seeds: dict, model: nn.Module, pool: TokenizedSet, tar
 
 
 def output_files(result: SelectionResult) -> list[str]:
-    files = [artifacts.SELECTED, artifacts.SCORES, artifacts.TARGET_SCORES, artifacts.EXCLUDED]
+    files = [artifacts.SELECTED, artifacts.DATASET_INFO, artifacts.SCORES, artifacts.TARGET_SCORES, artifacts.EXCLUDED]
     files += [artifacts.EMBEDDINGS] if result.embeddings is not None else []
     files += [artifacts.WEIGHTS] if result.weights is not None else []
     return files + [artifacts.MANIFEST]
@@ -92,6 +93,7 @@ def write_outputs(out: Path, result: SelectionResult, records: dict[str, dict[st
         selected_rows.append({**records[sample_id], "id": records[sample_id].get("id", sample_id), "score": score,
                               **extra})
     artifacts.write_jsonl(out / artifacts.SELECTED, selected_rows)
+    artifacts.write_json(out / artifacts.DATASET_INFO, llama_factory_info(selected_rows, artifacts.SELECTED))
     landmarks = np.asarray(result.landmarks, dtype=np.int64)
 
     def score_columns():

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,40 +19,16 @@ import torch
 from tqdm.auto import tqdm
 
 from influence_distillation.artifacts import atomic_directory
-from influence_distillation.config import DataConfig, ModelConfig
+from influence_distillation.config import WarmupConfig
 from influence_distillation.data.records import load_samples
 from influence_distillation.data.tokenization import tokenize_samples, training_batches
 from influence_distillation.errors import ConfigError, OutputError
 from influence_distillation.method.gradients import select_parameters
 from influence_distillation.method.losses import backward_mean_loss
 from influence_distillation.model.loading import load_model, pad_token_id
-from influence_distillation.options import check_ranges, option, to_dict
+from influence_distillation.options import to_dict
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class WarmupConfig:
-    pool: str = option("", "Pool file to draw the warm-up samples from (same formats as select).")
-    out: str = option("", "Folder for the warmed-up model, optimizer.pt and warmup.json.")
-    seed: int = option(0, "Seed of the sample slice and the batch order.", minimum=0)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    size: int = option(256, "Samples in the warm-up slice (capped at the pool size).")
-    steps: int = option(50, "Optimizer steps.")
-    batch_size: int = option(8, "Samples per step.")
-    learning_rate: float = option(1e-4, "AdamW learning rate (constant).")
-    weight_decay: float = option(0.0, "AdamW weight decay.", minimum=0)
-    params: str = option("all", "Parameters to train: 'all', 'mlp-down', or a regex on parameter names. The Adam "
-                         "variant needs state for every parameter used by select's --grad-params.", "--train-params")
-
-    def validate(self) -> None:
-        for name, flag in (("pool", "--pool"), ("out", "--out")):
-            if not getattr(self, name):
-                raise ConfigError(f"{flag} is required")
-        if not self.model.path:
-            raise ConfigError("--model is required (a local Hugging Face model directory)")
-        check_ranges(self)
 
 
 def run_warmup(config: WarmupConfig, overwrite: bool = False, progress: bool = True) -> Path:
