@@ -41,7 +41,7 @@ from influence_distillation.data.tokenization import (
 from influence_distillation.errors import ConfigError, DataError
 from influence_distillation.evaluation.configs import EvalConfig
 from influence_distillation.evaluation.task_metrics import task_metrics, task_set
-from influence_distillation.method.losses import (
+from influence_distillation.method import (
     backbone_and_head,
     backward_mean_loss,
     batch_losses,

@@ -20,8 +20,7 @@ from influence_distillation import artifacts
 from influence_distillation.data.export import llama_factory_info
 from influence_distillation.data.tokenization import TokenizedSet
 from influence_distillation.errors import DataError
-from influence_distillation.method.selection import row_means
-from influence_distillation.method.weights import WeightSolution
+from influence_distillation.method import WeightSolution, row_means
 from influence_distillation.options import to_dict
 
 

@@ -14,8 +14,7 @@ from influence_distillation import artifacts
 from influence_distillation.config import SelectConfig
 from influence_distillation.data.records import load_samples
 from influence_distillation.data.tokenization import check_usable, tokenize_samples
-from influence_distillation.method.baselines import BASELINES
-from influence_distillation.method.stages import derive_seed
+from influence_distillation.method import BASELINES
 from influence_distillation.model.loading import load_model
 from influence_distillation.options import same_config
 from influence_distillation.run.baselines import select_baseline
@@ -30,6 +29,7 @@ from influence_distillation.run.outputs import (
     selected_records,
     write_outputs,
 )
+from influence_distillation.run.policy import derive_seed
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,7 @@ from influence_distillation.config import WarmupConfig
 from influence_distillation.data.records import load_samples
 from influence_distillation.data.tokenization import tokenize_samples, training_batches
 from influence_distillation.errors import ConfigError, OutputError
-from influence_distillation.method.gradients import select_parameters
-from influence_distillation.method.losses import backward_mean_loss
+from influence_distillation.method import backward_mean_loss, select_parameters
 from influence_distillation.model.loading import load_model, pad_token_id
 from influence_distillation.options import to_dict
 
