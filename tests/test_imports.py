@@ -94,6 +94,25 @@ def face_bypasses(sources: dict[str, str], exported: set[str]) -> list[str]:
     return found
 
 
+def context_writes(sources: dict[str, str]) -> list[str]:
+    """Assignments to a field of a run's context (`run.x = ...`, `run.x[...] = ...`) outside run/context.py: the
+    stages hand back what they found in their results instead."""
+    found = []
+    for module, source in sorted(sources.items()):
+        if module == f"{ROOT}.run.context":
+            continue
+        for node in ast.walk(ast.parse(source)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target] \
+                if isinstance(node, (ast.AugAssign, ast.AnnAssign)) else []
+            for target in targets:
+                while isinstance(target, ast.Subscript):
+                    target = target.value
+                if isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name) \
+                        and target.value.id == "run":
+                    found.append(f"{module}:{node.lineno} writes run.{target.attr}")
+    return found
+
+
 def test_every_import_points_down_the_layers():
     assert not (problems := upward_imports(graph(package_sources()))), "\n".join(problems)
 
@@ -121,6 +140,12 @@ def test_the_face_check_finds_a_planted_bypass():
         f"{ROOT}.report.c imports {ROOT}.method.selection",
         f"{ROOT}.run.a imports from {ROOT}.method.stages, not from {ROOT}.method",
         f"{ROOT}.run.b imports hidden, which {ROOT}.method does not export"]
+
+
+def test_only_the_run_context_writes_its_fields():
+    assert not (problems := context_writes(package_sources())), "\n".join(problems)
+    planted = {f"{ROOT}.run.a": "def f(run):\n    run.details = {}\n    run.details['x'] += 1\n    run.y.z = 2\n"}
+    assert context_writes(planted) == [f"{ROOT}.run.a:2 writes run.details", f"{ROOT}.run.a:3 writes run.details"]
 
 
 def test_no_module_imports_the_package_root():

@@ -102,12 +102,13 @@ def select_baseline(run: RunContext) -> SelectionResult:
         selected = scored.selected if scored.selected is not None else select(
             scored.scores, config.selection.budget, strategy, run.seeds["selection"])
     embeddings = scored.embeddings
-    run.details = {"selection": {"strategy": strategy},
-                   "dimensions": {"embedding": None if embeddings is None else int(embeddings.shape[1])},
-                   "cost": baseline_flops(config.method, run.model, run.pool.examples, run.target.examples,
-                                          scored.projector)}
+    details = {"selection": {"strategy": strategy},
+               "dimensions": {"embedding": None if embeddings is None else int(embeddings.shape[1])},
+               "cost": baseline_flops(config.method, run.model, run.pool.examples, run.target.examples,
+                                      scored.projector)}
     return SelectionResult(run.pool.ids, embeddings, np.zeros(0, dtype=np.int64),
-                           torch.zeros(0, scored.scores.shape[1]), scored.scores, np.asarray(selected))
+                           torch.zeros(0, scored.scores.shape[1]), scored.scores, np.asarray(selected),
+                           details=details)
 
 
 def _cosines(embeddings: torch.Tensor, targets: torch.Tensor) -> Scored:

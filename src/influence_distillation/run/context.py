@@ -42,7 +42,6 @@ class RunContext:
     target_samples: list = field(default_factory=list)
     pool: TokenizedSet | None = None
     target: TokenizedSet | None = None
-    details: dict[str, Any] = field(default_factory=dict)  # method-specific manifest entries
     dist: DistInfo = field(default_factory=DistInfo)
 
     shard_rows: int | None = None  # overrides the per-stage shard sizes
@@ -62,6 +61,13 @@ class RunContext:
     @property
     def cache_root(self) -> Path:
         return self.cache_dir or Path(self.config.out) / artifacts.STAGES
+
+    def tokenize(self) -> None:
+        """Tokenize the pool (`tokenized_pool`) and the target samples."""
+        data = self.config.data
+        self.pool = self.tokenized_pool()
+        self.target = tokenize_samples(self.target_samples, self.tokenizer, data.max_length, data.template_fallback,
+                                       "target", self.progress)
 
     def tokenized_pool(self) -> TokenizedSet:
         """The pool, streamed from its file into token files in the stage cache (or read back from there): a run

@@ -127,10 +127,11 @@ def select_influence(run: RunContext) -> SelectionResult:
         propagated = _propagation(plan, embeddings, landmarks, values, mean_influence, first, first_values)
     with run.timer("selection"):
         selected, solution, form = _selection(plan, propagated, curvature)
-    run.details = _details(plan, embeddings, first, landmarks, propagated)
+    details = _details(plan, embeddings, first, landmarks, propagated)
     if solution is not None:
-        run.details["weights"] = _weight_details(plan, solution, propagated["mean_scores"], form)
-    return SelectionResult(run.pool.ids, embeddings, landmarks, values, propagated["scores"], selected, solution)
+        details["weights"] = _weight_details(plan, solution, propagated["mean_scores"], form)
+    return SelectionResult(run.pool.ids, embeddings, landmarks, values, propagated["scores"], selected, solution,
+                           details)
 
 
 def _plan(run: RunContext) -> _Plan:

@@ -6,6 +6,7 @@ shards, and writes the outputs (see `write_outputs`) with `manifest.json` last.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from influence_distillation.run.outputs import (
     write_outputs,
 )
 from influence_distillation.run.policy import derive_seed
+from influence_distillation.run.timing import StageTimer
 
 log = logging.getLogger(__name__)
 
@@ -55,18 +57,7 @@ def run_selection(config: SelectConfig, overwrite: bool = False, progress: bool 
 
 
 def _run(config: SelectConfig, out: Path, info: DistInfo, progress: bool, cache_dir, shard_rows):
-    run = RunContext(config, progress and info.is_main, Path(cache_dir) if cache_dir else None, dist=info,
-                     shard_rows=shard_rows)
-    run.seeds = {stage: derive_seed(config.seed, stage)
-                 for stage in ("tangents", "landmarks", "projection", "kernel", "selection")}
-    with run.timer("load"):
-        run.target_samples = load_samples(config.target, "target", config.data.split, config.data.subset)
-        run.model, run.tokenizer = load_model(config.model)
-        run.timer.device = next(run.model.parameters()).device
-    with run.timer("tokenize"):  # the pool streams from its file into token files
-        run.pool = run.tokenized_pool()
-        run.target = tokenize_samples(run.target_samples, run.tokenizer, config.data.max_length,
-                                      config.data.template_fallback, "target", progress)
+    run = _loaded(config, info, progress, cache_dir, shard_rows)
     check_usable(run.pool, run.target, config)
     try:
         result = select_baseline(run) if config.method in BASELINES else select_influence(run)
@@ -76,6 +67,23 @@ def _run(config: SelectConfig, out: Path, info: DistInfo, progress: bool, cache_
     finally:
         for path in run.scratch:
             path.unlink(missing_ok=True)
+
+
+def _loaded(config: SelectConfig, info: DistInfo, progress: bool, cache_dir, shard_rows) -> RunContext:
+    """The run's context: target samples and model loaded, pool and target tokenized, each step timed."""
+    timer = StageTimer()
+    with timer("load"):
+        target_samples = load_samples(config.target, "target", config.data.split, config.data.subset)
+        model, tokenizer = load_model(config.model)
+        timer.watch(next(model.parameters()).device)
+    seeds = {stage: derive_seed(config.seed, stage)
+             for stage in ("tangents", "landmarks", "projection", "kernel", "selection")}
+    run = RunContext(config, progress and info.is_main, Path(cache_dir) if cache_dir else None, timer=timer,
+                     seeds=seeds, model=model, tokenizer=tokenizer, target_samples=target_samples, dist=info,
+                     shard_rows=shard_rows)
+    with timer("tokenize"):  # the pool streams from its file into token files
+        run.tokenize()
+    return run
 
 
 def _finish(run: RunContext, result: SelectionResult, out: Path) -> SelectionResult:
@@ -92,14 +100,14 @@ def _finish(run: RunContext, result: SelectionResult, out: Path) -> SelectionRes
                     **({"gpu_peak_memory_gib": run.timer.gpu_peak_gib} if run.timer.gpu_peak_gib else {}))
     artifacts.write_json(out / artifacts.MANIFEST, {**manifest, "outputs": output_files(result),
                                                     "status": "complete"})
-    result.manifest = manifest
-    if isinstance(result.scores, artifacts.NpyRows):  # the scratch file goes; the run's own copy stays
-        result.scores = artifacts.NpyRows(out / artifacts.TARGET_SCORES)
-    return result
+    scores = result.scores
+    if isinstance(scores, artifacts.NpyRows):  # the scratch file goes; the run's own copy stays
+        scores = artifacts.NpyRows(out / artifacts.TARGET_SCORES)
+    return dataclasses.replace(result, scores=scores, manifest=manifest)
 
 
 def _manifest(run: RunContext, result: SelectionResult) -> dict[str, Any]:
-    return {**manifest_base(run.config, run.seeds, run.model, run.pool, run.target, result), **run.details,
+    return {**manifest_base(run.config, run.seeds, run.model, run.pool, run.target, result), **result.details,
             "cache": {"dir": str(run.cache_dir) if run.cache_dir else None, "reused": run.reused,
                       "stages": run.stage_keys}}
 
