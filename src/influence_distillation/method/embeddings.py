@@ -216,8 +216,8 @@ class GradientEmbedder:
         self.params = {name: p for name, p in select_parameters(model, "mlp-down").items() if id(p) in last_block}
         self.layers = linear_layers(model, self.params)
         if not self.params or self.layers is None:
-            raise ConfigError(f"--embedding-method gradient: no linear MLP down-projection found in the last block "
-                              f"of {type(model).__name__}; use --embedding-method jvp")
+            raise ConfigError(f"EmbeddingConfig.method='gradient': no linear MLP down-projection found in the last "
+                              f"block of {type(model).__name__}; use EmbeddingConfig.method='jvp'")
         self.model, self.batch_size, self.pad_id = model, batch_size, pad_id
         self.projector = make_projector(sum(p.numel() for p in self.params.values()), dim, seed)
 

@@ -37,16 +37,17 @@ from influence_distillation.method.projection import (
 MLP_DOWN = r"(down_proj|mlp\.c_proj|dense_4h_to_h|fc2|mlp\.w2)\.(weight|bias)$"
 
 
-def select_parameters(model: nn.Module, spec: str) -> dict[str, nn.Parameter]:
-    """Parameters named by `spec`: 'mlp-down', 'all', or a regular expression searched in parameter names."""
+def select_parameters(model: nn.Module, spec: str, field: str = "spec") -> dict[str, nn.Parameter]:
+    """Parameters named by `spec`: 'mlp-down', 'all', or a regular expression searched in parameter names. `field`
+    is how errors refer to `spec` (a run passes its config field, `GradientConfig.params`)."""
     pattern = {"mlp-down": MLP_DOWN, "all": ""}.get(spec, spec)
     try:
         regex = re.compile(pattern)
     except re.error as exc:
-        raise ConfigError(f"--grad-params: invalid regular expression {spec!r} ({exc})") from None
+        raise ConfigError(f"{field}: invalid regular expression {spec!r} ({exc})") from None
     chosen = {name: p for name, p in model.named_parameters() if regex.search(name)}
     if not chosen:
-        raise ConfigError(f"--grad-params {spec!r} matches no parameter of {type(model).__name__}")
+        raise ConfigError(f"{field}={spec!r} matches no parameter of {type(model).__name__}")
     return chosen
 
 
@@ -149,13 +150,14 @@ def gradient_space(model: nn.Module, config: GradientConfig, seed: int,
     """The parameters `config.params` names, their projection (seeded) and, with `config.optimizer_state`, the Adam
     preconditioner. Batches are `config.batch_size`; unset, `batch_size` where batching is exact (every chosen
     parameter a linear layer's), else 1 (a run picks `batch_size` by device: `run/policy.py`)."""
-    params = select_parameters(model, config.params)
+    params = select_parameters(model, config.params, "GradientConfig.params")
     size = sum(p.numel() for p in params.values())
     layers = linear_layers(model, params)
     if config.projection == "kronecker":
         if layers is None:
-            raise ConfigError(f"--grad-projection kronecker needs every --grad-params {config.params!r} parameter to "
-                              "be the weight or bias of a linear layer; use --grad-projection srht")
+            raise ConfigError(f"GradientConfig.projection='kronecker' needs every GradientConfig.params="
+                              f"{config.params!r} parameter to be the weight or bias of a linear layer; use "
+                              "GradientConfig.projection='srht'")
         projector = KroneckerProjector(layers, params, config.proj_dim, seed)
     elif config.projection == "countsketch" and size > config.proj_dim:
         projector = CountSketchProjector(size, config.proj_dim, seed)

@@ -51,7 +51,7 @@ class RunContext:
         """The pool's samples, read again one at a time (the run does not keep them: a large pool's records would
         be most of its memory)."""
         data = self.config.data
-        return iter_samples(self.config.pool, "pool", data.split, data.subset)
+        return iter_samples(self.config.pool, "pool", data.split, data.subset, "SelectConfig.pool")
 
     @functools.cached_property
     def cache_basis(self) -> dict[str, Any]:
@@ -128,6 +128,7 @@ def cache_basis(config: SelectConfig) -> dict[str, Any]:
     by another of them is never mixed into this run's."""
     optimizer = config.gradients.optimizer_state
     return {"model": artifacts.content_fingerprint(resolve_model_path(config.model.path)),
-            "pool": data_fingerprint(config.pool, config.data.split, config.data.subset), "data": key_dict(config.data),
+            "pool": data_fingerprint(config.pool, config.data.split, config.data.subset, "SelectConfig.pool"),
+            "data": key_dict(config.data),
             "dtype": config.model.dtype, "device": config.model.device, "version": __version__, "format": FORMAT,
             "torch": torch.__version__, "optimizer": artifacts.content_fingerprint(optimizer) if optimizer else None}

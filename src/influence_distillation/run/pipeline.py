@@ -8,13 +8,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from influence_distillation import artifacts
 from influence_distillation.config import SelectConfig
 from influence_distillation.data.records import load_samples
-from influence_distillation.data.tokenization import check_usable, tokenize_samples
+from influence_distillation.data.tokenization import TokenizedSet, tokenize_samples
+from influence_distillation.errors import DataError
 from influence_distillation.method import BASELINES
 from influence_distillation.model.loading import load_model
 from influence_distillation.options import same_config
@@ -73,7 +75,8 @@ def _loaded(config: SelectConfig, info: DistInfo, progress: bool, cache_dir, sha
     """The run's context: target samples and model loaded, pool and target tokenized, each step timed."""
     timer = StageTimer()
     with timer("load"):
-        target_samples = load_samples(config.target, "target", config.data.split, config.data.subset)
+        target_samples = load_samples(config.target, "target", config.data.split, config.data.subset,
+                                      "SelectConfig.target")
         model, tokenizer = load_model(config.model)
         timer.watch(next(model.parameters()).device)
     seeds = {stage: derive_seed(config.seed, stage)
@@ -84,6 +87,26 @@ def _loaded(config: SelectConfig, info: DistInfo, progress: bool, cache_dir, sha
     with timer("tokenize"):  # the pool streams from its file into token files
         run.tokenize()
     return run
+
+
+def check_usable(pool: TokenizedSet, target: TokenizedSet, config: SelectConfig) -> None:
+    """Refuse a pool or target with nothing to train on, or a budget larger than the pool; log the counts."""
+    for name, tokenized, path in (("target", target, config.target), ("pool", pool, config.pool)):
+        if not tokenized.examples:
+            reasons = ", ".join(f"{reason}: {n}" for reason, n in Counter(r for _, r in tokenized.excluded).items())
+            raise DataError(
+                f"{name} {path}: none of its {len(tokenized.excluded)} samples has a trainable token within "
+                f"DataConfig.max_length={config.data.max_length} ({reasons})"
+            )
+    if config.selection.budget > len(pool.examples):
+        raise DataError(
+            f"SelectionConfig.budget={config.selection.budget} exceeds the {len(pool.examples)} selectable pool "
+            f"samples ({len(pool.excluded)} excluded for having no trainable token)"
+        )
+    for name, tokenized in (("pool", pool), ("target", target)):
+        counts = tokenized.counts()
+        log.info("%s: %d samples kept, %d truncated, %d excluded %s", name, counts["kept"], counts["truncated"],
+                 counts["excluded"], counts["excluded_by_reason"] or "")
 
 
 def _finish(run: RunContext, result: SelectionResult, out: Path) -> SelectionResult:

@@ -22,7 +22,7 @@ from influence_distillation.method import (
 )
 
 DEFAULT_LEARNING_RATE = 2e-5  # the paper's fine-tuning rate; used when neither a flag nor a state gives one
-MAX_COEFFICIENT_BYTES = 4 << 30  # the dense (N, l) propagation matrix that --order 2 needs
+MAX_COEFFICIENT_BYTES = 4 << 30  # the dense (N, l) propagation matrix that second order's weights need
 # Batch sizes when the config leaves them unset, by device type. On a CPU one unpadded sample at a time wastes
 # nothing; on a GPU small batches are launch-bound (docs/BENCHMARKS.md, "On a GPU").
 EMBEDDING_BATCH = {"cpu": 8, "cuda": 64}
@@ -74,7 +74,8 @@ def run_gradient_space(model: nn.Module, config: GradientConfig, seed: int) -> G
     """`method.gradient_space` with the device's gradient batch (capped by its memory) where the config sets none."""
     batch_size = config.batch_size
     if batch_size is None:
-        coordinates = sum(p.numel() for p in select_parameters(model, config.params).values())
+        params = select_parameters(model, config.params, "GradientConfig.params")
+        coordinates = sum(p.numel() for p in params.values())
         batch_size = gradient_batch_size(next(model.parameters()).device, coordinates)
     return gradient_space(model, config, seed, batch_size)
 
@@ -110,8 +111,8 @@ def check_coefficient_memory(pool: int, landmarks: int) -> None:
     """Refuse a dense (N, l) propagation matrix above `MAX_COEFFICIENT_BYTES`."""
     size = pool * landmarks * 8
     if size > MAX_COEFFICIENT_BYTES:
-        raise ConfigError(f"--order 2 needs the {pool}×{landmarks} propagation matrix ({size / 2**30:.1f} GiB); use "
-                          "fewer --landmarks")
+        raise ConfigError(f"InfluenceConfig.order=2 needs the {pool}×{landmarks} propagation matrix "
+                          f"({size / 2**30:.1f} GiB); use fewer LandmarkConfig.count")
 
 
 def fidelity_warning(fidelity: float | None, landmarks: int, pool: int, verified: int = 0) -> str | None:

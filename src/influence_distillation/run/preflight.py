@@ -72,12 +72,14 @@ def dry_run(config: SelectConfig) -> DryRun:
     start = time.perf_counter()
     model, tokenizer = load_model(config.model)
     loaded = time.perf_counter()
-    pool, target = (tokenize_samples(iter_samples(path, name, config.data.split, config.data.subset), tokenizer,
+    pool, target = (tokenize_samples(iter_samples(path, name, config.data.split, config.data.subset,
+                                                  f"SelectConfig.{name}"), tokenizer,
                                      config.data.max_length, config.data.template_fallback, name, False).examples
                     for name, path in (("pool", config.pool), ("target", config.target)))  # the pool streams
     tokenized = time.perf_counter()
     if not pool or not target:
-        raise ConfigError("no pool or target sample has a trainable token within --max-length")
+        raise ConfigError(f"no pool or target sample has a trainable token within "
+                          f"DataConfig.max_length={config.data.max_length}")
     rates, sizes, layout, projector = calibrate(model, tokenizer, pool, target, config, loaded - start,
                                                 tokenized - loaded)
     first = landmark_count(config.landmarks.count, len(pool))
@@ -212,8 +214,8 @@ def check_fits(estimated: list[Estimate], out: Path, memory: float | None = None
     if peak.memory > 0.9 * memory:
         raise ConfigError(
             f"estimated peak memory {peak.memory / GIB:.1f} GiB (stage {peak.stage}) exceeds the "
-            f"{memory / GIB:.1f} GiB available; lower --embedding-batch-size, --grad-dim, --landmarks or "
-            "--max-length, or use a bigger machine")
+            f"{memory / GIB:.1f} GiB available; lower EmbeddingConfig.batch_size, GradientConfig.proj_dim, "
+            "LandmarkConfig.count or DataConfig.max_length, or use a bigger machine")
     root = out if out.exists() else next(p for p in out.parents if p.exists())
     disk = shutil.disk_usage(root).free if disk is None else disk
     needed = sum(e.disk for e in estimated)
