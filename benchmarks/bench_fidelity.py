@@ -7,7 +7,7 @@ Usage (after the suite's exact runs: `influence-distill benchmark --out runs/sui
 
 The exact first-order influence of every pool sample on every target sample is read from the `exact` runs, so any
 landmark set's values are rows of it and each configuration costs KRR fits, no gradients; verification landmarks are
-simulated the way `select --verify` places them (`stages.verify_landmarks`). Metrics, each the mean over `--seeds`
+simulated the way `select --verify` places them (`method.verify_landmarks`). Metrics, each the mean over `--seeds`
 landmark draws (± the std over draws) and over the targets of a group (long context: multirc, quoref; the demo's:
 math, reading, knowledge):
 
@@ -40,6 +40,7 @@ from influence_distillation import ModelConfig, load_model, load_samples, tokeni
 from influence_distillation.artifacts import fingerprint, write_json, write_npy
 from influence_distillation.config import PropagationConfig
 from influence_distillation.data.tokenization import collate, length_batches
+from influence_distillation.method import propagate, verify_landmarks
 from influence_distillation.method.baselines import minilm_embeddings, rds_embeddings
 from influence_distillation.method.embeddings import (
     POOLINGS,
@@ -49,10 +50,9 @@ from influence_distillation.method.embeddings import (
     sample_tangents,
 )
 from influence_distillation.method.landmarks import choose_landmarks
-from influence_distillation.method.propagation import spearman
 from influence_distillation.method.selection import select
-from influence_distillation.method.stages import propagate, verify_landmarks
 from influence_distillation.model.blocks import truncated_backbone
+from influence_distillation.stats import spearman
 
 LONG = ("multirc", "quoref")
 FRACTIONS = (0.01, 0.02, 0.05, 0.1, 0.2)

@@ -25,7 +25,7 @@ from influence_distillation.method.gradients import flat_gradient, projected_gra
 from influence_distillation.method.losses import only_requires_grad
 from influence_distillation.method.per_sample import KroneckerProjector, linear_layers
 from influence_distillation.method.projection import CountSketchProjector, HadamardProjector
-from influence_distillation.method.propagation import spearman
+from influence_distillation.stats import spearman
 
 
 def influence(rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

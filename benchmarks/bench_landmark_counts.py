@@ -25,9 +25,10 @@ from bench_fidelity import load_exact, selection_agreement
 
 from influence_distillation import ModelConfig, load_model, load_samples, tokenize_samples
 from influence_distillation.config import EmbeddingConfig, PropagationConfig
+from influence_distillation.method import propagate, verify_landmarks
 from influence_distillation.method.landmarks import choose_landmarks
-from influence_distillation.method.stages import make_embedder, propagate, verify_landmarks
 from influence_distillation.model.loading import pad_token_id
+from influence_distillation.run.policy import run_embedder
 
 SETTINGS = [(32, 32), (64, 64), (96, 96), (128, 120), (141, 120), (256, 120), (64, 120), (128, 64), (128, 0),
             (256, 0), (512, 0)]
@@ -39,7 +40,7 @@ def target_embeddings(bench: Path, target: str, run: dict) -> torch.Tensor:
     model, tokenizer = load_model(ModelConfig(path=config["model"]["path"]))
     samples = load_samples(bench / "data" / "targets" / target / "target.jsonl")
     examples = tokenize_samples(samples, tokenizer, config["data"]["max_length"], progress=False).examples
-    embedder = make_embedder(model, EmbeddingConfig(**{k: v for k, v in config["embedding"].items()}),
+    embedder = run_embedder(model, EmbeddingConfig(**{k: v for k, v in config["embedding"].items()}),
                              run["seeds"]["tangents"], pad_token_id(tokenizer))
     return embedder([examples[i] for i in range(len(examples))])
 

@@ -35,9 +35,9 @@ from influence_distillation.method.gradients import flat_gradient, select_parame
 from influence_distillation.method.landmarks import landmark_count
 from influence_distillation.method.losses import only_requires_grad
 from influence_distillation.method.projection import CountSketchProjector, HadamardProjector
-from influence_distillation.method.stages import make_embedder, verification_count
 from influence_distillation.run import estimates
 from influence_distillation.run.estimates import Rates, Sizes, Workload
+from influence_distillation.run.policy import run_embedder, verification_count
 from influence_distillation.run.preflight import _blank_adam_states, _fastest, _matmul_rate
 
 # Public configurations of the paper's models (and of the demo's, for --check); random weights.
@@ -93,7 +93,7 @@ def measure(model, examples: list[Example], repeats: int) -> dict[str, float]:
 
 
 def jvp_seconds(model, examples: list[Example], blocks: int, tangents: int, repeats: int) -> float:
-    embedder = make_embedder(model, EmbeddingConfig(num_blocks=blocks, num_tangents=tangents), 0)
+    embedder = run_embedder(model, EmbeddingConfig(num_blocks=blocks, num_tangents=tangents), 0)
     embedder(examples[:1])  # warm-up
     return _fastest(lambda: embedder(examples[:1]), repeats)
 

@@ -9,7 +9,7 @@ verification landmarks shared with the pool samples nearest the target samples (
 * Round-robin verification: the verification landmarks are the round-robin selection of the propagated scores
   instead of the top by mean influence (`stages.verification_rows`).
 * Neighbours: a share of the verification landmarks goes to the pool samples nearest each target sample in the JVP
-  embedding space (`landmarks.target_neighbours`, through the library's own `stages.verify_landmarks`).
+  embedding space (`landmarks.target_neighbours`, through the library's own `method.verify_landmarks`).
 
 Metrics as in bench_fidelity.py (K = 2 last-token JVP, 5% random landmarks, verification ×1, 5 draws): overlap with
 the exact round-robin selection and the exact influence it captures; for the neighbour rows also how many of the
@@ -31,12 +31,13 @@ from bench_fidelity import LONG, jvp_pass, load_exact, selection_agreement
 
 from influence_distillation import ModelConfig, load_model, load_samples, tokenize_samples
 from influence_distillation.config import PropagationConfig
+from influence_distillation.method import verification_rows, verify_landmarks
 from influence_distillation.method.gradients import flat_gradient, select_parameters
 from influence_distillation.method.landmarks import choose_landmarks
 from influence_distillation.method.losses import only_requires_grad
-from influence_distillation.method.propagation import fit_propagation, spearman
+from influence_distillation.method.propagation import fit_propagation
 from influence_distillation.method.selection import select
-from influence_distillation.method.stages import verification_rows, verify_landmarks
+from influence_distillation.stats import spearman
 
 
 def target_inputs(bench: Path, cache: Path, targets: list[str], manifest: dict) -> dict[str, tuple]:

@@ -442,7 +442,7 @@ def test_configs_built_in_python_and_config_files_get_the_same_range_checks(tmp_
     config = SelectConfig(pool="p", target="t", out="o")
     config.selection.budget, config.model.path = 3, "m"
     config.propagation.ridge = 0.0
-    with pytest.raises(ConfigError, match="--ridge must be greater than 0, got 0.0"):
+    with pytest.raises(ConfigError, match="PropagationConfig.ridge must be greater than 0, got 0.0"):
         config.validate()
     with pytest.raises(ConfigError, match=r"config.landmarks.verify: must be at least -1, got -2"):
         from_dict(SelectConfig, {"landmarks": {"verify": -2}})

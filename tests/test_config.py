@@ -77,10 +77,10 @@ def test_same_config_rejects_other_values_and_unreadable_configs():
 def test_a_missing_budget_is_named_as_required_not_as_out_of_range():
     config = SelectConfig(pool="p.jsonl", target="t.jsonl", out="o")
     config.model.path = "m"
-    with pytest.raises(ConfigError, match="--budget is required"):
+    with pytest.raises(ConfigError, match="SelectionConfig.budget is required"):
         config.validate()
     config.selection.budget = -3
-    with pytest.raises(ConfigError, match="--budget must be at least 1, got -3"):
+    with pytest.raises(ConfigError, match="SelectionConfig.budget must be at least 1, got -3"):
         config.validate()
 
 

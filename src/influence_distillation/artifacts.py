@@ -163,7 +163,7 @@ def check_output_dir(out: Path, same_run: Callable[[dict[str, Any]], bool], over
     """Refuse an output directory that holds something other than an earlier run of the same configuration
     (`same_run` says whether a saved manifest's config is this run's)."""
     if out.exists() and not out.is_dir():
-        raise OutputError(f"--out {out} is a file; give a directory")
+        raise OutputError(f"SelectConfig.out={str(out)!r} is a file; give a directory")
     if not out.exists() or overwrite or not any(out.iterdir()):
         return
     manifest = read_manifest(out)
@@ -171,13 +171,14 @@ def check_output_dir(out: Path, same_run: Callable[[dict[str, Any]], bool], over
         foreign = sorted(p.name for p in out.iterdir() if p.name not in OUTPUT_FILES and not p.name.startswith("."))
         if foreign:
             raise OutputError(
-                f"--out {out} is not empty and is not an influence-distill run (holds {', '.join(foreign[:3])}); "
-                "choose another directory or pass --overwrite"
+                f"SelectConfig.out={str(out)!r} is not empty and is not an influence-distill run (holds "
+                f"{', '.join(foreign[:3])}); choose another directory or pass overwrite=True"
             )
         return
     if not same_run(manifest.get("config", {})):
         raise OutputError(
-            f"--out {out} holds a run with a different configuration; choose another directory or pass --overwrite"
+            f"SelectConfig.out={str(out)!r} holds a run with a different configuration; choose another directory or "
+            "pass overwrite=True"
         )
 
 

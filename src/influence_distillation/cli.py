@@ -2,7 +2,7 @@
 
 Flags are generated from the config dataclasses (their metadata holds each flag's name and help), so `--help`, config
 files and the manifest always list the same settings. Precedence: built-in defaults < `select --paper` < `--config
-FILE` < flags.
+FILE` < flags. The library's errors name config fields (`SelectionConfig.budget`); printed here, they name the flags.
 """
 
 from __future__ import annotations
@@ -21,7 +21,15 @@ from typing import Any
 from influence_distillation.config import PAPER, SelectConfig, WarmupConfig
 from influence_distillation.errors import InfDistError
 from influence_distillation.evaluation.configs import BenchmarkConfig, DemoConfig, EvalConfig
-from influence_distillation.options import flag_of, from_dict, load_config_file, range_problem, scalar_type
+from influence_distillation.options import (
+    as_flags,
+    field_flags,
+    flag_of,
+    from_dict,
+    load_config_file,
+    range_problem,
+    scalar_type,
+)
 
 log = logging.getLogger("influence_distillation")
 
@@ -311,6 +319,11 @@ def _benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+def cli_words(message: str) -> str:
+    """A library error as the command line says it: each config field it names becomes the flag that sets it."""
+    return as_flags(message, field_flags(SelectConfig, WarmupConfig, EvalConfig, DemoConfig, BenchmarkConfig))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -331,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     except InfDistError as exc:
         if args.debug:
             raise
-        print(f"influence-distill: error: {exc}", file=sys.stderr)
+        print(f"influence-distill: error: {cli_words(str(exc))}", file=sys.stderr)
         return 2
     except OSError as exc:
         if args.debug or disk_problem(exc) is None:

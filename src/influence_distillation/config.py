@@ -224,42 +224,40 @@ class SelectConfig:
     selection: SelectionConfig = field(default_factory=SelectionConfig)
 
     def validate(self) -> None:
-        """Raise ConfigError for values no stage can run with; checks that need data happen later."""
-        for name, flag in (("pool", "--pool"), ("target", "--target"), ("out", "--out")):
+        """Raise ConfigError for values no stage can run with (each value is checked here, once; checks that need
+        data happen later). Errors name the field (`SelectionConfig.budget`); the CLI shows its flag."""
+        for name in ("pool", "target", "out"):
             if not getattr(self, name):
-                raise ConfigError(f"{flag} is required")
+                raise ConfigError(f"SelectConfig.{name} is required")
         if not self.model.path:
-            raise ConfigError("--model is required (a local model directory, smollm2-135m, or a Hub name in the cache)")
+            raise ConfigError("ModelConfig.path is required (a local model directory, smollm2-135m, or a Hub name in "
+                              "the cache)")
         if self.selection.budget == 0:
-            raise ConfigError("--budget is required: the number of pool samples to select")
+            raise ConfigError("SelectionConfig.budget is required: the number of pool samples to select")
         check_ranges(self)
         if self.landmarks.count >= 1 and self.landmarks.count != int(self.landmarks.count):
-            raise ConfigError(f"--landmarks must be an integer or a fraction below 1, got {self.landmarks.count}")
-        if self.landmarks.count <= 0 and self.landmarks.count != -1:
-            raise ConfigError(f"--landmarks must be a count, a fraction of the pool, or -1 for the default rule, got "
+            raise ConfigError(f"LandmarkConfig.count must be an integer or a fraction below 1, got "
                               f"{self.landmarks.count}")
+        if self.landmarks.count <= 0 and self.landmarks.count != -1:
+            raise ConfigError(f"LandmarkConfig.count must be a count, a fraction of the pool, or -1 for the default "
+                              f"rule, got {self.landmarks.count}")
         if self.landmarks.verify_neighbours > 1:
-            raise ConfigError(f"--verify-neighbours is a share of the verification landmarks, from 0 to 1, got "
-                              f"{self.landmarks.verify_neighbours}")
+            raise ConfigError(f"LandmarkConfig.verify_neighbours is a share of the verification landmarks, from 0 to "
+                              f"1, got {self.landmarks.verify_neighbours}")
         poolings = self.embedding.poolings()
         if not all(part in POOLINGS for part in poolings) or len(set(poolings)) != len(poolings):
-            raise ConfigError(f"--pooling must be one or more of {', '.join(POOLINGS)} joined by '+', without "
-                              f"repeats, got {self.embedding.pooling!r}")
-        if self.influence.order not in (1, 2):
-            raise ConfigError(f"--order must be 1 or 2, got {self.influence.order}")
-        if self.method not in METHODS:
-            raise ConfigError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
+            raise ConfigError(f"EmbeddingConfig.pooling must be one or more of {', '.join(POOLINGS)} joined by '+', "
+                              f"without repeats, got {self.embedding.pooling!r}")
         if self.method in ("random", "mid-ppl") and self.selection.strategy != "auto":
-            raise ConfigError(f"--method {self.method} makes its own selection; drop --selection")
+            raise ConfigError(f"SelectConfig.method={self.method!r} makes its own selection; drop "
+                              "SelectionConfig.strategy")
         if self.method not in ("influence", "exact") and (self.influence.order == 2
                                                            or self.selection.strategy == "weights"):
-            raise ConfigError(f"--order 2 and --selection weights are Influence Distillation's; not for "
-                              f"--method {self.method}")
+            raise ConfigError(f"InfluenceConfig.order=2 and SelectionConfig.strategy='weights' are Influence "
+                              f"Distillation's; not for SelectConfig.method={self.method!r}")
         if self.influence.order == 2 and self.selection.resolved(2) != "weights":
-            raise ConfigError(
-                f"--order 2 acts through the optimal weights; use --selection weights (or auto), not "
-                f"{self.selection.strategy}"
-            )
+            raise ConfigError(f"InfluenceConfig.order=2 acts through the optimal weights; use "
+                              f"SelectionConfig.strategy='weights' (or 'auto'), not {self.selection.strategy!r}")
 
 
 @dataclass
@@ -280,9 +278,9 @@ class WarmupConfig:
                          "variant needs state for every parameter used by select's --grad-params.", "--train-params")
 
     def validate(self) -> None:
-        for name, flag in (("pool", "--pool"), ("out", "--out")):
+        for name in ("pool", "out"):
             if not getattr(self, name):
-                raise ConfigError(f"{flag} is required")
+                raise ConfigError(f"WarmupConfig.{name} is required")
         if not self.model.path:
-            raise ConfigError("--model is required (a local Hugging Face model directory)")
+            raise ConfigError("ModelConfig.path is required (a local Hugging Face model directory)")
         check_ranges(self)

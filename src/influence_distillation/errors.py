@@ -1,7 +1,9 @@
 """Errors the user can act on.
 
-Every message names the file, line, field or flag at fault and says how to fix it; the CLI prints it on one line
-and exits non-zero. Programming errors stay ordinary exceptions (and keep their traceback).
+Every message names the file, line or config field at fault and says how to fix it. A field is named as Python
+sets it, `SelectionConfig.budget` or `InfluenceConfig.order=2`; the CLI prints it on one line with the flag instead
+(`--budget`, `--order 2`: `options.as_flags`) and exits non-zero. Programming errors stay ordinary exceptions (and
+keep their traceback).
 """
 
 

@@ -5,15 +5,18 @@ saved and read.
 manifests and validation all describe the same fields. A whole config round-trips through `to_dict` / `from_dict`
 (which is how a run is replayed from its manifest); `key_dict` is what cache keys and run comparisons hash.
 `performance` options (batch sizes) change speed and memory, not results, so neither hashes them: a run or cached
-stage made with other batch sizes, or on another device whose defaults differ, is the same run.
+stage made with other batch sizes, or on another device whose defaults differ, is the same run. Library errors name
+fields as `SelectionConfig.budget`; `as_flags` puts the CLI's flags in their place.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
 import json
 import math
+import re
 import types
 import typing
 from dataclasses import field
@@ -57,15 +60,64 @@ def flag_of(spec: dataclasses.Field) -> str:
     return spec.metadata.get("flag") or "--" + spec.name.replace("_", "-")
 
 
+def field_name(config: Any, name: str) -> str:
+    """How library errors name a field: `SelectionConfig.budget` (the CLI shows its flag, `as_flags`)."""
+    return f"{(config if isinstance(config, type) else type(config)).__name__}.{name}"
+
+
+def field_flags(*classes: type) -> dict[str, str]:
+    """`Class.field` → its flag, for every scalar field of `classes` and of the configs nested in them."""
+    flags = {}
+    for cls in classes:
+        hints = typing.get_type_hints(cls)
+        for spec in dataclasses.fields(cls):
+            if dataclasses.is_dataclass(hints[spec.name]):
+                flags |= field_flags(hints[spec.name])
+            else:
+                flags[field_name(cls, spec.name)] = flag_of(spec)
+    return flags
+
+
+# `Config.field` or `Config.field=value` (a Python literal: a number, True/False, or a quoted string).
+FIELD_MENTION = re.compile(r"\b([A-Z][A-Za-z]*Config\.[a-z_][a-z0-9_]*)(?:=('[^']*'|\"[^\"]*\"|[^\s,;:()'\"]+))?")
+# Keyword arguments of the run functions that are command-level flags.
+ARGUMENT_FLAGS = {"overwrite=True": "--overwrite"}
+QUOTES = ("'", '"')
+
+
+def as_flags(message: str, flags: dict[str, str]) -> str:
+    """A library message in the command line's words: `Config.field` becomes the flag that sets it, and
+    `Config.field=value` the flag with its value (`--flag value`, `--flag` / `--no-flag` for booleans)."""
+
+    def flag(match: re.Match) -> str:
+        option, value = flags.get(match[1]), match[2]
+        if option is None:
+            return match[0]
+        if value is None:
+            return option
+        if value in ("True", "False"):
+            return option if value == "True" else f"--no-{option[2:]}"
+        return f"{option} {ast.literal_eval(value) if value[0] in QUOTES else value}"
+
+    message = FIELD_MENTION.sub(flag, message)
+    for argument, option in ARGUMENT_FLAGS.items():
+        message = message.replace(argument, option)
+    return message
+
+
 def check_ranges(config: Any) -> None:
-    """Every number of a (nested) config against its option's range, for configs built in Python."""
+    """Every number of a (nested) config against its option's range and every value against its option's
+    choices, for configs built in Python or read from a file (the CLI's parser checks its own flags)."""
     hints = typing.get_type_hints(type(config))
     for spec in dataclasses.fields(config):
-        value = getattr(config, spec.name)
+        value, name = getattr(config, spec.name), field_name(config, spec.name)
+        choices = spec.metadata.get("choices")
         if dataclasses.is_dataclass(value):
             check_ranges(value)
         elif problem := range_problem(spec.metadata, scalar_type(hints[spec.name]), value):
-            raise ConfigError(f"{flag_of(spec)} {problem}, got {value}")
+            raise ConfigError(f"{name} {problem}, got {value}")
+        elif choices and value not in choices:
+            raise ConfigError(f"{name} must be one of {', '.join(map(str, choices))}, got {value!r}")
 
 
 def to_dict(config: Any) -> dict[str, Any]:

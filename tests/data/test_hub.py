@@ -46,7 +46,7 @@ def test_hub_names_resolve_to_the_cached_snapshot(hub_cache):
     expected = synthetic_pool(20, seed=0) + synthetic_pool(16, seed=5)  # both shards, in order
     assert [s.record for s in train] == expected
     assert [s.record for s in load_samples("org/mixed", "target", split="validation")] == synthetic_target(4)
-    with pytest.raises(DataError, match="has splits train, validation; choose one with --split"):
+    with pytest.raises(DataError, match="has splits train, validation; choose one with DataConfig.split"):
         load_samples("org/mixed", "pool")
     with pytest.raises(DataError, match="no split 'test' \\(found: train, validation\\)"):
         load_samples("org/mixed", "pool", split="test")

@@ -5,7 +5,7 @@ import torch
 from influence_distillation.config import SelectConfig
 from influence_distillation.errors import ConfigError
 from influence_distillation.method.landmarks import AUTO_CAP, AUTO_FLOOR, choose_landmarks, landmark_count
-from influence_distillation.method.stages import verification_count
+from influence_distillation.run.policy import verification_count
 
 
 def test_counts_fractions_and_caps():

@@ -47,38 +47,6 @@ def test_parameters_that_are_not_linear_layers_are_refused(tokenizer):
     assert linear_layers(model, select_parameters(model, "all")) is None
 
 
-def test_unset_batch_sizes_follow_the_device_and_batch_only_linear_layers(tokenizer, monkeypatch):
-    from influence_distillation.config import EmbeddingConfig, GradientConfig
-    from influence_distillation.method import stages
-
-    assert stages.device_batch_size(None, stages.EMBEDDING_BATCH, torch.device("cuda", 0)) == 64
-    assert stages.device_batch_size(None, stages.GRADIENT_BATCH, torch.device("cuda")) == 16
-    assert stages.device_batch_size(None, stages.EMBEDDING_BATCH, torch.device("meta")) == 8  # the CPU's
-    assert stages.device_batch_size(3, stages.EMBEDDING_BATCH, torch.device("cuda")) == 3
-    model = make_model("llama", len(tokenizer))
-    assert stages.make_embedder(model, EmbeddingConfig(num_blocks=2), 0).batch_size == 8
-    assert stages.gradient_space(model, GradientConfig(), 0).batch_size == 1
-    monkeypatch.setitem(stages.GRADIENT_BATCH, "cpu", 4)  # as on a GPU: batched where every parameter is linear
-    assert stages.gradient_space(model, GradientConfig(), 0).batch_size == 4
-    assert stages.gradient_space(model, GradientConfig(params="all"), 0).batch_size == 1  # norms, embeddings
-    assert stages.gradient_space(model, GradientConfig(params="all", batch_size=2), 0).batch_size == 2  # as asked
-
-
-def test_the_gpu_gradient_batch_shrinks_to_fit_its_memory():
-    from influence_distillation.method.stages import GRADIENT_BYTES_PER_COORDINATE, gradient_batch_size
-
-    gib = 2**30
-    # SmolLM2-1.7B's MLP down-projections (24 × 2048 × 8192) on a 141 GiB card: the full batch of 16 fits.
-    assert gradient_batch_size(torch.device("cuda"), 24 * 2048 * 8192, 141 * gib) == 16
-    # Llama-2-7B's (32 × 4096 × 11008) on an 80 GiB card: as many as fit in half of it, and one more would not.
-    coordinates = 32 * 4096 * 11008
-    batch = gradient_batch_size(torch.device("cuda"), coordinates, 80 * gib)
-    per_sample = GRADIENT_BYTES_PER_COORDINATE * coordinates
-    assert 1 < batch < 16 and batch * per_sample <= 40 * gib < (batch + 1) * per_sample
-    assert gradient_batch_size(torch.device("cuda"), coordinates, 8 * gib) == 1  # never below one sample
-    assert gradient_batch_size(torch.device("cpu"), coordinates) == 1  # a CPU's default is one at a time anyway
-
-
 def dense_kronecker(projector: KroneckerProjector) -> torch.Tensor:
     """The explicit (out_dim, D) matrix: per layer kron(R_o, R_i) on the row-major (out × in) weight block."""
     blocks = []

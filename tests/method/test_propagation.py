@@ -8,10 +8,10 @@ from influence_distillation.method.propagation import (
     leave_one_out,
     median_bandwidth,
     rbf_kernel,
-    spearman,
     squared_distances,
     tune_kernel_ridge,
 )
+from influence_distillation.stats import spearman
 
 
 def test_squared_distances_and_median_match_brute_force():
@@ -76,7 +76,7 @@ def test_coefficient_matrix_reproduces_predictions():
 def test_spearman_and_heldout_fidelity():
     import scipy.stats
 
-    from influence_distillation.method.propagation import heldout_fidelity, spearman
+    from influence_distillation.method.propagation import heldout_fidelity
 
     torch.manual_seed(5)
     x, y = torch.randn(50, dtype=torch.float64), torch.randn(50, dtype=torch.float64)
@@ -166,7 +166,7 @@ def test_propagation_into_a_file_equals_propagation_in_memory(tmp_path):
 
     from influence_distillation.artifacts import NpyRows
     from influence_distillation.config import PropagationConfig
-    from influence_distillation.method.stages import propagate
+    from influence_distillation.method.propagation import propagate
 
     torch.manual_seed(5)
     points, landmarks = torch.randn(200, 6), np.array([3, 50, 7, 120, 199, 0, 88, 42, 9, 150])
@@ -175,15 +175,3 @@ def test_propagation_into_a_file_equals_propagation_in_memory(tmp_path):
     in_memory, _ = propagate(points, landmarks, values, config, seed=1)
     on_disk, _ = propagate(points, landmarks, values, config, 1, NpyRows.create(tmp_path / "s.npy", (200, 3), float))
     assert np.array_equal(np.asarray(on_disk), in_memory) and np.array_equal(in_memory[landmarks], values.numpy())
-
-
-def test_low_held_out_fidelity_warns_with_the_remedies():
-    from influence_distillation.method.stages import LOW_FIDELITY, fidelity_warning
-
-    assert fidelity_warning(None, 40, 1000) is None and fidelity_warning(LOW_FIDELITY, 40, 1000) is None
-    line = fidelity_warning(LOW_FIDELITY - 0.1, 40, 1000)
-    assert "\n" not in line and "held-out Spearman 0.50" in line
-    assert "--landmarks 80" in line and "--verify -1" in line and "--exact" in line
-    assert "--landmarks 60" in fidelity_warning(0.2, 40, 60)  # never more landmarks than the pool has
-    verified = fidelity_warning(0.2, 40, 1000, verified=50)  # verification already ran: ask for more of it
-    assert "(and 50 verification landmarks)" in verified and "--verify 100" in verified

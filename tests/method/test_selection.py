@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 
-from influence_distillation.errors import ConfigError
 from influence_distillation.method.selection import round_robin, select, top_k
 
 
@@ -49,8 +48,8 @@ def test_round_robin_single_target_is_top_k_and_seeds_are_reproducible():
 
 
 @pytest.mark.parametrize("budget", [0, -1, 6])
-def test_budget_outside_the_pool_is_a_config_error(budget):
-    with pytest.raises(ConfigError, match="--budget"):
+def test_budget_outside_the_scores_is_refused(budget):
+    with pytest.raises(ValueError, match=f"budget={budget} must be between 1 and the 5 rows"):
         select(np.zeros((5, 2)), budget, "top-k")
 
 

@@ -14,16 +14,10 @@ from influence_distillation.cli import main
 from influence_distillation.config import EmbeddingConfig, PropagationConfig
 from influence_distillation.method import selection
 from influence_distillation.method.landmarks import target_neighbours
-from influence_distillation.method.stages import (
-    derive_seed,
-    make_embedder,
-    propagate,
-    round_sizes,
-    verification_count,
-    verification_rows,
-    verify_landmarks,
-)
+from influence_distillation.method.propagation import propagate
+from influence_distillation.method.verification import round_sizes, verification_rows, verify_landmarks
 from influence_distillation.model.loading import pad_token_id
+from influence_distillation.run.policy import derive_seed, run_embedder, verification_count
 
 
 def landmark_rows(out):
@@ -146,7 +140,7 @@ def test_verified_landmarks_are_where_the_first_propagation_selects(model_dir, d
                             "1")) == 0
     loaded, tokenizer = load_model(ModelConfig(path=str(model)))
     examples = tokenize_samples(load_samples(str(target)), tokenizer, 512, progress=False).examples
-    embedder = make_embedder(loaded, EmbeddingConfig(num_blocks=2), derive_seed(0, "tangents"), pad_token_id(tokenizer))
+    embedder = run_embedder(loaded, EmbeddingConfig(num_blocks=2), derive_seed(0, "tangents"), pad_token_id(tokenizer))
     queries = embedder(list(examples)).double().numpy()
     near = round_robin_nearest(np.load(tmp_path / "near" / "embeddings.npy"), queries, first, 5,
                                derive_seed(0, "kernel"))

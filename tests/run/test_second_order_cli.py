@@ -62,7 +62,7 @@ def test_hessian_subset_is_a_reweighted_sum_of_per_sample_hessians(tokenizer, tm
     from influence_distillation.data.tokenization import tokenize_samples
     from influence_distillation.method.gradients import select_parameters
     from influence_distillation.method.hessian import target_hvp
-    from influence_distillation.method.stages import hessian_sample
+    from influence_distillation.run.policy import hessian_sample
 
     model = make_model("llama", len(tokenizer)).double()
     write_jsonl(tmp_path / "t.jsonl", synthetic_target(6))

@@ -32,8 +32,9 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "1").strip().lower() in ("1", "true", "yes", "on")
 
 
-def snapshot(name: str, repo_type: str, flag: str) -> Path:
-    """The cached snapshot folder of a Hub repository (downloaded first only when HF_HUB_OFFLINE=0)."""
+def snapshot(name: str, repo_type: str, field: str) -> Path:
+    """The cached snapshot folder of a Hub repository (downloaded first only when HF_HUB_OFFLINE=0). `field` names
+    where `name` came from in errors (`SelectConfig.pool`, or the argument's name)."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
@@ -43,26 +44,27 @@ def snapshot(name: str, repo_type: str, flag: str) -> Path:
         return Path(snapshot_download(name, repo_type=repo_type, cache_dir=_cache_dir(), local_files_only=_offline()))
     except LocalEntryNotFoundError:
         kind = "--repo-type dataset " if repo_type == "dataset" else ""
-        raise error(f"{flag} {name}: not in the Hugging Face cache ({cache}) and offline; fetch it once with "
+        raise error(f"{field}={name!r}: not in the Hugging Face cache ({cache}) and offline; fetch it once with "
                     f"`hf download {kind}{name}` or rerun with HF_HUB_OFFLINE=0") from None
     except Exception as exc:  # repository not found, HTTP and file-system errors from the hub client
-        raise error(f"{flag} {name}: {type(exc).__name__}: {exc}".replace("\n", " ")) from None
+        raise error(f"{field}={name!r}: {type(exc).__name__}: {exc}".replace("\n", " ")) from None
 
 
-def dataset_files(name: str, split: str | None, subset: str | None, flag: str) -> list[Path]:
+def dataset_files(name: str, split: str | None, subset: str | None, field: str) -> list[Path]:
     """The data files of one split (and subset) of a cached Hub dataset, by the Hub's layout conventions: a split is
     a file name starting with it (`train-00000-of-00002.parquet`, `train.jsonl`), a subset a folder named after it.
     Without a split, the dataset must have only one."""
-    root = snapshot(name, "dataset", flag)
+    root = snapshot(name, "dataset", field)
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in DATA_SUFFIXES)
     if subset:
         files = [p for p in files if subset in p.relative_to(root).parts[:-1]]
     splits = {p: re.split(r"[-_.]", p.name, maxsplit=1)[0] for p in files}
-    where = f"{flag} {name}{f' (subset {subset})' if subset else ''}"
+    where = f"{field}={name!r}{f' (subset {subset})' if subset else ''}"
     if not files:
         raise DataError(f"{where}: no JSONL or parquet files in the cached snapshot {root}")
     if split is None and len(set(splits.values())) > 1:
-        raise DataError(f"{where} has splits {', '.join(sorted(set(splits.values())))}; choose one with --split")
+        raise DataError(f"{where} has splits {', '.join(sorted(set(splits.values())))}; choose one with "
+                        "DataConfig.split")
     chosen = [p for p in files if split is None or splits[p] == split]
     if not chosen:
         raise DataError(f"{where}: no split {split!r} (found: {', '.join(sorted(set(splits.values())))})")
@@ -70,6 +72,6 @@ def dataset_files(name: str, split: str | None, subset: str | None, flag: str) -
 
 
 def resolve_data(spec: str | Path, split: str | None = None, subset: str | None = None,
-                 flag: str = "--pool") -> list[Path]:
+                 field: str = "path") -> list[Path]:
     """The files behind a data argument: itself when local, else the split's files of the cached Hub dataset."""
-    return dataset_files(str(spec), split, subset, flag) if is_hub_name(spec) else [Path(spec)]
+    return dataset_files(str(spec), split, subset, field) if is_hub_name(spec) else [Path(spec)]

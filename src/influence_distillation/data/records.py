@@ -55,22 +55,23 @@ class Sample:
 
 
 def load_samples(path: str | Path, what: str = "pool", split: str | None = None,
-                 subset: str | None = None) -> list[Sample]:
+                 subset: str | None = None, field: str = "path") -> list[Sample]:
     """Every record of `path` (JSONL, parquet, a save_to_disk folder, or `org/name` of a cached Hugging Face
     dataset, whose `split`/`subset` files are read in order) as samples; `iter_samples` reads them one at a time.
+    `field` is how errors about a Hub name refer to `path` (a run passes its config field, `SelectConfig.pool`).
 
     Raises:
         DataError: naming the file and line/row for a missing or empty file, bad JSON, an unknown, mixed or
             malformed record, or duplicate ids.
     """
-    return list(iter_samples(path, what, split, subset))
+    return list(iter_samples(path, what, split, subset, field))
 
 
 def iter_samples(path: str | Path, what: str = "pool", split: str | None = None,
-                 subset: str | None = None) -> Iterator[Sample]:
+                 subset: str | None = None, field: str = "path") -> Iterator[Sample]:
     """`load_samples` one sample at a time, checked as it goes (duplicate ids when the stream ends, from an 8-byte
     hash of each id): a pool is never all in memory as records."""
-    files = resolve_data(path, split, subset, f"--{what}")
+    files = resolve_data(path, split, subset, field)
     path = Path(path)
     if not files[0].exists():
         raise DataError(f"{what} file not found: {path}")
@@ -290,9 +291,10 @@ def trained_turns(turns) -> list[int]:
     return trained
 
 
-def data_fingerprint(path: str, split: str | None = None, subset: str | None = None) -> str | list[str]:
+def data_fingerprint(path: str, split: str | None = None, subset: str | None = None,
+                     field: str = "path") -> str | list[str]:
     """The pool file's content digest (one per file for a Hub dataset's split): what the pool-wide stages key on."""
-    files = resolve_data(path, split, subset, "--pool")
+    files = resolve_data(path, split, subset, field)
     if not files[0].exists():
         raise DataError(f"pool file not found: {path}")
     digests = [content_fingerprint(file) for file in files]

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from influence_distillation.data.packed import IGNORE_INDEX, Example, PackedExamples
 from influence_distillation.data.records import Sample, trained_turns
-from influence_distillation.errors import DataError, ModelError
+from influence_distillation.errors import ModelError
 
 log = logging.getLogger(__name__)
 
@@ -146,33 +146,13 @@ def _span_labels(input_ids: list[int], offsets: list[tuple[int, int]], spans: li
     return np.where(inside & nonempty, ids, IGNORE_INDEX).tolist()
 
 
-def check_usable(pool: TokenizedSet, target: TokenizedSet, config) -> None:
-    """Refuse a pool or target with nothing to train on, or a budget larger than the pool; log the counts."""
-    for name, tokenized, path in (("target", target, config.target), ("pool", pool, config.pool)):
-        if not tokenized.examples:
-            reasons = ", ".join(f"{reason}: {n}" for reason, n in Counter(r for _, r in tokenized.excluded).items())
-            raise DataError(
-                f"{name} {path}: none of its {len(tokenized.excluded)} samples has a trainable token within "
-                f"--max-length {config.data.max_length} ({reasons})"
-            )
-    if config.selection.budget > len(pool.examples):
-        raise DataError(
-            f"--budget {config.selection.budget} exceeds the {len(pool.examples)} selectable pool samples "
-            f"({len(pool.excluded)} excluded for having no trainable token)"
-        )
-    for name, tokenized in (("pool", pool), ("target", target)):
-        counts = tokenized.counts()
-        log.info("%s: %d samples kept, %d truncated, %d excluded %s", name, counts["kept"], counts["truncated"],
-                 counts["excluded"], counts["excluded_by_reason"] or "")
-
-
 def chat_template(tokenizer, template_fallback: bool) -> str:
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.chat_template
     if not template_fallback:
         raise ModelError(
             "the tokenizer has no chat template; add one to tokenizer_config.json or allow the built-in "
-            "fallback (drop --no-template-fallback)"
+            "fallback (DataConfig.template_fallback=True)"
         )
     return FALLBACK_TEMPLATE
 

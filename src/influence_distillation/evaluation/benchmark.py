@@ -33,11 +33,11 @@ from influence_distillation.evaluation.configs import VARIANTS, BenchmarkConfig,
 from influence_distillation.evaluation.demo import FULL, QUICK, apply_settings, prepare_demo_data
 from influence_distillation.evaluation.ledger import Ledger
 from influence_distillation.evaluation.lora import aggregate_runs, evaluate_subsets
-from influence_distillation.method.propagation import average_ranks
 from influence_distillation.model.loading import resolve_model_path
 from influence_distillation.options import check_ranges, same_config, to_dict
 from influence_distillation.run.pipeline import run_selection
 from influence_distillation.run.warmup import WarmupConfig, run_warmup
+from influence_distillation.stats import average_ranks
 
 log = logging.getLogger(__name__)
 # The suite: the demo's pool at a larger size and five targets (ShareGPT conversations are long: the default

@@ -3,6 +3,7 @@ the Influence Distillation selection), then each target's run as `influence-dist
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -110,8 +111,7 @@ def write_report(out: Path, results: dict[str, dict], selections: dict[str, Path
         run = load_run(folder)
         for section in run_sections(run, grouping(run, None), examples=2, prefix=f"{target}-"):
             if not section.id.endswith(("overview", "settings")):
-                section.title = f"{target}: {section.title}"
-                sections.append(section)
+                sections.append(dataclasses.replace(section, title=f"{target}: {section.title}"))
     sections.append(Section("settings", "Settings").add(Code(json.dumps(settings, indent=2))))
     page = Page("Influence Distillation demo", f"Selection against a random subset on {len(selections)} targets; "
                 "below the results, what each target's run selected and what it cost.", sections)

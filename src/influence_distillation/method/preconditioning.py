@@ -51,15 +51,17 @@ def load_adamw_state(path: str | Path, model: nn.Module) -> dict[str, AdamParamS
     if path.is_dir():
         path = path / "optimizer.pt"
     if not path.is_file():
-        raise ModelError(f"--optimizer-state: file not found: {path}")
+        raise ModelError(f"GradientConfig.optimizer_state: file not found: {path}")
     try:
         state_dict = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling errors come in many types; none is safe to continue from
-        raise ModelError(f"--optimizer-state {path}: cannot load with weights_only=True ({exc})".split("\n")[0]) from None
+        raise ModelError(f"GradientConfig.optimizer_state={str(path)!r}: cannot load with weights_only=True "
+                         f"({exc})".split("\n")[0]) from None
     if isinstance(state_dict, dict) and "optimizer" in state_dict and "state" not in state_dict:
         state_dict = state_dict["optimizer"]
     if not isinstance(state_dict, dict) or not {"state", "param_groups"} <= set(state_dict):
-        raise ModelError(f"--optimizer-state {path}: not an optimizer state_dict (needs 'state' and 'param_groups')")
+        raise ModelError(f"GradientConfig.optimizer_state={str(path)!r}: not an optimizer state_dict (needs 'state' "
+                         "and 'param_groups')")
     for group in state_dict["param_groups"]:
         _check_group(group, path)
     named = dict(model.named_parameters())
@@ -73,7 +75,8 @@ def load_adamw_state(path: str | Path, model: nn.Module) -> dict[str, AdamParamS
     if not problems:
         problems.append(f"it holds {len(indices)} parameters, the model has {len(named)}")
     raise ModelError(
-        f"--optimizer-state {path} does not match the model: {problems[0]}; save the state of an optimizer built "
+        f"GradientConfig.optimizer_state={str(path)!r} does not match the model: {problems[0]}; save the state of an "
+        "optimizer built "
         "with torch.optim.AdamW(model.named_parameters()) so parameter names are recorded"
     )
 
@@ -125,9 +128,11 @@ def _states(order: list[str], state_dict: dict) -> dict[str, AdamParamState]:
 def _check_group(group: dict, path: Path) -> None:
     missing = {"params", "lr", "betas", "eps", "weight_decay"} - set(group)
     if missing:
-        raise ModelError(f"--optimizer-state {path}: not an Adam(W) state (param group lacks {sorted(missing)})")
+        raise ModelError(f"GradientConfig.optimizer_state={str(path)!r}: not an Adam(W) state (param group lacks "
+                         f"{sorted(missing)})")
     if group.get("amsgrad") or group.get("maximize"):
-        raise ModelError(f"--optimizer-state {path}: amsgrad/maximize AdamW states are not supported")
+        raise ModelError(f"GradientConfig.optimizer_state={str(path)!r}: amsgrad/maximize AdamW states are not "
+                         "supported")
 
 
 def state_learning_rate(states: dict[str, AdamParamState], names: list[str]) -> float:
@@ -141,7 +146,8 @@ def state_learning_rate(states: dict[str, AdamParamState], names: list[str]) -> 
         return lr
     if initial:
         return initial / 2
-    raise ModelError("--optimizer-state has learning rate 0 and no initial_lr; pass --learning-rate")
+    raise ModelError("GradientConfig.optimizer_state has learning rate 0 and no initial_lr; set "
+                     "InfluenceConfig.learning_rate")
 
 
 def adam_coefficients(state: AdamParamState, param: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -172,6 +178,6 @@ def _check_covers(states: dict[str, AdamParamState], names: list[str]) -> None:
     missing = [name for name in names if name not in states]
     if missing:
         raise ModelError(
-            f"--optimizer-state has no Adam state for {len(missing)} gradient parameter(s), e.g. {missing[0]}; "
-            "the warm-up must train every parameter selected by --grad-params"
+            f"GradientConfig.optimizer_state has no Adam state for {len(missing)} gradient parameter(s), e.g. "
+            f"{missing[0]}; the warm-up must train every parameter selected by GradientConfig.params"
         )

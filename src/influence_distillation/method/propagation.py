@@ -2,15 +2,20 @@
 
 k(x, y) = exp(−‖x − y‖² / 2σ²) on the embeddings, σ from the median heuristic over (at most 1000) landmarks. The fit
 solves (K_LL + δ·mean(diag K_LL)·I) V = P_L once for all target columns (one Cholesky factorisation, t right-hand
-sides); the prediction k(E, E_L) V streams over the pool in row chunks, so memory is O(chunk × l).
+sides); the prediction k(E, E_L) V streams over the pool in row chunks, so memory is O(chunk × l). `propagate` is
+the stage (the landmarks keep their exact values); `propagation_matrix` the dense coefficients the weights need.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
+
+from influence_distillation.config import PropagationConfig
+from influence_distillation.stats import spearman
 
 
 def squared_distances(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -135,30 +140,6 @@ def tune_kernel_ridge(landmarks: torch.Tensor, values: torch.Tensor, bandwidth_f
     return best
 
 
-def spearman(x, y) -> float:
-    """Spearman rank correlation of two vectors: the Pearson correlation of their ranks, tied values sharing their
-    average rank (as scipy's); 0 when either is constant."""
-    rank_x, rank_y = average_ranks(torch.as_tensor(x)), average_ranks(torch.as_tensor(y))
-    rank_x, rank_y = rank_x - rank_x.mean(), rank_y - rank_y.mean()
-    return float((rank_x @ rank_y) / (rank_x.norm() * rank_y.norm()).clamp_min(1e-300))
-
-
-def average_ranks(values: torch.Tensor) -> torch.Tensor:
-    """0-based ranks, equal values sharing the mean of their positions."""
-    order = values.argsort(stable=True)
-    ordered = values[order]
-    starts = torch.ones(len(values), dtype=torch.bool)
-    starts[1:] = ordered[1:] != ordered[:-1]
-    group = starts.cumsum(0) - 1  # each sorted position's run of equal values
-    positions = torch.arange(len(values), dtype=torch.float64)
-    size = int(group[-1]) + 1 if len(values) else 0
-    sums = torch.zeros(size, dtype=torch.float64).index_add_(0, group, positions)
-    counts = torch.zeros(size, dtype=torch.float64).index_add_(0, group, torch.ones_like(positions))
-    ranks = torch.empty(len(values), dtype=torch.float64)
-    ranks[order] = (sums / counts)[group]
-    return ranks
-
-
 def heldout_fidelity(landmarks: torch.Tensor, values: torch.Tensor, ridge: float, bandwidth: float | None,
                      seed: int = 0, folds: int = 5, tune: bool = False) -> float | None:
     """How well propagation ranks samples it has not seen: k-fold over the landmarks, fit on the rest (tuned on the
@@ -180,3 +161,33 @@ def heldout_fidelity(landmarks: torch.Tensor, values: torch.Tensor, ridge: float
             landmarks[held])
         scores += [spearman(prediction[:, j], values[held, j]) for j in range(values.shape[1])]
     return float(np.mean(scores))
+
+
+def propagate(
+    embeddings: torch.Tensor, landmark_rows: np.ndarray, landmark_values: torch.Tensor, config: PropagationConfig,
+    seed: int, out=None,
+) -> tuple[Any, KernelRidge]:
+    """Stage 5: KRR from the landmarks' values (l, t) to every row, (N, t); landmark rows keep their exact values.
+
+    The scores are an array, or `out` (any (N, t) array that takes row-slice writes: an on-disk `NpyRows` keeps a
+    large pool's scores out of memory)."""
+    rows = torch.as_tensor(landmark_rows)
+    krr = fit_propagation(embeddings[rows], landmark_values, config.ridge, config.bandwidth, config.tune, seed)
+    scores = krr.predict(embeddings, config.chunk_size, out)
+    exact = landmark_values.double().reshape(len(rows), -1)
+    if out is None:
+        scores[rows] = exact
+        return scores.numpy(), krr
+    scores[np.asarray(landmark_rows)] = exact.numpy()
+    return scores, krr
+
+
+def propagation_matrix(krr: KernelRidge, embeddings: torch.Tensor, landmark_rows: np.ndarray,
+                       chunk_size: int) -> torch.Tensor:
+    """C (N, l) with p̂ = C p_L: KRR coefficients, identity rows at the landmarks (their values are exact). Dense:
+    8·N·l bytes (a run checks that they fit first)."""
+    coefficients = krr.coefficients(embeddings, chunk_size)
+    rows = torch.as_tensor(landmark_rows)
+    coefficients[rows] = 0.0
+    coefficients[rows, torch.arange(len(rows))] = 1.0
+    return coefficients

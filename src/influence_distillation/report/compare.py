@@ -7,10 +7,10 @@ from collections import Counter
 
 import numpy as np
 
-from influence_distillation.method.propagation import spearman
 from influence_distillation.report.page import Figure, Note, Section, Table, clip, figure_png
 from influence_distillation.report.run_data import RunData, pool_groups, selection_groups
 from influence_distillation.report.sections import OTHER_COLOR, SELECTED_COLOR, TOP_GROUPS, draw_scores, share_bars
+from influence_distillation.stats import spearman
 
 
 def overlap(a: RunData, b: RunData) -> Section:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from influence_distillation.errors import ConfigError
@@ -51,8 +52,7 @@ def build_report(runs: list[Path], group_by: str | None = None, evaluation: Path
                      compare.score_histograms(a, b), compare.cost_side_by_side(a, b), compare.settings_difference(a, b)]
     for label, run in (("A", a), ("B", b)):
         fidelity = sections.fidelity(run, f"{label.lower()}-fidelity")
-        fidelity.title = f"{label}: {fidelity.title}"
-        page_sections.append(fidelity)
+        page_sections.append(dataclasses.replace(fidelity, title=f"{label}: {fidelity.title}"))
     return Page(f"Selections compared: {a.name} and {b.name}", subtitle, page_sections)
 
 

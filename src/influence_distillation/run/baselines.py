@@ -12,15 +12,24 @@ import numpy as np
 import torch
 
 from influence_distillation.data.tokenization import TokenizedSet
-from influence_distillation.method import baselines
-from influence_distillation.method.flops import baseline_flops
-from influence_distillation.method.influence import first_order_influence
-from influence_distillation.method.selection import select
-from influence_distillation.method.stages import compute_gradients, gradient_space
+from influence_distillation.method import (
+    BASELINES,
+    baseline_flops,
+    compute_gradients,
+    first_order_influence,
+    less_rows,
+    mid_ppl_selection,
+    minilm_embeddings,
+    pool_losses,
+    random_scores,
+    rds_embeddings,
+    select,
+)
 from influence_distillation.model.loading import pad_token_id
 from influence_distillation.options import key_dict
 from influence_distillation.run.context import RunContext
 from influence_distillation.run.outputs import SelectionResult
+from influence_distillation.run.policy import run_gradient_space
 from influence_distillation.run.shards import EMBEDDING_SHARD, GRADIENT_SHARD
 
 
@@ -36,22 +45,22 @@ class Scored:
 
 
 def _random(run: RunContext) -> Scored:
-    return Scored(baselines.random_scores(len(run.pool.examples), run.seeds["selection"]))
+    return Scored(random_scores(len(run.pool.examples), run.seeds["selection"]))
 
 
 def _mid_ppl(run: RunContext) -> Scored:
     pool, pad_id = run.pool.examples, pad_token_id(run.tokenizer)
     losses = run.sharded("pool_losses", len(pool), lambda rows: torch.from_numpy(
-        baselines.pool_losses(run.model, [pool[i] for i in rows], pad_id, progress=False))[:, None],
+        pool_losses(run.model, [pool[i] for i in rows], pad_id, progress=False))[:, None],
         EMBEDDING_SHARD, last=True)[:, 0].numpy()
-    return Scored(losses[:, None], selected=baselines.mid_ppl_selection(losses, run.config.selection.budget))
+    return Scored(losses[:, None], selected=mid_ppl_selection(losses, run.config.selection.budget))
 
 
 def _rds(run: RunContext) -> Scored:
     pool, pad_id = run.pool.examples, pad_token_id(run.tokenizer)
 
     def embed(examples):
-        return baselines.rds_embeddings(run.model, examples, pad_id, progress=False)
+        return rds_embeddings(run.model, examples, pad_id, progress=False)
 
     embeddings = run.sharded("rds_embeddings", len(pool), lambda rows: embed([pool[i] for i in rows]),
                              EMBEDDING_SHARD, last=True)
@@ -60,15 +69,15 @@ def _rds(run: RunContext) -> Scored:
 
 def _embed_sim(run: RunContext) -> Scored:
     kept = _kept(list(run.pool_records()), run.pool)
-    embeddings = run.sharded("minilm_embeddings", len(kept), lambda rows: baselines.minilm_embeddings(
+    embeddings = run.sharded("minilm_embeddings", len(kept), lambda rows: minilm_embeddings(
         [kept[i] for i in rows], progress=False), len(kept), last=True)
-    return _cosines(embeddings, baselines.minilm_embeddings(_kept(run.target_samples, run.target), progress=False))
+    return _cosines(embeddings, minilm_embeddings(_kept(run.target_samples, run.target), progress=False))
 
 
 def _less(run: RunContext) -> Scored:
     config, model, pool = run.config, run.model, run.pool.examples
-    space = gradient_space(model, config.gradients, run.seeds["projection"])
-    pool_rows = run.sharded("less_gradients", len(pool), lambda rows: baselines.less_rows(
+    space = run_gradient_space(model, config.gradients, run.seeds["projection"])
+    pool_rows = run.sharded("less_gradients", len(pool), lambda rows: less_rows(
         model, [pool[i] for i in rows], space.params, space.projector, space.adam_states, False, space.batch_size),
         GRADIENT_SHARD, last=True, lazy=True, gradients=key_dict(config.gradients), seed=run.seeds["projection"])
     target_rows = compute_gradients(model, run.target.examples, space, precondition=False, desc="target gradients",
@@ -79,11 +88,11 @@ def _less(run: RunContext) -> Scored:
 
 SCORERS: dict[str, Callable[[RunContext], Scored]] = {
     "random": _random, "mid-ppl": _mid_ppl, "rds+": _rds, "embed-sim": _embed_sim, "less": _less}
-assert set(SCORERS) == set(baselines.BASELINES)
+assert set(SCORERS) == set(BASELINES)
 
 
 def select_baseline(run: RunContext) -> SelectionResult:
-    """One of the baselines of `method/baselines.py` for a `pipeline` run, with the same outputs (scores,
+    """One of the method's baselines (`method/baselines.py`) for a `pipeline` run, with the same outputs (scores,
     selection, manifest) as Influence Distillation."""
     config = run.config
     strategy = config.selection.resolved(config.influence.order, config.method)
@@ -93,12 +102,13 @@ def select_baseline(run: RunContext) -> SelectionResult:
         selected = scored.selected if scored.selected is not None else select(
             scored.scores, config.selection.budget, strategy, run.seeds["selection"])
     embeddings = scored.embeddings
-    run.details = {"selection": {"strategy": strategy},
-                   "dimensions": {"embedding": None if embeddings is None else int(embeddings.shape[1])},
-                   "cost": baseline_flops(config.method, run.model, run.pool.examples, run.target.examples,
-                                          scored.projector)}
+    details = {"selection": {"strategy": strategy},
+               "dimensions": {"embedding": None if embeddings is None else int(embeddings.shape[1])},
+               "cost": baseline_flops(config.method, run.model, run.pool.examples, run.target.examples,
+                                      scored.projector)}
     return SelectionResult(run.pool.ids, embeddings, np.zeros(0, dtype=np.int64),
-                           torch.zeros(0, scored.scores.shape[1]), scored.scores, np.asarray(selected))
+                           torch.zeros(0, scored.scores.shape[1]), scored.scores, np.asarray(selected),
+                           details=details)
 
 
 def _cosines(embeddings: torch.Tensor, targets: torch.Tensor) -> Scored:

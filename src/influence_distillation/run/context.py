@@ -42,7 +42,6 @@ class RunContext:
     target_samples: list = field(default_factory=list)
     pool: TokenizedSet | None = None
     target: TokenizedSet | None = None
-    details: dict[str, Any] = field(default_factory=dict)  # method-specific manifest entries
     dist: DistInfo = field(default_factory=DistInfo)
 
     shard_rows: int | None = None  # overrides the per-stage shard sizes
@@ -52,7 +51,7 @@ class RunContext:
         """The pool's samples, read again one at a time (the run does not keep them: a large pool's records would
         be most of its memory)."""
         data = self.config.data
-        return iter_samples(self.config.pool, "pool", data.split, data.subset)
+        return iter_samples(self.config.pool, "pool", data.split, data.subset, "SelectConfig.pool")
 
     @functools.cached_property
     def cache_basis(self) -> dict[str, Any]:
@@ -62,6 +61,13 @@ class RunContext:
     @property
     def cache_root(self) -> Path:
         return self.cache_dir or Path(self.config.out) / artifacts.STAGES
+
+    def tokenize(self) -> None:
+        """Tokenize the pool (`tokenized_pool`) and the target samples."""
+        data = self.config.data
+        self.pool = self.tokenized_pool()
+        self.target = tokenize_samples(self.target_samples, self.tokenizer, data.max_length, data.template_fallback,
+                                       "target", self.progress)
 
     def tokenized_pool(self) -> TokenizedSet:
         """The pool, streamed from its file into token files in the stage cache (or read back from there): a run
@@ -122,6 +128,7 @@ def cache_basis(config: SelectConfig) -> dict[str, Any]:
     by another of them is never mixed into this run's."""
     optimizer = config.gradients.optimizer_state
     return {"model": artifacts.content_fingerprint(resolve_model_path(config.model.path)),
-            "pool": data_fingerprint(config.pool, config.data.split, config.data.subset), "data": key_dict(config.data),
+            "pool": data_fingerprint(config.pool, config.data.split, config.data.subset, "SelectConfig.pool"),
+            "data": key_dict(config.data),
             "dtype": config.model.dtype, "device": config.model.device, "version": __version__, "format": FORMAT,
             "torch": torch.__version__, "optimizer": artifacts.content_fingerprint(optimizer) if optimizer else None}

@@ -14,40 +14,46 @@ from typing import Any
 import numpy as np
 import torch
 
-from influence_distillation.method.flops import influence_flops
-from influence_distillation.method.gradients import projected_gradients
-from influence_distillation.method.hessian import gradient_and_hessian_rows, target_hvp
-from influence_distillation.method.influence import adam_terms, first_order_influence, gd_terms
-from influence_distillation.method.landmarks import choose_landmarks, landmark_count
-from influence_distillation.method.propagation import heldout_fidelity
-from influence_distillation.method.selection import select
-from influence_distillation.method.stages import (
+from influence_distillation.method import (
+    DenseQuadraticForm,
+    FactoredQuadraticForm,
     GradientSpace,
+    WeightSolution,
+    adam_terms,
+    choose_landmarks,
     compute_gradients,
-    embedding_batch_size,
-    fidelity_warning,
-    gradient_space,
-    hessian_sample,
-    make_embedder,
+    first_order_influence,
+    gd_terms,
+    gradient_and_hessian_rows,
+    heldout_fidelity,
+    influence_flops,
+    kkt_residual,
+    landmark_count,
     near_target_count,
+    projected_gradients,
     propagate,
     propagation_matrix,
     round_sizes,
-    verification_count,
-    verify_landmarks,
-)
-from influence_distillation.method.weights import (
-    DenseQuadraticForm,
-    FactoredQuadraticForm,
-    WeightSolution,
-    kkt_residual,
+    select,
     solve_weights,
+    target_hvp,
+    verify_landmarks,
 )
 from influence_distillation.model.loading import pad_token_id
 from influence_distillation.options import key_dict
 from influence_distillation.run import distributed
 from influence_distillation.run.context import RunContext
 from influence_distillation.run.outputs import SelectionResult
+from influence_distillation.run.policy import (
+    check_coefficient_memory,
+    embedding_batch_size,
+    fidelity_warning,
+    hessian_sample,
+    learning_rate,
+    run_embedder,
+    run_gradient_space,
+    verification_count,
+)
 from influence_distillation.run.shards import EMBEDDING_SHARD, GRADIENT_SHARD
 
 log = logging.getLogger(__name__)
@@ -69,7 +75,7 @@ class _Plan:
     def embed(self, examples):
         if self.embedder is None:  # tangents and projection drawn once per process
             run = self.run
-            self.embedder = make_embedder(run.model, run.config.embedding, run.seeds["tangents"],
+            self.embedder = run_embedder(run.model, run.config.embedding, run.seeds["tangents"],
                                           pad_token_id(run.tokenizer))
         return self.embedder(examples)
 
@@ -121,10 +127,11 @@ def select_influence(run: RunContext) -> SelectionResult:
         propagated = _propagation(plan, embeddings, landmarks, values, mean_influence, first, first_values)
     with run.timer("selection"):
         selected, solution, form = _selection(plan, propagated, curvature)
-    run.details = _details(plan, embeddings, first, landmarks, propagated)
+    details = _details(plan, embeddings, first, landmarks, propagated)
     if solution is not None:
-        run.details["weights"] = _weight_details(plan, solution, propagated["mean_scores"], form)
-    return SelectionResult(run.pool.ids, embeddings, landmarks, values, propagated["scores"], selected, solution)
+        details["weights"] = _weight_details(plan, solution, propagated["mean_scores"], form)
+    return SelectionResult(run.pool.ids, embeddings, landmarks, values, propagated["scores"], selected, solution,
+                           details)
 
 
 def _plan(run: RunContext) -> _Plan:
@@ -132,9 +139,9 @@ def _plan(run: RunContext) -> _Plan:
     order, exact = config.influence.order, config.influence.exact or config.method == "exact"
     verify = 0 if exact else verification_count(config.landmarks.verify, config.selection.budget,
                                                   landmark_count(config.landmarks.count, pool), pool)
-    space = gradient_space(run.model, config.gradients, run.seeds["projection"])
+    space = run_gradient_space(run.model, config.gradients, run.seeds["projection"])
     return _Plan(run, exact, order, config.selection.resolved(order, config.method), verify, space,
-                 space.learning_rate(config.influence.learning_rate))
+                 learning_rate(config.influence.learning_rate, space))
 
 
 def _embeddings(plan: _Plan):
@@ -178,7 +185,7 @@ def _landmark_gradients(plan: _Plan, landmarks: np.ndarray, targets: _Targets):
 
 
 def _verification(plan: _Plan, embeddings, landmarks: np.ndarray, rows: torch.Tensor, targets: _Targets):
-    """Verification rounds (`stages.verify_landmarks`), each round's gradients a resumable sharded stage; returns all
+    """Verification rounds (`method.verify_landmarks`), each round's gradients a resumable sharded stage; returns all
     landmarks (sorted) and their gradient rows."""
     run, config, pieces = plan.run, plan.run.config, [rows]
     rounds = len(round_sizes(plan.verify, config.landmarks.verify_rounds))
@@ -230,6 +237,7 @@ def _propagation(plan: _Plan, embeddings, landmarks, values, mean_influence, fir
         log.warning(warning)
     found.update(scores=scores, bandwidth=krr.bandwidth, ridge=krr.ridge, fidelity=fidelity, warning=warning)
     if plan.strategy == "weights":
+        check_coefficient_memory(embeddings.shape[0], len(landmarks))
         found["coefficients"] = propagation_matrix(krr, embeddings, landmarks, config.propagation.chunk_size)
         found["mean_scores"] = found["coefficients"] @ mean_influence
     return found

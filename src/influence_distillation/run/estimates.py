@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from influence_distillation.method.flops import Tokens
+from influence_distillation.method import Tokens
 
 GIB = 1 << 30
 PER_SAMPLE_BYTES = 57  # kept per pool sample: the packed index (33 bytes) and the row cache (24)

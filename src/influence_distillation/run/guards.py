@@ -90,13 +90,13 @@ def disk_error(path: Path, exc: OSError, needed: int | None = None, kept: str = 
 def output_lock(out: Path) -> Iterator[None]:
     """Hold `out/.lock` while a run writes `out`: a second run on it refuses at once, naming the first."""
     if out.exists() and not out.is_dir():
-        raise OutputError(f"--out {out} is a file; give a directory")
+        raise OutputError(f"SelectConfig.out={str(out)!r} is a file; give a directory")
     out.mkdir(parents=True, exist_ok=True)
     handle = open(out / LOCK, "a+")
     try:
         if not _try_lock(handle):
-            raise OutputError(f"--out {out} is in use by {_holder(handle)}; wait for it to finish or choose another "
-                              "--out")
+            raise OutputError(f"SelectConfig.out={str(out)!r} is in use by {_holder(handle)}; wait for it to finish "
+                              "or choose another SelectConfig.out")
         previous = _holder(handle, describe=False)
         if previous:
             log.info("--out %s: taking over the lock left by %s, which is no longer running", out, previous)

@@ -20,14 +20,14 @@ from influence_distillation import artifacts
 from influence_distillation.data.export import llama_factory_info
 from influence_distillation.data.tokenization import TokenizedSet
 from influence_distillation.errors import DataError
-from influence_distillation.method.selection import row_means
-from influence_distillation.method.weights import WeightSolution
+from influence_distillation.method import WeightSolution, row_means
 from influence_distillation.options import to_dict
 
 
-@dataclass
+@dataclass(frozen=True)
 class SelectionResult:
-    """Everything a run computed; row i of every pool-sized array is pool sample `pool_ids[i]`."""
+    """Everything a run computed; row i of every pool-sized array is pool sample `pool_ids[i]`. Frozen: each stage
+    returns its own (`dataclasses.replace` for a changed copy), so what a result holds is what its stage found."""
 
     pool_ids: Sequence[str]  # a list, or the pool's ids read from its token cache on access
     embeddings: Any  # (N, d_e): a tensor, or `ShardRows` read from the stage cache on access; None in exact mode
@@ -36,6 +36,7 @@ class SelectionResult:
     scores: Any  # (N, t) first-order influence on each target sample: an array, or `artifacts.NpyRows` on disk
     selected: np.ndarray  # (k,) row indices in selection order
     weights: WeightSolution | None = None
+    details: dict[str, Any] = field(default_factory=dict)  # the method's own manifest entries (dimensions, cost...)
     manifest: dict[str, Any] = field(default_factory=dict)
 
 

@@ -25,17 +25,24 @@ from influence_distillation.config import SelectConfig
 from influence_distillation.data.records import iter_samples
 from influence_distillation.data.tokenization import tokenize_samples
 from influence_distillation.errors import ConfigError
-from influence_distillation.method.baselines import less_transform, rds_embeddings
-from influence_distillation.method.flops import Layout, Projection, Tokens, baseline_parts, influence_parts
-from influence_distillation.method.gradients import flat_gradient
-from influence_distillation.method.landmarks import landmark_count
-from influence_distillation.method.losses import only_requires_grad
-from influence_distillation.method.preconditioning import AdamParamState
-from influence_distillation.method.stages import gradient_space, make_embedder, verification_count
+from influence_distillation.method import (
+    AdamParamState,
+    Layout,
+    Projection,
+    Tokens,
+    baseline_parts,
+    flat_gradient,
+    influence_parts,
+    landmark_count,
+    less_transform,
+    only_requires_grad,
+    rds_embeddings,
+)
 from influence_distillation.model.blocks import find_blocks, truncated_backbone
 from influence_distillation.model.loading import load_model, pad_token_id
 from influence_distillation.run import estimates
 from influence_distillation.run.estimates import GIB, Estimate, Rates, Sizes, Workload
+from influence_distillation.run.policy import run_embedder, run_gradient_space, verification_count
 from influence_distillation.run.shards import EMBEDDING_SHARD
 
 PEERS = ("rds+", "less")
@@ -65,12 +72,14 @@ def dry_run(config: SelectConfig) -> DryRun:
     start = time.perf_counter()
     model, tokenizer = load_model(config.model)
     loaded = time.perf_counter()
-    pool, target = (tokenize_samples(iter_samples(path, name, config.data.split, config.data.subset), tokenizer,
+    pool, target = (tokenize_samples(iter_samples(path, name, config.data.split, config.data.subset,
+                                                  f"SelectConfig.{name}"), tokenizer,
                                      config.data.max_length, config.data.template_fallback, name, False).examples
                     for name, path in (("pool", config.pool), ("target", config.target)))  # the pool streams
     tokenized = time.perf_counter()
     if not pool or not target:
-        raise ConfigError("no pool or target sample has a trainable token within --max-length")
+        raise ConfigError(f"no pool or target sample has a trainable token within "
+                          f"DataConfig.max_length={config.data.max_length}")
     rates, sizes, layout, projector = calibrate(model, tokenizer, pool, target, config, loaded - start,
                                                 tokenized - loaded)
     first = landmark_count(config.landmarks.count, len(pool))
@@ -110,7 +119,7 @@ def calibrate(model, tokenizer, pool, target, config: SelectConfig, load_seconds
     model_bytes = sum(p.numel() for p in model.parameters()) * bytes_per
     tokens = max(1, int(lengths.sum()))
 
-    space = gradient_space(model, config.gradients, 0)  # the run's parameters, projection and batching
+    space = run_gradient_space(model, config.gradients, 0)  # the run's parameters, projection and batching
     projector, size = space.projector, space.num_coordinates
     with only_requires_grad(model, space.params):
         gradient = _length_cost(lambda examples: flat_gradient(model, space.params, examples[0]), pool, at, 1)
@@ -120,7 +129,7 @@ def calibrate(model, tokenizer, pool, target, config: SelectConfig, load_seconds
     less_sample = projection + _fastest(lambda: transform(zero[0]))
     gradient_seconds = float(np.sum(gradient(lengths)))  # one unpadded sample at a time: the pool's mean per token
 
-    embedder = make_embedder(model, config.embedding, 0, pad_token_id(tokenizer))  # ours is always predicted
+    embedder = run_embedder(model, config.embedding, 0, pad_token_id(tokenizer))  # ours is always predicted
     embed = _length_cost(lambda batch: embedder(batch), pool, at, embedder.batch_size)
     forward = _length_cost(lambda batch: rds_embeddings(model, batch, pad_token_id(tokenizer), progress=False),
                            pool, at, RDS_BATCH)
@@ -205,8 +214,8 @@ def check_fits(estimated: list[Estimate], out: Path, memory: float | None = None
     if peak.memory > 0.9 * memory:
         raise ConfigError(
             f"estimated peak memory {peak.memory / GIB:.1f} GiB (stage {peak.stage}) exceeds the "
-            f"{memory / GIB:.1f} GiB available; lower --embedding-batch-size, --grad-dim, --landmarks or "
-            "--max-length, or use a bigger machine")
+            f"{memory / GIB:.1f} GiB available; lower EmbeddingConfig.batch_size, GradientConfig.proj_dim, "
+            "LandmarkConfig.count or DataConfig.max_length, or use a bigger machine")
     root = out if out.exists() else next(p for p in out.parents if p.exists())
     disk = shutil.disk_usage(root).free if disk is None else disk
     needed = sum(e.disk for e in estimated)

@@ -26,6 +26,10 @@ class StageTimer:
         self.gpu_peak_gib: dict[str, float] = {}
         self.device: torch.device | None = None
 
+    def watch(self, device: torch.device) -> None:
+        """Measure GPU memory on `device` from now on (the model's device, once it is loaded)."""
+        self.device = torch.device(device)
+
     @contextlib.contextmanager
     def __call__(self, stage: str) -> Iterator[None]:
         log.info("stage %s: started", stage)

@@ -23,8 +23,7 @@ from influence_distillation.config import WarmupConfig
 from influence_distillation.data.records import load_samples
 from influence_distillation.data.tokenization import tokenize_samples, training_batches
 from influence_distillation.errors import ConfigError, OutputError
-from influence_distillation.method.gradients import select_parameters
-from influence_distillation.method.losses import backward_mean_loss
+from influence_distillation.method import backward_mean_loss, select_parameters
 from influence_distillation.model.loading import load_model, pad_token_id
 from influence_distillation.options import to_dict
 
@@ -36,17 +35,19 @@ def run_warmup(config: WarmupConfig, overwrite: bool = False, progress: bool = T
     config.validate()
     out = Path(config.out)
     if out.exists() and any(out.iterdir()) and not overwrite:
-        raise OutputError(f"--out {out} is not empty; choose another folder or pass --overwrite")
+        raise OutputError(f"WarmupConfig.out={str(out)!r} is not empty; choose another folder or pass "
+                          "overwrite=True")
     started = time.perf_counter()
     model, tokenizer = load_model(config.model)
-    samples = load_samples(config.pool, "pool", config.data.split, config.data.subset)
+    samples = load_samples(config.pool, "pool", config.data.split, config.data.subset, "WarmupConfig.pool")
     rng = np.random.default_rng(config.seed)
     chosen = np.sort(rng.choice(len(samples), size=min(config.size, len(samples)), replace=False))
     tokenized = tokenize_samples([samples[i] for i in chosen], tokenizer, config.data.max_length,
                                  config.data.template_fallback, "warm-up")
     if not tokenized.examples:
-        raise ConfigError("no warm-up sample has a trainable token within --max-length")
-    trained = select_parameters(model, config.params)
+        raise ConfigError(f"no warm-up sample has a trainable token within "
+                          f"DataConfig.max_length={config.data.max_length}")
+    trained = select_parameters(model, config.params, "WarmupConfig.params")
     for name, p in model.named_parameters():
         p.requires_grad_(name in trained)
     optimizer = torch.optim.AdamW(list(trained.items()), lr=config.learning_rate,
