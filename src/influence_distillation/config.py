@@ -104,6 +104,11 @@ class LandmarkConfig:
         "space (taken round-robin over the target samples) instead of the highest propagated influence: they find "
         "the target's own kind of sample where propagation from random landmarks misses it. 0: all by propagated "
         "influence, as before this option existed.", "--verify-neighbours", minimum=0)
+    verify_space: str = option(
+        "jvp", "The embedding in which --verify-neighbours finds the target samples' neighbours: jvp (the run's own "
+        "JVP embeddings) or minilm (all-MiniLM-L6-v2 sentence embeddings, as --method embed-sim uses: they find the "
+        "target's own topic where the JVP embeddings do not; costs one MiniLM pass over the pool, and needs the "
+        "baselines extra).", "--verify-space", choices=("jvp", "minilm"), added=True)
 
 
 @dataclass

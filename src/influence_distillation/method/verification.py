@@ -40,11 +40,12 @@ def verification_rows(scores: np.ndarray, landmarks: np.ndarray, count: int) -> 
 
 def verify_landmarks(embeddings: torch.Tensor, landmarks: np.ndarray, values: torch.Tensor, count: int, rounds: int,
                      config: PropagationConfig, seed: int, measure, out=None, queries: torch.Tensor | None = None,
-                     neighbour_share: float = 0.0):
+                     neighbour_share: float = 0.0, neighbour_rows=None):
     """Verification rounds: propagate from the landmarks so far, `measure` the exact values (l', t) of the
     `verification_rows` (called as measure(rows, round_number)), add them as landmarks, repeat. `out` is where each
     round's propagated scores go, as in `propagate`. With `queries` (the target samples' embeddings), each round
-    gives `neighbour_share` of its rows to the `target_neighbours` instead of the highest propagated influence.
+    gives `neighbour_share` of its rows to the `target_neighbours` instead of the highest propagated influence: nearest
+    in `embeddings`, or in `neighbour_rows` (another embedding of the same pool rows, in the space of `queries`).
 
     Returns the landmarks (sorted), their values, and the permutation that sorted the concatenation of the first
     landmarks and each round's rows in order, for callers that keep more per landmark than its values.
@@ -56,7 +57,8 @@ def verify_landmarks(embeddings: torch.Tensor, landmarks: np.ndarray, values: to
             scores, _ = propagate(embeddings, landmarks, values, config, seed, out)
             picks = verification_rows(scores, landmarks, size - near)
         if near:
-            picks = np.concatenate([picks, target_neighbours(embeddings, queries, np.concatenate([landmarks, picks]),
+            space = embeddings if neighbour_rows is None else neighbour_rows
+            picks = np.concatenate([picks, target_neighbours(space, queries, np.concatenate([landmarks, picks]),
                                                              near, seed)])
         values = torch.cat([values.reshape(len(landmarks), -1), measure(picks, number).reshape(len(picks), -1)])
         landmarks = np.concatenate([landmarks, picks])

@@ -67,11 +67,16 @@ def _rds(run: RunContext) -> Scored:
     return _cosines(embeddings, embed(run.target.examples))
 
 
-def _embed_sim(run: RunContext) -> Scored:
+def minilm_rows(run: RunContext) -> tuple[torch.Tensor, torch.Tensor]:
+    """The MiniLM sentence embeddings of the kept pool samples (a cached stage) and of the target samples."""
     kept = _kept(list(run.pool_records()), run.pool)
     embeddings = run.sharded("minilm_embeddings", len(kept), lambda rows: minilm_embeddings(
         [kept[i] for i in rows], progress=False), len(kept), last=True)
-    return _cosines(embeddings, minilm_embeddings(_kept(run.target_samples, run.target), progress=False))
+    return embeddings, minilm_embeddings(_kept(run.target_samples, run.target), progress=False)
+
+
+def _embed_sim(run: RunContext) -> Scored:
+    return _cosines(*minilm_rows(run))
 
 
 def _less(run: RunContext) -> Scored:

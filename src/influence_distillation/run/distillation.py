@@ -42,6 +42,7 @@ from influence_distillation.method import (
 from influence_distillation.model.loading import pad_token_id
 from influence_distillation.options import key_dict
 from influence_distillation.run import distributed
+from influence_distillation.run.baselines import minilm_rows
 from influence_distillation.run.context import RunContext
 from influence_distillation.run.outputs import SelectionResult
 from influence_distillation.run.policy import (
@@ -115,8 +116,12 @@ def select_influence(run: RunContext) -> SelectionResult:
     first_values = first_order_influence(rows, targets.rows)  # (l, t)
     landmarks, values = first, first_values
     if plan.verify:
+        minilm = None
+        if run.config.landmarks.verify_neighbours and run.config.landmarks.verify_space == "minilm":
+            with run.timer("minilm_embeddings"):
+                minilm = minilm_rows(run)
         with run.timer("verification"):
-            landmarks, rows = _verification(plan, embeddings, first, rows, targets)
+            landmarks, rows = _verification(plan, embeddings, first, rows, targets, minilm)
             values = first_order_influence(rows, targets.rows)
         if plan.order == 2:
             with run.timer("landmark_hessian"):
@@ -184,12 +189,16 @@ def _landmark_gradients(plan: _Plan, landmarks: np.ndarray, targets: _Targets):
     return plan.gradients("landmark_gradients", landmarks, last=plan.order == 1 and not plan.verify), None
 
 
-def _verification(plan: _Plan, embeddings, landmarks: np.ndarray, rows: torch.Tensor, targets: _Targets):
+def _verification(plan: _Plan, embeddings, landmarks: np.ndarray, rows: torch.Tensor, targets: _Targets,
+                  minilm: tuple | None = None):
     """Verification rounds (`method.verify_landmarks`), each round's gradients a resumable sharded stage; returns all
-    landmarks (sorted) and their gradient rows."""
+    landmarks (sorted) and their gradient rows. With `minilm` (pool rows, target rows), the target samples'
+    neighbours are found in that space instead of the JVP embeddings'."""
     run, config, pieces = plan.run, plan.run.config, [rows]
     rounds = len(round_sizes(plan.verify, config.landmarks.verify_rounds))
-    queries = plan.embed(run.target.examples) if config.landmarks.verify_neighbours else None
+    neighbour_rows, queries = minilm or (None, None)
+    if config.landmarks.verify_neighbours and minilm is None:
+        queries = plan.embed(run.target.examples)
 
     def measure(picks, number):
         picks = distributed.broadcast(run.dist, picks)  # every rank computes shards of the same rows
@@ -200,7 +209,7 @@ def _verification(plan: _Plan, embeddings, landmarks: np.ndarray, rows: torch.Te
                                            plan.verify, config.landmarks.verify_rounds, config.propagation,
                                            run.seeds["kernel"], measure,
                                            run.scores_file(len(embeddings), targets.rows.shape[0]), queries,
-                                           config.landmarks.verify_neighbours)
+                                           config.landmarks.verify_neighbours, neighbour_rows)
     return landmarks, torch.cat(pieces)[torch.as_tensor(order)]
 
 
