@@ -1,7 +1,8 @@
 """Influence Distillation: select the fine-tuning samples that most reduce a target loss (arXiv 2505.19051).
 
 One call runs everything (`run_selection`); the stage functions below can also be called one by one:
-load → tokenize → embed → choose landmarks → gradients → influence → propagate → select.
+load → tokenize → embed → choose landmarks → gradients → influence → propagate → select. `tokenize_samples` gives
+`Example`s; `collate` pads a list of them into the `Batch` that the method's batch functions take.
 
 Every name is imported on first use (PEP 562), so `import influence_distillation` and `influence-distill --help`
 do not load torch; the first function that needs it does.
@@ -17,8 +18,9 @@ _EXPORTS = {
     "influence_distillation.config": (
         "DataConfig", "EmbeddingConfig", "GradientConfig", "LandmarkConfig", "ModelConfig", "PropagationConfig",
         "SelectConfig", "SelectionConfig"),
+    "influence_distillation.data.packed": ("Example",),
     "influence_distillation.data.records": ("Sample", "load_samples"),
-    "influence_distillation.data.tokenization": ("tokenize_samples",),
+    "influence_distillation.data.tokenization": ("Batch", "collate", "tokenize_samples"),
     "influence_distillation.errors": ("ConfigError", "DataError", "InfDistError", "ModelError", "OutputError"),
     "influence_distillation.method": (
         "HadamardProjector", "KernelRidge", "adam_preconditioner", "choose_landmarks", "compute_embeddings",

@@ -15,7 +15,7 @@ from typing import Any
 _EXPORTS = {
     "baselines": ("BASELINES", "less_rows", "less_transform", "mid_ppl_selection", "minilm_embeddings", "pool_losses",
                   "random_scores", "rds_embeddings"),
-    "embeddings": ("compute_embeddings", "jvp_embeddings", "make_embedder"),
+    "embeddings": ("JvpEmbedder", "compute_embeddings", "jvp_embeddings", "make_embedder"),
     "flops": ("Layout", "Projection", "Tokens", "baseline_flops", "baseline_parts", "influence_flops",
               "influence_parts"),
     "gradients": ("GradientSpace", "compute_gradients", "flat_gradient", "gradient_space", "projected_gradients",
