@@ -1,5 +1,6 @@
 """The benchmarks room (`benchmarks/`): every script reaches the library through its public API only (the faces'
-`__all__`, the config dataclasses, the rank statistics, the CLI), and what gpu_check.sh runs exists."""
+`__all__`, the config dataclasses, the rank statistics, the CLI), the index in benchmarks/README.md names every script
+there, and what gpu_check.sh runs exists."""
 
 from __future__ import annotations
 
@@ -79,6 +80,13 @@ def test_every_name_the_faces_export_exists():
         module = importlib.import_module(face)
         for name in names or ():
             assert getattr(module, name) is not None, f"{face}.{name}"
+
+
+def test_the_index_names_every_script_and_only_those():
+    """benchmarks/README.md has one row a script (its first cell the file name), for every script there is."""
+    rows = re.findall(r"^\| `([^`]+)` \|", (BENCHMARKS / "README.md").read_text(), re.MULTILINE)
+    present = sorted(path.name for path in BENCHMARKS.iterdir() if path.suffix in (".py", ".sh"))
+    assert sorted(rows) == present
 
 
 def test_what_gpu_check_runs_exists():
