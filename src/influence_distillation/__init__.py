@@ -10,10 +10,9 @@ do not load torch; the first function that needs it does.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from influence_distillation.lazy import lazy_exports
 
-# Public name → the module that defines it.
+# Module → the public names it defines (imported on first use).
 _EXPORTS = {
     "influence_distillation.config": (
         "DataConfig", "EmbeddingConfig", "GradientConfig", "LandmarkConfig", "ModelConfig", "PropagationConfig",
@@ -32,20 +31,5 @@ _EXPORTS = {
     "influence_distillation.run.outputs": ("SelectionResult",),
     "influence_distillation.run.pipeline": ("run_selection",),
 }
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
-__all__ = sorted(_MODULE_OF)
-
-
-def __getattr__(name: str) -> Any:
-    module = _MODULE_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # the next lookup is a plain attribute
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
-
+__all__, __getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
