@@ -2,9 +2,15 @@
 and the CountSketch and Kronecker projections (the latter straight from activations, or exactly through the full
 gradient as with an Adam preconditioner), on the same real samples, side by side in one process.
 
-Usage (the suite's data and model; the first N pool samples in file order, a mix of short and long ones):
+Usage (SmolLM2-135M-Instruct; ShareGPT from sharegpt_pool.py by default, `--data runs/suite/data --target NAME` for
+the suite's pool; the first N kept pool samples in file order, and `--target-samples` of the target):
 
-    .venv/bin/python benchmarks/bench_gradients.py --data runs/suite/data --samples 96 [--threads 2]
+    .venv/bin/python benchmarks/bench_gradients.py --samples 96 [--threads 2] [--data DIR --target NAME]
+
+Each projector is the run's own (`method.gradient_space` with `--grad-projection` srht, countsketch or kronecker), and
+each way's gradients come from `method.projected_gradients`, as a run computes them. The table of 2026-11-27 (the
+diary's "Per-sample gradients: batching and projections") is behind the reference's choice of CountSketch
+(docs/BENCHMARKS.md, "Defaults for scale": the same agreement with exact inner products as SRHT).
 
 Agreement: every way's rows give an influence matrix against the same target samples (cosine of the projected,
 normalised gradients, as `select`); reported is its Spearman correlation with the one-at-a-time SRHT rows, per target
@@ -13,18 +19,15 @@ sample, averaged, and with exact (unprojected) inner products, computed in the s
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from suite_data import load_suite, suite_arguments, tokenize_examples
+from common import load_suite, suite_arguments, tokenize_examples, write_json
 
-from influence_distillation.method.gradients import flat_gradient, projected_gradients, select_parameters
-from influence_distillation.method.losses import only_requires_grad
-from influence_distillation.method.per_sample import KroneckerProjector, linear_layers
-from influence_distillation.method.projection import CountSketchProjector, HadamardProjector
+from influence_distillation import GradientConfig
+from influence_distillation.method import flat_gradient, gradient_space, only_requires_grad, projected_gradients
 from influence_distillation.stats import spearman
 
 
@@ -38,18 +41,18 @@ def mean_spearman(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def main() -> None:
     parser = suite_arguments(__doc__, samples=96)
-    parser.add_argument("--target", default="multirc")
+    parser.add_argument("--target", default="humaneval", help="DATA/targets/TARGET/target.jsonl")
+    parser.add_argument("--target-samples", type=int, default=16)
     parser.add_argument("--dim", type=int, default=32768)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--out", default="runs/bench_gradients.json")
     args = parser.parse_args()
     model, tokenizer, pool = load_suite(args)
-    targets = tokenize_examples(args, tokenizer, f"targets/{args.target}/target.jsonl", 16)
-    params = select_parameters(model, "mlp-down")
+    targets = tokenize_examples(args, tokenizer, f"targets/{args.target}/target.jsonl", args.target_samples)
+    srht, sketch, kron = (gradient_space(model, GradientConfig(params="mlp-down", proj_dim=args.dim, projection=kind),
+                                         1).projector for kind in ("srht", "countsketch", "kronecker"))
+    params = gradient_space(model, GradientConfig(params="mlp-down"), 1).params
     size = sum(p.numel() for p in params.values())
-    srht = HadamardProjector(size, args.dim, 1)
-    kron = KroneckerProjector(linear_layers(model, params), params, args.dim, 1)
-    sketch = CountSketchProjector(size, args.dim, 1)
     tokens = sum(len(e) for e in pool)
     print(f"{len(pool)} pool samples ({tokens} tokens, mean {tokens / len(pool):.0f}), {len(targets)} targets, "
           f"D = {size:,}, k = {args.dim} (SRHT) / {kron.out_dim} (Kronecker), {args.threads} threads", flush=True)
@@ -98,7 +101,7 @@ def main() -> None:
         exact_cell = "—" if row["spearman_vs_exact"] is None else f"{row['spearman_vs_exact']:.3f}"
         print(f"| {row['way']} | {row['seconds_per_sample']:.3f} | {original / row['seconds_per_sample']:.2f} | "
               f"{row['spearman_vs_original']:.3f} | {exact_cell} |")
-    Path(args.out).write_text(json.dumps({"args": vars(args), "plain_backward": plain, "rows": results}, indent=2))
+    write_json(Path(args.out), {"args": vars(args), "plain_backward": plain, "rows": results})
 
 
 if __name__ == "__main__":

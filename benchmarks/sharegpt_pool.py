@@ -17,8 +17,9 @@ import argparse
 import random
 from pathlib import Path
 
-from influence_distillation.artifacts import write_jsonl
-from influence_distillation.evaluation import demo_data, sources
+from common import write_jsonl
+
+from influence_distillation.evaluation import humaneval_records, sharegpt_conversations
 
 TARGET = "humaneval"
 TARGET_SIZE = 32
@@ -27,10 +28,10 @@ TARGET_SIZE = 32
 def write_pool(data: Path, sizes: list[int], seed: int = 0) -> int:
     """pool.jsonl (every conversation), pool-N.jsonl for each of `sizes`, and the HumanEval target under `data`;
     returns the number of conversations."""
-    conversations = sources.sharegpt_conversations()
+    conversations = sharegpt_conversations()
     rng = random.Random(seed)
     rng.shuffle(conversations)
-    humaneval = demo_data.humaneval_records()
+    humaneval = humaneval_records()
     rng.shuffle(humaneval)
     write_jsonl(data / "targets" / TARGET / "target.jsonl", humaneval[:TARGET_SIZE])
     write_jsonl(data / "pool.jsonl", conversations)

@@ -11,7 +11,7 @@ import influence_distillation.method
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "influence_distillation"
 ROOT = "influence_distillation"
 # Bottom to top. A module may import its own layer (without a circle) and the layers below it, never above.
-LAYERS = [("errors", "version", "stats"), ("options",), ("config", "artifacts"), ("data",), ("model",), ("method",),
+LAYERS = [("errors", "version", "stats", "lazy"), ("options",), ("config", "artifacts"), ("data",), ("model",), ("method",),
           ("run",), ("report",), ("evaluation",), ("cli", "__init__", "__main__")]
 RANK = {part: rank for rank, parts in enumerate(LAYERS) for part in parts}
 

@@ -1,7 +1,8 @@
 """Influence Distillation: select the fine-tuning samples that most reduce a target loss (arXiv 2505.19051).
 
 One call runs everything (`run_selection`); the stage functions below can also be called one by one:
-load → tokenize → embed → choose landmarks → gradients → influence → propagate → select.
+load → tokenize → embed → choose landmarks → gradients → influence → propagate → select. `tokenize_samples` gives
+`Example`s; `collate` pads a list of them into the `Batch` that the method's batch functions take.
 
 Every name is imported on first use (PEP 562), so `import influence_distillation` and `influence-distill --help`
 do not load torch; the first function that needs it does.
@@ -9,16 +10,16 @@ do not load torch; the first function that needs it does.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from influence_distillation.lazy import lazy_exports
 
-# Public name → the module that defines it.
+# Module → the public names it defines (imported on first use).
 _EXPORTS = {
     "influence_distillation.config": (
         "DataConfig", "EmbeddingConfig", "GradientConfig", "LandmarkConfig", "ModelConfig", "PropagationConfig",
         "SelectConfig", "SelectionConfig"),
+    "influence_distillation.data.packed": ("Example",),
     "influence_distillation.data.records": ("Sample", "load_samples"),
-    "influence_distillation.data.tokenization": ("tokenize_samples",),
+    "influence_distillation.data.tokenization": ("Batch", "collate", "tokenize_samples"),
     "influence_distillation.errors": ("ConfigError", "DataError", "InfDistError", "ModelError", "OutputError"),
     "influence_distillation.method": (
         "HadamardProjector", "KernelRidge", "adam_preconditioner", "choose_landmarks", "compute_embeddings",
@@ -30,20 +31,5 @@ _EXPORTS = {
     "influence_distillation.run.outputs": ("SelectionResult",),
     "influence_distillation.run.pipeline": ("run_selection",),
 }
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
-__all__ = sorted(_MODULE_OF)
-
-
-def __getattr__(name: str) -> Any:
-    module = _MODULE_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # the next lookup is a plain attribute
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
-
+__all__, __getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)

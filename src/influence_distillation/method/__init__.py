@@ -8,14 +8,13 @@ renamed without touching them. Names import on first use (PEP 562): importing th
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from influence_distillation.lazy import lazy_exports
 
-# Public name → the module that defines it.
+# Module → the public names it defines (imported on first use).
 _EXPORTS = {
     "baselines": ("BASELINES", "less_rows", "less_transform", "mid_ppl_selection", "minilm_embeddings", "pool_losses",
                   "random_scores", "rds_embeddings"),
-    "embeddings": ("compute_embeddings", "jvp_embeddings", "make_embedder"),
+    "embeddings": ("JvpEmbedder", "compute_embeddings", "jvp_embeddings", "make_embedder"),
     "flops": ("Layout", "Projection", "Tokens", "baseline_flops", "baseline_parts", "influence_flops",
               "influence_parts"),
     "gradients": ("GradientSpace", "compute_gradients", "flat_gradient", "gradient_space", "projected_gradients",
@@ -32,19 +31,5 @@ _EXPORTS = {
     "verification": ("near_target_count", "round_sizes", "verification_rows", "verify_landmarks"),
     "weights": ("DenseQuadraticForm", "FactoredQuadraticForm", "WeightSolution", "kkt_residual", "solve_weights"),
 }
-_MODULE_OF = {name: f"{__name__}.{module}" for module, names in _EXPORTS.items() for name in names}
 
-__all__ = sorted(_MODULE_OF)
-
-
-def __getattr__(name: str) -> Any:
-    module = _MODULE_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # the next lookup is a plain attribute
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__all__, __getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
