@@ -171,3 +171,24 @@ def test_a_ledger_continues_the_benchmark_from_a_fresh_checkout(model_dir, tmp_p
                 (tmp_path / "scout" / f"select-math-{name}" / file).read_text()
     run("third", budget=6)  # other settings: nothing recorded applies
     assert work["selections"] == 4 and work["fine-tunes"] == 4  # the untrained model's scores do not depend on it
+
+
+def test_a_ledger_key_ignores_speed_options_and_later_options_at_their_defaults(tmp_path):
+    """So that a recorded selection survives an upgrade that adds an option (at its default, the run is the same)
+    and a change of batch size, but not a change of what the run computes."""
+    from influence_distillation.config import SelectConfig
+    from influence_distillation.evaluation.ledger import Ledger
+
+    pool, target = write_jsonl(tmp_path / "pool.jsonl", synthetic_pool(6)), write_jsonl(
+        tmp_path / "target.jsonl", synthetic_target(2))
+    ledger = Ledger(tmp_path / "ledger", "tiny")
+
+    def key(**changes) -> str:
+        config = SelectConfig(pool=str(pool), target=str(target), out=str(tmp_path / "out"))
+        for path, value in changes.items():
+            section, name = path.split("__")
+            setattr(getattr(config, section), name, value)
+        return ledger.selection_key(config, None)
+
+    assert key(embedding__batch_size=4) == key(embedding__batch_size=16) == key()
+    assert key(landmarks__verify_space="minilm") != key() != key(landmarks__verify=3)

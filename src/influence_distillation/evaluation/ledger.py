@@ -16,7 +16,7 @@ from typing import Any
 
 from influence_distillation import artifacts
 from influence_distillation.data.export import llama_factory_info
-from influence_distillation.options import to_dict
+from influence_distillation.options import key_dict, to_dict
 
 
 class Ledger:
@@ -50,7 +50,8 @@ class Ledger:
         return artifacts.fingerprint(warmup=self._portable(config, ("pool",), self.model))
 
     def selection_key(self, config, warm: Path | None) -> str:
-        values = self._portable(to_dict(config), ("pool", "target"), self.model if warm is None else
+        # key_dict: an option added later, at its default, leaves the key (and the recorded selection) as it was.
+        values = self._portable(key_dict(config), ("pool", "target"), self.model if warm is None else
                                 self.warm_key(warm))
         values["gradients"] = {**values["gradients"], "optimizer_state": None}  # the warm key above covers it
         return artifacts.fingerprint(selection=values)
@@ -80,7 +81,7 @@ class Ledger:
                              {"key": key, "rows": rows, "manifest": artifacts.read_manifest(folder)})
 
     def evaluation_recipe(self, evaluation) -> str:
-        values = to_dict(evaluation)
+        values = key_dict(evaluation)
         values = {**values, "test": self._content(values["test"]), "model": {**values["model"], "path": self.model}}
         return artifacts.fingerprint(evaluation=values)
 
