@@ -66,6 +66,7 @@ def test_function_body_takes_a_body_a_fenced_block_or_a_whole_definition():
     assert function_body("    return x + 1\n\ndef other():\n    pass", "f") == "    return x + 1\n"
     assert function_body("```python\n    return x\n```\nThis returns x.", "f") == "    return x\n"
     assert function_body("def f(x):\n    return x\n\nprint(f(1))", "f") == "\ndef f(x):\n    return x\n\nprint(f(1))"
+    assert function_body(" return x + 1\n    # done", "f") == "    return x + 1\n    # done"  # the merged newline
     assert normalize_answer("  -3/4. ") == "-3/4" and normalize_answer("x  = 2") == "x = 2"
 
 

@@ -129,7 +129,17 @@ def function_body(answer: str, entry_point: str) -> str:
     if re.search(rf"^def {re.escape(entry_point)}\(", code, re.M):
         return "\n" + code
     cut = min((i for i in (code.find(stop) for stop in BODY_STOPS) if i >= 0), default=len(code))
-    return code[:cut]
+    return _indent_first_line(code[:cut])
+
+
+def _indent_first_line(body: str) -> str:
+    """A body's first line at the indentation of the function's block (4 spaces). Why: in training the tokenizer
+    merges the newline that ends the generation prompt with the answer's leading spaces into one token ("\n   "),
+    so a model generating after the prompt's lone newline writes the rest of that indentation (" return ...")."""
+    first, newline, rest = body.partition("\n")
+    if first.strip() and len(first) - len(first.lstrip(" ")) < 4:
+        first = "    " + first.lstrip(" ")
+    return first + newline + rest
 
 
 def normalize_answer(text: str) -> str:
