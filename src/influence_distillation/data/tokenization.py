@@ -162,21 +162,27 @@ class TemplateRefusal(Exception):
     sample is excluded with this reason, not the run stopped."""
 
 
+def render_turns(turns, tokenizer, template: str, generation_prompt: bool = False) -> str:
+    """`turns` ((role, content) pairs) as the chat template writes them, with the assistant's generation prompt after
+    them if asked; a template that raises becomes a `TemplateRefusal`."""
+    if not turns and not generation_prompt:
+        return ""
+    conversation = [{"role": role, "content": content} for role, content in turns]
+    try:
+        return tokenizer.apply_chat_template(
+            conversation, chat_template=template, tokenize=False, add_generation_prompt=generation_prompt
+        )
+    except Exception as error:  # jinja2's TemplateError, or a template's raise_exception(): the template's word
+        message = " ".join(str(error).split())[:200]
+        raise TemplateRefusal(f"the chat template refused it ({type(error).__name__}: {message})") from None
+
+
 def render_chat(messages: tuple[tuple[str, str], ...], tokenizer, template: str) -> tuple[str, list[tuple[int, int]]]:
     """Render a conversation; return the text and the character spans of its trained assistant turns (those after a
     user turn: `records.trained_turns`)."""
 
     def render(turns, generation_prompt=False) -> str:
-        if not turns and not generation_prompt:
-            return ""
-        conversation = [{"role": role, "content": content} for role, content in turns]
-        try:
-            return tokenizer.apply_chat_template(
-                conversation, chat_template=template, tokenize=False, add_generation_prompt=generation_prompt
-            )
-        except Exception as error:  # jinja2's TemplateError, or a template's raise_exception(): the template's word
-            message = " ".join(str(error).split())[:200]
-            raise TemplateRefusal(f"the chat template refused it ({type(error).__name__}: {message})") from None
+        return render_turns(turns, tokenizer, template, generation_prompt)
 
     text = render(messages)
     spans = []

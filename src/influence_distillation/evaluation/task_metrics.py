@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from transformers import StoppingCriteria
 
 from influence_distillation.data.records import Sample
-from influence_distillation.data.tokenization import chat_template
+from influence_distillation.data.tokenization import chat_template, render_turns
 from influence_distillation.errors import DataError
 
 PASS_AT_1, EXACT_MATCH = "pass_at_1", "exact_match"
@@ -64,9 +64,7 @@ def task_set(samples: list[Sample], tokenizer, template_fallback: bool = True) -
         turns = sample.messages or ()
         if len(turns) < 2 or turns[-1][0] != "assistant":
             raise DataError(f"test record {sample.id}: {metric} needs a conversation that ends with the answer")
-        conversation = [{"role": role, "content": content} for role, content in turns[:-1]]
-        prompts.append(tokenizer.apply_chat_template(conversation, chat_template=template, tokenize=False,
-                                                     add_generation_prompt=True))
+        prompts.append(render_turns(turns[:-1], tokenizer, template, generation_prompt=True))
         references.append((sample.record["task_id"], sample.record["entry_point"]) if metric == PASS_AT_1
                           else turns[-1][1])
     return TaskSet(metric, prompts, references)
