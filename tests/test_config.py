@@ -30,7 +30,7 @@ def _older(config) -> dict:
 def test_added_options_at_their_defaults_leave_an_older_run_the_same_run():
     config = SelectConfig(pool="p.jsonl", target="t.jsonl", out="o")
     config.selection.budget = 5
-    assert ("data", "split") in _added(config) and ("embedding", "method") in _added(config)
+    assert ("data", "split") in _added(config) and ("landmarks", "verify_space") in _added(config)
     older = _older(config)
     assert same_config(older, config)
     assert key_dict(from_dict(SelectConfig, older)) == key_dict(config)
@@ -58,10 +58,22 @@ def test_an_added_option_set_away_from_its_default_changes_the_key():
     config = SelectConfig(pool="p.jsonl", target="t.jsonl", out="o")
     config.selection.budget = 5
     older = _older(config)
-    changed = dataclasses.replace(config, embedding=dataclasses.replace(config.embedding, method="difference"))
-    assert key_dict(changed)["embedding"]["method"] == "difference"
+    changed = dataclasses.replace(config, landmarks=dataclasses.replace(config.landmarks, verify_space="minilm"))
+    assert key_dict(changed)["landmarks"]["verify_space"] == "minilm"
     assert key_dict(changed) != key_dict(config)
     assert not same_config(older, changed)
+
+
+def test_an_option_whose_default_changed_is_always_in_the_key():
+    """The embedding method's default became central differences: a run or cache made with the JVP, when the JVP was
+    the default, must not pass for today's default, so the method is named in every key, never left out."""
+    config = SelectConfig(pool="p.jsonl", target="t.jsonl", out="o")
+    config.selection.budget = 5
+    assert config.embedding.method == "difference" and ("embedding", "method") not in _added(config)
+    assert key_dict(config)["embedding"]["method"] == "difference"
+    made_with_jvp = to_dict(dataclasses.replace(config, embedding=dataclasses.replace(config.embedding, method="jvp")))
+    assert not same_config(made_with_jvp, config)
+    assert key_dict(from_dict(SelectConfig, made_with_jvp)) != key_dict(config)
 
 
 def test_same_config_rejects_other_values_and_unreadable_configs():

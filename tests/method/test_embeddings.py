@@ -165,6 +165,32 @@ def test_central_differences_match_forward_mode(device):
             assert (last - reference).norm() / reference.norm() < tolerance
 
 
+def test_difference_embedder_matches_forward_mode_in_float32_under_a_bf16_model(device):
+    """The `difference` embedder as a run builds it — sdpa attention, the K blocks copied to float32, the step
+    calibrated — against forward-mode AD in eager attention on the same (bf16-rounded) weights in float32, over
+    padded batches; the bf16 model itself is left in bf16. The calibrated step is the one that best matches the
+    JVP on the check input, so a fixed step that suits the real model (3e-4) would fail here."""
+    from influence_distillation.config import EmbeddingConfig
+    from influence_distillation.method.embeddings import DIFFERENCE_STEPS, make_embedder
+
+    model = make_model("llama", 64).to(device, torch.bfloat16)
+    reference_model = make_model("llama", 64).to(device, torch.bfloat16).float()
+    examples = labelled_examples(64, [6, 11, 4, 9, 7])
+    config = EmbeddingConfig(method="difference", num_tangents=2, dim=64, pooling="last+mean")
+    embedder = make_embedder(model, config, seed=3, batch_size=3)
+    assert embedder.backbone.config._attn_implementation == "sdpa"
+    assert next(embedder.backbone.parameters()).dtype == torch.float32
+    assert next(model.parameters()).dtype == torch.bfloat16
+    assert embedder.step < 3e-4 and embedder.step in DIFFERENCE_STEPS and embedder.step_error < 1e-3
+    got = embedder(examples)
+    exact = make_embedder(reference_model, EmbeddingConfig(method="jvp", num_tangents=2, dim=64, pooling="last+mean"),
+                          seed=3, batch_size=3)
+    assert exact.backbone.config._attn_implementation == "eager"
+    expected = exact(examples)
+    error = (got - expected).norm(dim=1) / expected.norm(dim=1)
+    assert error.max() < 3e-3, error
+
+
 @pytest.mark.parametrize("kind, names", [("llama", ["model.layers.2.mlp.down_proj.weight"]),
                                          ("gpt2", ["transformer.h.2.mlp.c_proj.weight", "transformer.h.2.mlp.c_proj.bias"])])
 def test_gradient_embeddings_are_the_top_down_projection_gradient_of_each_sample_alone(kind, names, device):

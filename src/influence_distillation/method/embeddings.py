@@ -11,6 +11,9 @@ per batch and only the tangent computation is batched. `GradientEmbedder` is the
 
 from __future__ import annotations
 
+import functools
+import logging
+
 import torch
 from torch import nn
 from torch.func import functional_call, jvp, vmap
@@ -24,6 +27,8 @@ from influence_distillation.method.per_sample import batched_gradients, linear_l
 from influence_distillation.method.projection import make_projector
 from influence_distillation.model.blocks import find_blocks, truncated_backbone
 from influence_distillation.model.last_token import last_positions
+
+log = logging.getLogger(__name__)
 
 
 def sample_tangents(params: dict[str, torch.Tensor], num_tangents: int, seed: int) -> dict[str, torch.Tensor]:
@@ -109,26 +114,61 @@ def jvp_outputs(backbone: nn.Module, tangents: dict[str, torch.Tensor], batch: B
     return (tangent, primal.flatten(1)) if with_primal else tangent
 
 
-DIFFERENCE_STEP = 1e-5  # ε for unit-Gaussian tangents: 1e-3 is already in the non-linear range (BENCHMARKS.md)
+DIFFERENCE_STEPS = (1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3)  # ε tried for unit-Gaussian tangents (float32)
+
+
+def shifted_parameters(backbone: nn.Module, tangents: dict[str, torch.Tensor], step: float) -> list[tuple[dict, dict]]:
+    """θ + εv_j and θ − εv_j for each tangent j, over the parameters the blocks take (the token embedding is shifted
+    through its lookup instead): formed once per embedder, not per batch (on SmolLM2-135M at K = 2 that was 5% of
+    the stage)."""
+    embedding = backbone.get_input_embeddings().weight
+    params = {name: p for name, p in backbone.named_parameters() if p is not embedding}
+    count = next(iter(tangents.values())).shape[0]
+    return [tuple({name: p + sign * step * tangents[name][j] for name, p in params.items()} for sign in (1.0, -1.0))
+            for j in range(count)]
 
 
 def difference_outputs(backbone: nn.Module, tangents: dict[str, torch.Tensor], batch: Batch,
-                       poolings: tuple[str, ...] = ("last",), step: float = DIFFERENCE_STEP) -> torch.Tensor:
+                       poolings: tuple[str, ...] = ("last",), step: float = 1e-4,
+                       shifted: list[tuple[dict, dict]] | None = None) -> torch.Tensor:
     """`jvp_outputs` by central differences, (h(θ + εv) − h(θ − εv)) / 2ε: two plain forward passes per tangent
-    instead of forward-mode AD, exact up to O(ε²) truncation and the round-off of the difference."""
-    embedding, embedding_name, params, embeds, weights, inputs = _split_inputs(backbone, batch, poolings)
+    instead of forward-mode AD, exact up to O(ε²) truncation and the round-off of the difference. `shifted`:
+    `shifted_parameters(backbone, tangents, step)`, when the caller keeps them across batches."""
+    embedding, embedding_name, _, embeds, weights, inputs = _split_inputs(backbone, batch, poolings)
+    shifted = shifted if shifted is not None else shifted_parameters(backbone, tangents, step)
     out = []
     with last_positions(backbone, _read_rows(batch, poolings)):
-        for j in range(tangents[embedding_name].shape[0]):
+        for j, sides in enumerate(shifted):
             embed_tangent = functional_call(embedding, {"weight": tangents[embedding_name][j]}, (batch.input_ids,))
-            sides = []
-            for sign in (1.0, -1.0):
-                shifted = {name: p + sign * step * tangents[name][j] for name, p in params.items()}
-                hidden = functional_call(backbone, shifted, args=(), kwargs={
+            ends = []
+            for sign, params in zip((1.0, -1.0), sides):
+                hidden = functional_call(backbone, params, args=(), kwargs={
                     **inputs, "inputs_embeds": embeds + sign * step * embed_tangent}).last_hidden_state
-                sides.append(torch.einsum("bpt,btd->bpd", weights, hidden))
-            out.append((sides[0] - sides[1]) / (2 * step))
+                ends.append(torch.einsum("bpt,btd->bpd", weights, hidden))
+            out.append((ends[0] - ends[1]) / (2 * step))
     return torch.stack(out, dim=1).flatten(2)
+
+
+def calibrated_step(backbone: nn.Module, tangents: dict[str, torch.Tensor], poolings: tuple[str, ...], seed: int,
+                    length: int = 16) -> tuple[float, float]:
+    """(ε, relative error): the central-difference step of `DIFFERENCE_STEPS` closest to forward-mode AD on two
+    seeded random sequences. Round-off wins below the best step and curvature above it, and the balance is the
+    model's (3e-4 for SmolLM2-135M's blocks, 1e-5 for tiny random ones): measured, not assumed. The input is seeded,
+    so every shard and every resume picks the same step."""
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, backbone.config.vocab_size, (2, length), generator=generator)
+    batch = collate([Example(str(i), row, row, False) for i, row in enumerate(ids)], 0)
+    batch = batch.to(next(backbone.parameters()).device)
+    attention = backbone.config._attn_implementation
+    backbone.set_attn_implementation("eager")  # forward-mode AD has no rule for the fused kernels
+    try:
+        exact = jvp_outputs(backbone, tangents, batch, poolings)
+    finally:
+        backbone.set_attn_implementation(attention)
+    errors = {step: ((difference_outputs(backbone, tangents, batch, poolings, step) - exact).norm()
+                     / exact.norm()).item() for step in DIFFERENCE_STEPS}
+    step = min(errors, key=errors.get)
+    return step, errors[step]
 
 
 class JvpEmbedder:
@@ -141,8 +181,16 @@ class JvpEmbedder:
     def __init__(self, backbone: nn.Module, num_tangents: int, dim: int, seed: int, batch_size: int = 8,
                  pad_id: int = 0, poolings: tuple[str, ...] = ("last",), method: str = "jvp"):
         self.backbone, self.batch_size, self.pad_id, self.poolings = backbone, batch_size, pad_id, poolings
-        self.outputs = difference_outputs if method == "difference" else jvp_outputs
         self.tangents = sample_tangents(dict(backbone.named_parameters()), num_tangents, seed)
+        self.outputs = jvp_outputs
+        if method == "difference":
+            with torch.no_grad():
+                step, error = calibrated_step(backbone, self.tangents, poolings, seed)
+            log.info("embeddings: central differences at step %g (%.1e relative error against forward-mode AD on a "
+                     "check input)", step, error)
+            self.outputs = functools.partial(difference_outputs, step=step,
+                                             shifted=shifted_parameters(backbone, self.tangents, step))
+            self.step, self.step_error = step, error
         self.num_tangents, self.hidden = num_tangents, backbone.config.hidden_size
         self.width = num_tangents * self.hidden  # per pooling
         self.projectors = [make_projector(self.width, max(1, dim // len(poolings)), seed + 1 + i)
@@ -243,8 +291,17 @@ def make_embedder(model: nn.Module, config: EmbeddingConfig, seed: int, pad_id: 
         batch_size = config.batch_size if config.batch_size is not None else 8
     if config.method == "gradient":
         return GradientEmbedder(model, config.dim, seed, batch_size, pad_id)
-    return JvpEmbedder(truncated_backbone(model, config.num_blocks), config.num_tangents, config.dim, seed,
+    return JvpEmbedder(embedding_backbone(model, config), config.num_tangents, config.dim, seed,
                        batch_size, pad_id, config.poolings(), config.method)
+
+
+def embedding_backbone(model: nn.Module, config: EmbeddingConfig) -> nn.Module:
+    """The K blocks the embedding runs: eager attention for forward-mode AD; for central differences sdpa (two plain
+    forward passes need no JVP rule) and float32 whatever the model's dtype, since a difference at step ε in
+    bfloat16 is round-off (the K blocks are a small copy; the rest of the model keeps its dtype)."""
+    if config.method == "difference":
+        return truncated_backbone(model, config.num_blocks, attention="sdpa", dtype=torch.float32)
+    return truncated_backbone(model, config.num_blocks)
 
 
 def compute_embeddings(

@@ -114,7 +114,10 @@ def embedding_flops(layout: Layout, pool: Tokens, embedding) -> float:
     kept = layout.every_position[embedding.num_blocks - 1]
     if embedding.poolings() == ("last",) and kept is not None:  # the last block runs once per sample but for K, V
         weights -= (layout.blocks[embedding.num_blocks - 1] - kept) * (pool.tokens - pool.samples)
-    return (1 + 2 * embedding.num_tangents) * 2.0 * weights
+    # forward-mode AD: the primal, and each tangent through every linear map twice; central differences: two
+    # plain forwards per tangent
+    passes = 2 * embedding.num_tangents if embedding.method == "difference" else 1 + 2 * embedding.num_tangents
+    return passes * 2.0 * weights
 
 
 def influence_parts(layout: Layout, pool: Tokens, landmarks: Tokens, targets: Tokens, embedding,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import torch
 from torch import nn
 
 from influence_distillation.errors import ConfigError, ModelError
@@ -29,11 +30,14 @@ def find_blocks(model: nn.Module) -> tuple[nn.Module, str, nn.ModuleList]:
     )
 
 
-def truncated_backbone(model: nn.Module, num_blocks: int, last_token: bool = True) -> nn.Module:
-    """A copy of the backbone (embeddings, first `num_blocks` blocks, final norm; no LM head), in eager attention.
+def truncated_backbone(model: nn.Module, num_blocks: int, last_token: bool = True, attention: str = "eager",
+                       dtype: torch.dtype | None = None) -> nn.Module:
+    """A copy of the backbone (embeddings, first `num_blocks` blocks, final norm; no LM head).
 
     The copy's forward returns the final-normed hidden states after block K, as in the paper's JVP embeddings. With
     `last_token` its last block can skip what the last-token reading does not need (`last_token.last_positions`).
+    `attention` is eager for forward-mode AD (no JVP rule for the fused kernels); plain forward passes (central
+    differences) take sdpa. `dtype` casts the copy only, so the K blocks can run in float32 under a bf16 model.
     """
     owner, name, blocks = find_blocks(model)
     if not 1 <= num_blocks <= len(blocks):
@@ -49,10 +53,12 @@ def truncated_backbone(model: nn.Module, num_blocks: int, last_token: bool = Tru
     config.num_hidden_layers = num_blocks
     if isinstance(getattr(config, "layer_types", None), list):
         config.layer_types = config.layer_types[:num_blocks]
+    if dtype is not None:
+        truncated.to(dtype)
     if hasattr(truncated, "set_attn_implementation"):
-        truncated.set_attn_implementation("eager")
+        truncated.set_attn_implementation(attention)
     else:  # pragma: no cover - older transformers
-        config._attn_implementation = "eager"
+        config._attn_implementation = attention
     truncated.eval()
     for parameter in truncated.parameters():
         parameter.requires_grad_(False)

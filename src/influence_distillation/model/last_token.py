@@ -64,10 +64,21 @@ class LastTokenBlock(nn.Module):
         query = self._rotary(query.transpose(1, 2), query.transpose(1, 2), cos[batch, rows].unsqueeze(1),
                              sin[batch, rows].unsqueeze(1))[0]
         key = self._rotary(key.transpose(1, 2), key.transpose(1, 2), cos, sin)[1]
-        if mask is not None:
-            mask = mask[batch, :, rows].unsqueeze(2)  # (B, 1, 1, T): what the read token may attend to
+        mask = additive_row_mask(mask, batch, rows, key.dtype)
         out, _ = self._attention(attn, query, key, value, mask, scaling=attn.scaling, dropout=0.0)
         return attn.o_proj(out.reshape(count, -1))
+
+
+def additive_row_mask(mask, batch, rows, dtype) -> torch.Tensor | None:
+    """The read token's row of the layer's attention mask, (B, 1, 1, T), as eager attention adds it: eager layers
+    get an additive float mask, sdpa layers a boolean one (True: may attend) or none when nothing is padded (then the
+    read token, the last, attends to every position)."""
+    if mask is None:
+        return None
+    mask = mask[batch, :, rows].unsqueeze(2)
+    if mask.dtype == torch.bool:
+        mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+    return mask
 
 
 @contextmanager

@@ -143,9 +143,13 @@ def calibrate(model, tokenizer, pool, target, config: SelectConfig, load_seconds
         layer = sum(p.numel() for p in embedder.params.values())
         working = embedder.batch_size * (longest * hidden * layers * 48 * bytes_per + layer * 4 * 3)
     else:
-        kept = sum(p.numel() for p in truncated_backbone(model, settings.num_blocks).parameters()) * bytes_per
-        working = kept * (1 + settings.num_tangents) + embedder.batch_size * longest * hidden \
-            * settings.num_blocks * 64 * (1 + settings.num_tangents) * bytes_per
+        # the kept blocks and their tangents (central differences: in float32, and θ ± εv kept too) and a batch's
+        # activations (forward-mode AD carries a tangent beside each)
+        difference = settings.method == "difference"
+        copies, carried, kept_bytes = (3, 0, 4) if difference else (1, settings.num_tangents, bytes_per)
+        kept = sum(p.numel() for p in truncated_backbone(model, settings.num_blocks).parameters()) * kept_bytes
+        working = kept * (1 + copies * settings.num_tangents) + embedder.batch_size * longest * hidden \
+            * settings.num_blocks * 64 * (1 + carried) * kept_bytes
     sizes = Sizes(model_bytes, bytes_per, hidden, layers, longest, size, getattr(projector, "padded_dim", size),
                   projector.out_dim, embedder.out_dim, working)
     return rates, sizes, Layout.of(model), projector
