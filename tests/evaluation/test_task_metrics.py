@@ -93,6 +93,12 @@ def test_evaluate_reports_exact_match_beside_the_loss_for_maths_test_sets(model_
     assert main([*args, "--out", str(tmp_path / "eval")]) == 0
     results = json.loads((tmp_path / "eval" / "eval.json").read_text())["results"]
     assert all(0 <= row[EXACT_MATCH] <= 1 for row in results.values())
+    for label, row in (("untrained", "untrained"), ("random-seed0", "random"), ("selection-seed0", "selection")):
+        answers = [json.loads(line) for line in (tmp_path / "eval" / "answers" / f"{label}.jsonl").open()]
+        assert [a["reference"] for a in answers] == ["42", "42"]  # one line per test record, in order
+        assert all(a["scored"] == normalize_answer(a["generated"]) for a in answers)
+        assert all(a["correct"] == (a["scored"] == "42") for a in answers)
+        assert sum(a["correct"] for a in answers) / 2 == results[row][EXACT_MATCH]
     assert main([*args, "--out", str(tmp_path / "loss-only"), "--no-task-metric"]) == 0
     results = json.loads((tmp_path / "loss-only" / "eval.json").read_text())["results"]
     assert all(EXACT_MATCH not in row for row in results.values())

@@ -202,6 +202,7 @@ def _evaluate(out, data, target, model, selections, seeds, settings, config: Ben
                             seed=config.seed, seeds=1, max_length=settings["max_length"], **settings["eval"])
     evaluation.model.path = model
     path = out / f"eval-{target}.json"
+    answers = out / "answers" / target  # each model's task-metric answers, {row}-seed{seed}.jsonl
     recipe = artifacts.fingerprint(config=to_dict(evaluation))
     cached = artifacts.read_json(path)
     if cached.get("recipe") != recipe:
@@ -227,11 +228,13 @@ def _evaluate(out, data, target, model, selections, seeds, settings, config: Ben
     if missing or "untrained" not in cached:
         log.info("%s: evaluating %s", target, ", ".join(f"{r} (seed {s})" for r, s, _, _ in missing) or "untrained")
     if "untrained" not in cached:
-        cached["untrained"] = evaluate_subsets(evaluation, {}, evaluation.test, progress)["results"]["untrained"]
+        cached["untrained"] = evaluate_subsets(evaluation, {}, evaluation.test, progress,
+                                               answers_dir=answers)["results"]["untrained"]
         keep()
     for row, seed, weighted, key in missing:
         single = dataclasses.replace(evaluation, seed=seed, weighted=weighted)
-        result = evaluate_subsets(single, {row: selections[row](seed)}, evaluation.test, progress, untrained=False)
+        result = evaluate_subsets(single, {row: selections[row](seed)}, evaluation.test, progress, untrained=False,
+                                  answers_dir=answers)
         cached["runs"][key] = result["per_seed"][row][0]
         keep()
     results = {"untrained": cached["untrained"]}

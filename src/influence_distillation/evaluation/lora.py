@@ -195,10 +195,11 @@ def _option_examples(samples: list[Sample], tokenizer, max_length: int, fallback
 
 
 def evaluate_subsets(config: EvalConfig, subsets, test_path: str, progress: bool = True,
-                     untrained: bool = True) -> dict[str, Any]:
+                     untrained: bool = True, answers_dir: Path | None = None) -> dict[str, Any]:
     """Fine-tune on each subset (name → samples, or name → function of the seed giving samples) for every seed and
     score on `test_path`; the untrained model is the row `untrained` (unless `untrained` is False). Returns
-    mean ± std and per-seed metrics."""
+    mean ± std and per-seed metrics. With `answers_dir`, each model's task-metric answers go to
+    `answers_dir/{name}-seed{seed}.jsonl` (`untrained.jsonl`)."""
     started = time.perf_counter()
     model, tokenizer = load_model(config.model)
     pad_id = pad_token_id(tokenizer)
@@ -214,19 +215,20 @@ def evaluate_subsets(config: EvalConfig, subsets, test_path: str, progress: bool
     choices = _option_examples(test_samples, tokenizer, config.max_length, True)
     tasks = task_set(test_samples, tokenizer) if config.task_metric else None
 
-    def score(scored_model) -> dict[str, float]:
+    def score(scored_model, label: str) -> dict[str, float]:
         metrics = test_metrics(scored_model, test, choices, config, pad_id, progress)
-        return {**metrics, **(task_metrics(scored_model, tokenizer, tasks, pad_id, progress) if tasks else {})}
+        answers = answers_dir / f"{label}.jsonl" if answers_dir is not None else None
+        return {**metrics, **(task_metrics(scored_model, tokenizer, tasks, pad_id, progress, answers) if tasks else {})}
     rows: dict[str, list[dict[str, float]]] = {}
     if untrained:
-        rows["untrained"] = [score(model)]
+        rows["untrained"] = [score(model, "untrained")]
     for seed in range(config.seed, config.seed + config.seeds):
         for name, subset in subsets.items():
             samples = subset(seed) if callable(subset) else subset
             examples = tokenize(samples, name)
             weights = training_weights(samples, examples) if config.weighted and name != "random" else None
             tuned = finetune_lora(model, examples, config, seed, pad_id, progress, weights)
-            rows.setdefault(name, []).append(score(tuned))
+            rows.setdefault(name, []).append(score(tuned, f"{name}-seed{seed}"))
             del tuned  # one adapted copy of the model at a time
             log.info("seed %d %s: %s", seed, name, rows[name][-1])
     return {"results": {name: aggregate_runs(runs) for name, runs in rows.items()}, "per_seed": rows,
@@ -258,7 +260,8 @@ def run_evaluation(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
         picked = np.random.default_rng(seed).choice(len(pool), size=len(selection), replace=False)
         return [pool[i] for i in np.sort(picked)]
 
-    outcome = evaluate_subsets(config, {"random": random_subset, "selection": selection}, config.test, progress)
+    outcome = evaluate_subsets(config, {"random": random_subset, "selection": selection}, config.test, progress,
+                               answers_dir=Path(config.out) / "answers")
     summary = {"config": to_dict(config), "subset_size": len(selection), **outcome}
     write_json(Path(config.out) / "eval.json", summary)
     return summary

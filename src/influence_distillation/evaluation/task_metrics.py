@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import StoppingCriteria
 
+from influence_distillation.artifacts import write_jsonl
 from influence_distillation.data.records import Sample
 from influence_distillation.data.tokenization import chat_template, render_turns
 from influence_distillation.errors import DataError
@@ -159,13 +160,21 @@ def run_humaneval(task_ids: list[str], completions: list[str], timeout: float = 
     return json.loads(done.stdout)["passed"]
 
 
-def task_metrics(model, tokenizer, tasks: TaskSet, pad_id: int, progress: bool = False) -> dict[str, float]:
-    """{metric: the share of test records answered right} for the model as it is."""
+def task_metrics(model, tokenizer, tasks: TaskSet, pad_id: int, progress: bool = False,
+                 answers_path: Path | None = None) -> dict[str, float]:
+    """{metric: the share of test records answered right} for the model as it is. With `answers_path`, what the
+    model wrote for each record is kept there (JSONL: reference, generation, what was scored, right or not), so a
+    score can be read back to its answers."""
     answers = greedy_answers(model, tokenizer, tasks.prompts, MAX_NEW_TOKENS[tasks.metric], pad_id, progress=progress,
                              stop_at=CLOSED_FENCE if tasks.metric == PASS_AT_1 else None)
     if tasks.metric == PASS_AT_1:
-        completions = [function_body(answer, entry) for answer, (_, entry) in zip(answers, tasks.references)]
-        correct = run_humaneval([task_id for task_id, _ in tasks.references], completions)
+        scored = [function_body(answer, entry) for answer, (_, entry) in zip(answers, tasks.references)]
+        correct = run_humaneval([task_id for task_id, _ in tasks.references], scored)
     else:
-        correct = [normalize_answer(a) == normalize_answer(r) for a, r in zip(answers, tasks.references)]
+        scored = [normalize_answer(a) for a in answers]
+        correct = [answer == normalize_answer(r) for answer, r in zip(scored, tasks.references)]
+    if answers_path is not None:
+        write_jsonl(answers_path, [{"reference": ref if isinstance(ref, str) else ref[0], "generated": answer,
+                                    "scored": text, "correct": bool(right)}
+                                   for ref, answer, text, right in zip(tasks.references, answers, scored, correct)])
     return {tasks.metric: sum(correct) / len(correct)}
