@@ -13,7 +13,8 @@ on a GPU each stage's peak of allocated GPU memory).
 `default` is the library's defaults with only `--budget` given (K = 2, landmarks 5% of the pool between 32 and
 128, as many verification landmarks, CountSketch); `influence` takes 5% landmarks without the cap, `influence-fixed`
 256 (both K = 2 now; before 2026-12-03 the defaults had K = 4 and SRHT, which `influence-fixed-k2`'s name recalls).
-`default-bf16` and `rds+-bf16` add `--dtype bfloat16` (for GPUs). The table's ratio column is against `default`
+`default-bf16` and `rds+-bf16` add `--dtype bfloat16` (for GPUs); `default-jvp` and `default-bf16-jvp` embed by
+forward-mode AD (the default until 2026-12-07) instead of central differences, in the model's dtype. The table's ratio column is against `default`
 (`influence` where `default` did not run).
 LESS needs a warm-up's AdamW state (timed
 once, not part of its selection time, as in the side-by-side benchmark); above `--less-max` samples it is not run but
@@ -54,7 +55,10 @@ METHODS = {"default": [],  # the library's defaults: only --budget given
            # K = 2, the demo's and the LoRA benchmark's setting (its quality numbers were measured with it)
            "influence-fixed-k2": ["--landmarks", "256", "--num-blocks", "2"],
            # on a GPU, where bfloat16 matrix products are an order of magnitude faster than float32 ones
-           "default-bf16": ["--dtype", "bfloat16"], "rds+-bf16": ["--method", "rds+", "--dtype", "bfloat16"]}
+           "default-bf16": ["--dtype", "bfloat16"], "rds+-bf16": ["--method", "rds+", "--dtype", "bfloat16"],
+           # the embeddings by forward-mode AD (the default until 2026-12-07), in the model's dtype
+           "default-jvp": ["--embedding-method", "jvp"],
+           "default-bf16-jvp": ["--dtype", "bfloat16", "--embedding-method", "jvp"]}
 PER_SAMPLE_STAGES = {"tokenize", "scores", "selection", "write"}  # LESS's: "scores" holds its pool gradients
 
 

@@ -19,7 +19,7 @@
 # env: PYTHON, MODEL_LIKE (runs/gpu/like), LAYOUT (random_model.py's --set, e.g. SmolLM2-1.7B's shapes;
 #      MODEL_DTYPE its --dtype), DATA (runs/gpu/data: pool-N.jsonl and targets/TARGET/target.jsonl),
 #      TARGET (humaneval; math for docstring_pool.py's data), SIZES (2500,5000: bench_scale's pools, which DATA must
-#      hold as pool-N.jsonl or in a whole pool.jsonl) and SCALE_METHODS (default,rds+), SMALL (step 2's pool, 400),
+#      hold as pool-N.jsonl or in a whole pool.jsonl) and SCALE_METHODS (default-bf16,default-bf16-jvp,rds+-bf16,default,rds+: issue 40's bf16 rows first), SMALL (step 2's pool, 400),
 #      MEDIUM (step 3's, 2500), DEADLINE (seconds for the whole check, 900), STEPS, TEST_SECONDS (most the suite may
 #      take, 300), RESERVE (step 3 starts no variant with fewer seconds left, 60).
 set -uo pipefail
@@ -49,7 +49,7 @@ $PY -c "import influence_distillation" 2>/dev/null || export PYTHONPATH="$PWD/sr
 MODEL_LIKE=${MODEL_LIKE:-runs/gpu/like}
 DATA=${DATA:-runs/gpu/data}
 TARGET=${TARGET:-humaneval}
-SCALE_METHODS=${SCALE_METHODS:-default,rds+}
+SCALE_METHODS=${SCALE_METHODS:-default-bf16,default-bf16-jvp,rds+-bf16,default,rds+}
 LAYOUT=${LAYOUT:-}
 MODEL_DTYPE=${MODEL_DTYPE:-float32}
 DEADLINE=${DEADLINE:-900}
