@@ -62,15 +62,15 @@ def write_jsonl(path: Path, rows: list) -> Path:
     return path
 
 
-def make_tokenizer(chat_template: bool = True):
-    """A byte-level BPE tokenizer trained in memory on the synthetic corpus (vocabulary ≈ 400)."""
+def make_tokenizer(chat_template: bool = True, extra: tuple[str, ...] = ()):
+    """A byte-level BPE tokenizer trained in memory on the synthetic corpus (vocabulary ≈ 400), and `extra` texts."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     corpus = []
     for record in synthetic_pool(300) + synthetic_target(50):
         corpus += [record["prompt"], record["completion"]]
-    corpus += ["user assistant system User Assistant", "Hello there. How are you?"]
+    corpus += ["user assistant system User Assistant", "Hello there. How are you?", *extra]
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()

