@@ -90,6 +90,7 @@ VARIANTS = {
     "influence-order2": Variant("influence", ORDER2, warm=True),
     "influence-order2-weighted": Variant("influence", ORDER2, warm=True, weighted=True),
     "influence-gradient": Variant("influence", (("embedding.method", "gradient"),)),  # loss-gradient embeddings
+    "influence-jvp": Variant("influence", (("embedding.method", "jvp"),)),  # forward-mode AD, the default until 12-07
     "influence-verify2": Variant("influence", (("landmarks.verify", lambda settings: 2 * settings["budget"]),)),
     "influence-mean-verify": Variant("influence", (("landmarks.verify_neighbours", 0.0),)),  # before neighbours
     # The target samples' neighbours found by MiniLM sentence embeddings (embed-sim's space), checked by exact gradients;
