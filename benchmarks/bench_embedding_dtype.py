@@ -13,6 +13,7 @@ influence, kernel and ridge. Only the landmarks are embedded, so this takes minu
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -21,14 +22,21 @@ import pyarrow.parquet as pq
 import torch
 from common import write_json
 
-from influence_distillation import (EmbeddingConfig, ModelConfig, choose_landmarks, load_model, load_samples,
-                                    tokenize_samples, truncated_backbone)
+from influence_distillation import (
+    EmbeddingConfig,
+    ModelConfig,
+    choose_landmarks,
+    load_model,
+    load_samples,
+    tokenize_samples,
+    truncated_backbone,
+)
 from influence_distillation.method import JvpEmbedder, heldout_fidelity, make_embedder
 
 
 def ways(model, bf16, config: EmbeddingConfig, seed: int) -> dict:
     """Way → its embedder; the float32 run's own first."""
-    with_method = lambda method: EmbeddingConfig(**{**config.__dict__, "method": method})
+    with_method = lambda method: dataclasses.replace(config, method=method)
     return {"float32, central differences (the default)": lambda: make_embedder(model, with_method("difference"), seed),
             "float32, JVP": lambda: make_embedder(model, with_method("jvp"), seed),
             "bf16 model, central differences, K blocks in float32 (the rule)":
@@ -67,7 +75,7 @@ def main() -> None:
         stored = torch.from_numpy(np.load(run / "embeddings.npy"))[torch.as_tensor(first)]
         values = torch.from_numpy(np.load(run / "target_scores.npy")[first])
         kernel = config["propagation"]
-        embedding = EmbeddingConfig(**{k: v for k, v in config["embedding"].items() if k != "batch_size"})
+        embedding = EmbeddingConfig(**config["embedding"])
         row = {"target": run.name.removeprefix("select-").removesuffix("-influence")}
         for name, embedder in ways(model, bf16, embedding, seeds["tangents"]).items():
             rows_ = embedder()(examples)

@@ -14,8 +14,8 @@ on a GPU each stage's peak of allocated GPU memory).
 128, as many verification landmarks, CountSketch); `influence` takes 5% landmarks without the cap, `influence-fixed`
 256 (both K = 2 now; before 2026-12-03 the defaults had K = 4 and SRHT, which `influence-fixed-k2`'s name recalls).
 `default-bf16` and `rds+-bf16` add `--dtype bfloat16` (for GPUs); `default-jvp` and `default-bf16-jvp` embed by
-forward-mode AD (the default until 2026-12-07) instead of central differences, in the model's dtype. The table's ratio column is against `default`
-(`influence` where `default` did not run).
+forward-mode AD (the default until 2026-12-07) instead of central differences, in the model's dtype. The table's
+ratio column is against `default` (`influence` where `default` did not run).
 LESS needs a warm-up's AdamW state (timed
 once, not part of its selection time, as in the side-by-side benchmark); above `--less-max` samples it is not run but
 extrapolated from its largest measured run (fixed stages as measured, per-sample stages scaled with the pool) and

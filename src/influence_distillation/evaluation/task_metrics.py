@@ -111,17 +111,16 @@ def greedy_answers(model, tokenizer, prompts: list[list[int]], max_new_tokens: i
     device = next(model.parameters()).device
     stops = [tokenizer.eos_token_id] + [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>",)
                                         if t in tokenizer.get_vocab()]
-    encoded = prompts
-    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     answers: list[str] = [""] * len(prompts)
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     for batch in tqdm(batches, desc="generate", unit="batch", disable=not progress, leave=False):
-        width = max(len(encoded[i]) for i in batch)
+        width = max(len(prompts[i]) for i in batch)
         ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
         for row, i in enumerate(batch):
-            ids[row, width - len(encoded[i]):] = torch.tensor(encoded[i])
-            mask[row, width - len(encoded[i]):] = 1
+            ids[row, width - len(prompts[i]):] = torch.tensor(prompts[i])
+            mask[row, width - len(prompts[i]):] = 1
         output = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
                                 max_new_tokens=max_new_tokens, pad_token_id=pad_id, eos_token_id=stops,
                                 stopping_criteria=[_Matched(tokenizer, width, stop_at)] if stop_at else None)
@@ -154,9 +153,9 @@ def function_body(answer: str, entry_point: str) -> str:
 
 
 def _indent_first_line(body: str) -> str:
-    """A body's first line at the indentation of the function's block (4 spaces). Why: in training the tokenizer
-    merges the newline that ends the generation prompt with the answer's leading spaces into one token ("\n   "),
-    so a model generating after the prompt's lone newline writes the rest of that indentation (" return ...")."""
+    """A body's first line at the indentation of the function's block (4 spaces). Since the prompt ends in the
+    training tokens' merged newline-and-indentation (`task_set`'s heads) a body normally starts indented; this keeps
+    one that still does not (a model that drops part of the indentation) from failing on a parse error alone."""
     first, newline, rest = body.partition("\n")
     if first.strip() and len(first) - len(first.lstrip(" ")) < 4:
         first = "    " + first.lstrip(" ")

@@ -38,7 +38,7 @@ from influence_distillation.method import (
     only_requires_grad,
     rds_embeddings,
 )
-from influence_distillation.model.blocks import find_blocks, truncated_backbone
+from influence_distillation.model.blocks import find_blocks
 from influence_distillation.model.loading import load_model, pad_token_id
 from influence_distillation.run import estimates
 from influence_distillation.run.estimates import GIB, Estimate, Rates, Sizes, Workload
@@ -143,11 +143,11 @@ def calibrate(model, tokenizer, pool, target, config: SelectConfig, load_seconds
         layer = sum(p.numel() for p in embedder.params.values())
         working = embedder.batch_size * (longest * hidden * layers * 48 * bytes_per + layer * 4 * 3)
     else:
-        # the kept blocks and their tangents (central differences: in float32, and θ ± εv kept too) and a batch's
-        # activations (forward-mode AD carries a tangent beside each)
-        difference = settings.method == "difference"
-        copies, carried, kept_bytes = (3, 0, 4) if difference else (1, settings.num_tangents, bytes_per)
-        kept = sum(p.numel() for p in truncated_backbone(model, settings.num_blocks).parameters()) * kept_bytes
+        # the kept blocks (the embedder's own copy, in its dtype) and their tangents (central differences keep
+        # θ ± εv too) and a batch's activations (forward-mode AD carries a tangent beside each)
+        kept_bytes = next(embedder.backbone.parameters()).element_size()
+        kept = sum(p.numel() for p in embedder.backbone.parameters()) * kept_bytes
+        copies, carried = (3, 0) if settings.method == "difference" else (1, settings.num_tangents)
         working = kept * (1 + copies * settings.num_tangents) + embedder.batch_size * longest * hidden \
             * settings.num_blocks * 64 * (1 + carried) * kept_bytes
     sizes = Sizes(model_bytes, bytes_per, hidden, layers, longest, size, getattr(projector, "padded_dim", size),
