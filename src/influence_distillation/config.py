@@ -191,6 +191,11 @@ class SelectionConfig:
         "--selection",
         choices=("auto", "round-robin", "top-k", "weights"),
     )
+    answer_floor: float = option(
+        0.0, "Influence and exact: pool samples whose trained answer has fewer tokens than this fraction of the "
+        "target's median answer are neither selected nor verified (0: off). First-order influence does not see "
+        "that many steps on far shorter answers hurt a target of long answers (docs/BENCHMARKS.md, champ); 0.25 is "
+        "the measured setting. Not applied to --selection weights.", minimum=0, added=True)
 
     def resolved(self, order: int, method: str = "influence") -> str:
         """The strategy `auto` stands for: each method's own (its paper's) default."""
@@ -205,7 +210,7 @@ METHODS = ("influence", "exact", "random", "mid-ppl", "rds+", "embed-sim", "less
 # `select --paper`: the paper's settings where this library's defaults differ (spec §5-§7), under any flags given.
 PAPER = {"embedding": {"num_blocks": 4, "num_tangents": 2, "pooling": "last", "method": "jvp"},
          "landmarks": {"count": 4096, "verify": 0, "strategy": "random"},
-         "gradients": {"projection": "srht", "params": "mlp-down"}}
+         "gradients": {"projection": "srht", "params": "mlp-down"}, "selection": {"answer_floor": 0.0}}
 
 
 @dataclass
@@ -248,6 +253,9 @@ class SelectConfig:
         if self.landmarks.count <= 0 and self.landmarks.count != -1:
             raise ConfigError(f"LandmarkConfig.count must be a count, a fraction of the pool, or -1 for the default "
                               f"rule, got {self.landmarks.count}")
+        if self.selection.answer_floor > 1:
+            raise ConfigError(f"SelectionConfig.answer_floor is a fraction of the target's median answer, from 0 to 1, "
+                              f"got {self.selection.answer_floor}")
         if self.landmarks.verify_neighbours > 1:
             raise ConfigError(f"LandmarkConfig.verify_neighbours is a share of the verification landmarks, from 0 to "
                               f"1, got {self.landmarks.verify_neighbours}")

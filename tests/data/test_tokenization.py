@@ -268,3 +268,22 @@ def test_generated_conversations_read_and_render_by_the_rules(tmp_path, tokenize
     else:
         (example,) = result.examples
         assert labelled_text(tokenizer, example) == "".join(f"{text}<|im_end|>\n" for text in trained)
+
+
+def test_packed_answer_lengths_count_each_samples_trained_tokens_in_chunks(tmp_path):
+    from influence_distillation.data.packed import PackedExamples, answer_lengths
+
+    rng = torch.Generator().manual_seed(4)
+    packed = PackedExamples(tmp_path)
+    for i in range(23):
+        length = int(torch.randint(1, 12, (1,), generator=rng))
+        ids = torch.randint(0, 500, (length,), generator=rng)
+        # some rows trained from their very first position, which no loss can predict
+        labels = torch.where(torch.rand(length, generator=rng) < 0.5, torch.full_like(ids, IGNORE_INDEX), ids)
+        packed.append(f"s{i}", ids.tolist(), labels.tolist(), False)
+    packed.save()
+    expected = [sum(1 for label in e.labels.tolist()[1:] if label != IGNORE_INDEX) for e in packed]
+    assert any(e.labels[0] != IGNORE_INDEX for e in packed) and len(set(expected)) > 3
+    for reader in (packed, PackedExamples.open(tmp_path)):
+        assert reader.answer_lengths(chunk_rows=4).tolist() == expected
+        assert answer_lengths(reader).tolist() == expected == answer_lengths(list(reader)).tolist()

@@ -88,3 +88,15 @@ def test_chunked_selection_equals_full_sorting(targets, budget, tmp_path):
         assert top_k(on_disk, budget).tolist() == np.argsort(-scores.mean(1), kind="stable")[:budget].tolist()
     finally:
         selection.CHUNK_ROWS = original
+
+
+@pytest.mark.parametrize("strategy", ["round-robin", "top-k"])
+def test_select_with_eligible_rows_is_the_selection_among_them(strategy):
+    rng = np.random.default_rng(3)
+    scores, eligible = rng.normal(size=(60, 4)), rng.random(60) < 0.6
+    rows = np.flatnonzero(eligible)
+    picked = select(scores, 12, strategy, seed=5, eligible=eligible)
+    assert picked.tolist() == rows[select(scores[eligible], 12, strategy, seed=5)].tolist()
+    assert select(scores, 12, strategy, seed=5).tolist() != picked.tolist()  # the mask mattered here
+    with pytest.raises(ValueError, match="eligible"):
+        select(scores, int(eligible.sum()) + 1, strategy, eligible=eligible)

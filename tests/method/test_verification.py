@@ -174,3 +174,15 @@ def test_verification_can_find_the_target_neighbours_in_minilm_space(model_dir, 
     assert sorted(np.setdiff1d(landmark_rows(tmp_path / "jvp"), first).tolist()) != verified  # the space matters
     manifest = json.loads((tmp_path / "minilm" / "manifest.json").read_text())
     assert "minilm_embeddings" in manifest["stages"] and manifest["config"]["landmarks"]["verify_space"] == "minilm"
+
+
+def test_verification_rows_skip_rows_the_selection_may_not_take():
+    scores = np.random.default_rng(2).normal(size=(30, 3))
+    landmarks = np.array([0, 5])
+    ranked = [row for row in np.argsort(-scores.mean(1), kind="stable") if row not in landmarks]
+    skipped = np.array(ranked[:6:2])  # three of the six best: without the skip they would be verified
+    picks = verification_rows(scores, landmarks, 6, skipped)
+    allowed = np.setdiff1d(np.arange(30), np.concatenate([landmarks, skipped]))
+    best = allowed[np.argsort(-scores[allowed].mean(1), kind="stable")[:6]]
+    assert sorted(picks.tolist()) == sorted(best.tolist())
+    assert set(verification_rows(scores, landmarks, 6).tolist()) & set(skipped.tolist())  # they would be taken

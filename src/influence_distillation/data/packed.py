@@ -70,6 +70,13 @@ class _Column:
             os.fsync(self._handle.fileno())
 
 
+def answer_lengths(examples) -> np.ndarray:
+    """Each example's trained-token count, for a `PackedExamples` without building its examples."""
+    if isinstance(examples, PackedExamples):
+        return examples.answer_lengths()
+    return np.array([int((example.labels[1:] != IGNORE_INDEX).sum()) for example in examples], dtype=np.int64)
+
+
 class PackedExamples(Sequence):
     """Tokenized samples packed into flat int32 columns, with no Python object per sample; `examples[i]` builds the
     `Example` when asked. Given a `folder`, the tokens, labels and ids are written there and read back from disk,
@@ -127,6 +134,21 @@ class PackedExamples(Sequence):
     def lengths(self) -> np.ndarray:
         """Each sample's token count."""
         return np.diff(np.asarray(self._offsets, dtype=np.int64))
+
+    def answer_lengths(self, chunk_rows: int = 4096) -> np.ndarray:
+        """Each sample's trained-token count (labels past the first position that are not IGNORE_INDEX), reading
+        the labels a chunk of rows at a time."""
+        counts = np.zeros(len(self), dtype=np.int64)
+        offsets = np.asarray(self._offsets, dtype=np.int64)
+        for start in range(0, len(self), chunk_rows):
+            stop = min(start + chunk_rows, len(self))
+            low, high = int(offsets[start]), int(offsets[stop])
+            trained = np.frombuffer(self._columns["labels"].read(4 * low, 4 * high), dtype=np.int32) != IGNORE_INDEX
+            firsts = offsets[start:stop] - low
+            trained[firsts[firsts < len(trained)]] = False  # a sequence's first token is never predicted
+            running = np.concatenate([[0], np.cumsum(trained)])
+            counts[start:stop] = running[offsets[start + 1:stop + 1] - low] - running[firsts]
+        return counts
 
     @property
     def ids(self) -> _Ids:

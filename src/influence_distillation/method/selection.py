@@ -101,10 +101,31 @@ SELECTORS = {"round-robin": lambda scores, budget, seed: round_robin(scores, bud
              "top-k": lambda scores, budget, seed: top_k(scores, budget)}
 
 
-def select(scores, budget: int, strategy: str = "round-robin", seed: int = 0) -> np.ndarray:
+def select(scores, budget: int, strategy: str = "round-robin", seed: int = 0,
+           eligible: np.ndarray | None = None) -> np.ndarray:
+    """`budget` rows by `strategy`; with `eligible` (N,) bool, only eligible rows (at least `budget` of them)."""
     if strategy not in SELECTORS:
         raise ValueError(f"strategy={strategy!r} is not one of {', '.join(SELECTORS)}")
+    if eligible is not None:
+        if int(np.count_nonzero(eligible)) < budget:
+            raise ValueError(f"budget={budget} exceeds the {int(np.count_nonzero(eligible))} eligible rows")
+        scores = _OnlyEligible(_as_matrix(scores), eligible)
     return SELECTORS[strategy](scores, budget, seed)
+
+
+class _OnlyEligible:
+    """An (N, t) score matrix read chunk by chunk in which ineligible rows score -1e300, below any real score (and
+    finite, so row means stay finite)."""
+
+    ndim = 2
+
+    def __init__(self, scores, eligible: np.ndarray):
+        self.scores, self.eligible, self.shape = scores, np.asarray(eligible, dtype=bool), scores.shape
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        block = np.array(self.scores[rows], dtype=np.float64)
+        block[~self.eligible[rows]] = -1e300
+        return block
 
 
 def _check(num_rows: int, budget: int) -> None:

@@ -39,6 +39,7 @@ from influence_distillation.method import (
     target_hvp,
     verify_landmarks,
 )
+from influence_distillation.data.packed import answer_lengths
 from influence_distillation.model.loading import pad_token_id
 from influence_distillation.options import key_dict
 from influence_distillation.run import distributed
@@ -71,6 +72,7 @@ class _Plan:
     verify: int  # verification landmarks
     space: GradientSpace
     eta: float
+    floor: dict[str, Any] | None = None  # the answer-length floor: its token count and ineligible rows, when on
     embedder: Any = None
 
     def embed(self, examples):
@@ -145,8 +147,27 @@ def _plan(run: RunContext) -> _Plan:
     verify = 0 if exact else verification_count(config.landmarks.verify, config.selection.budget,
                                                   landmark_count(config.landmarks.count, pool), pool)
     space = run_gradient_space(run.model, config.gradients, run.seeds["projection"])
-    return _Plan(run, exact, order, config.selection.resolved(order, config.method), verify, space,
-                 learning_rate(config.influence.learning_rate, space))
+    strategy = config.selection.resolved(order, config.method)
+    return _Plan(run, exact, order, strategy, verify, space, learning_rate(config.influence.learning_rate, space),
+                 _answer_floor(run, strategy))
+
+
+def _answer_floor(run: RunContext, strategy: str) -> dict[str, Any] | None:
+    """Which pool rows the answer-length floor (`SelectionConfig.answer_floor`) leaves out: those whose trained
+    answer is shorter than the floor times the target's median answer. Off (None) for the weights, and with a
+    warning when fewer rows than the budget would be left."""
+    share = run.config.selection.answer_floor
+    if not share or strategy == "weights":
+        return None
+    tokens = share * float(np.median(answer_lengths(run.target.examples)))
+    skipped = np.flatnonzero(answer_lengths(run.pool.examples) < tokens)
+    if len(run.pool.examples) - len(skipped) < run.config.selection.budget:
+        log.warning("answer floor: only %d pool samples have answers of %.0f tokens or more, fewer than the budget; "
+                    "selecting without the floor", len(run.pool.examples) - len(skipped), tokens)
+        return None
+    log.info("answer floor: %d of %d pool samples have answers shorter than %.0f tokens and are not selected",
+             len(skipped), len(run.pool.examples), tokens)
+    return {"tokens": tokens, "skipped": skipped}
 
 
 def _embeddings(plan: _Plan):
@@ -209,7 +230,8 @@ def _verification(plan: _Plan, embeddings, landmarks: np.ndarray, rows: torch.Te
                                            plan.verify, config.landmarks.verify_rounds, config.propagation,
                                            run.seeds["kernel"], measure,
                                            run.scores_file(len(embeddings), targets.rows.shape[0]), queries,
-                                           config.landmarks.verify_neighbours, neighbour_rows)
+                                           config.landmarks.verify_neighbours, neighbour_rows,
+                                           None if plan.floor is None else plan.floor["skipped"])
     return landmarks, torch.cat(pieces)[torch.as_tensor(order)]
 
 
@@ -256,7 +278,11 @@ def _selection(plan: _Plan, propagated: dict[str, Any], curvature):
     """The selected rows, and for weights the solution and its quadratic form."""
     run, budget = plan.run, plan.run.config.selection.budget
     if plan.strategy != "weights":
-        return select(propagated["scores"], budget, plan.strategy, run.seeds["selection"]), None, None
+        eligible = None
+        if plan.floor is not None:
+            eligible = np.ones(len(run.pool.examples), dtype=bool)
+            eligible[plan.floor["skipped"]] = False
+        return select(propagated["scores"], budget, plan.strategy, run.seeds["selection"], eligible), None, None
     form = None
     if curvature is not None:
         form = DenseQuadraticForm(curvature) if plan.exact else FactoredQuadraticForm(propagated["coefficients"],
@@ -287,7 +313,8 @@ def _details(plan: _Plan, embeddings, first, landmarks, propagated) -> dict[str,
         "influence": {"order": plan.order, "exact": plan.exact,
                       "variant": "adamw" if space.adam_states is not None else "gd", "learning_rate": plan.eta,
                       "normalized_gradients": space.normalize},
-        "selection": {"strategy": plan.strategy},
+        "selection": {"strategy": plan.strategy} | ({} if plan.floor is None else {
+            "answer_floor_tokens": plan.floor["tokens"], "below_answer_floor": int(len(plan.floor["skipped"]))}),
         "batch_sizes": {"gradients": space.batch_size,
                         **({} if plan.exact else {"embeddings": embedding_batch_size(run.model, config.embedding)})},
         "propagation": {k: propagated[k] for k in ("bandwidth", "ridge")}
