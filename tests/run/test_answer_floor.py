@@ -6,11 +6,13 @@ import random
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 from conftest import CAPITALS, COUNTRIES, write_jsonl
 
 from influence_distillation.config import ModelConfig, SelectConfig
 from influence_distillation.data.records import load_samples
 from influence_distillation.data.tokenization import IGNORE_INDEX, tokenize_samples
+from influence_distillation.errors import ConfigError
 from influence_distillation.method.landmarks import choose_landmarks
 from influence_distillation.model.loading import load_model
 from influence_distillation.run.pipeline import run_selection
@@ -69,10 +71,6 @@ def test_no_sample_below_the_floor_is_selected_or_verified(model_dir, tmp_path):
 
 
 def test_a_floor_above_the_targets_median_is_refused():
-    import pytest
-
-    from influence_distillation.errors import ConfigError
-
     config = SelectConfig(pool="p", target="t", out="o")
     config.model.path, config.selection.budget, config.selection.answer_floor = "m", 4, 1.5
     with pytest.raises(ConfigError, match="SelectionConfig.answer_floor"):

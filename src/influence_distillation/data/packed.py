@@ -70,13 +70,6 @@ class _Column:
             os.fsync(self._handle.fileno())
 
 
-def answer_lengths(examples) -> np.ndarray:
-    """Each example's trained-token count, for a `PackedExamples` without building its examples."""
-    if isinstance(examples, PackedExamples):
-        return examples.answer_lengths()
-    return np.array([int((example.labels[1:] != IGNORE_INDEX).sum()) for example in examples], dtype=np.int64)
-
-
 class PackedExamples(Sequence):
     """Tokenized samples packed into flat int32 columns, with no Python object per sample; `examples[i]` builds the
     `Example` when asked. Given a `folder`, the tokens, labels and ids are written there and read back from disk,

@@ -39,7 +39,6 @@ from influence_distillation.method import (
     target_hvp,
     verify_landmarks,
 )
-from influence_distillation.data.packed import answer_lengths
 from influence_distillation.model.loading import pad_token_id
 from influence_distillation.options import key_dict
 from influence_distillation.run import distributed
@@ -159,11 +158,12 @@ def _answer_floor(run: RunContext, strategy: str) -> dict[str, Any] | None:
     share = run.config.selection.answer_floor
     if not share or strategy == "weights":
         return None
-    tokens = share * float(np.median(answer_lengths(run.target.examples)))
-    skipped = np.flatnonzero(answer_lengths(run.pool.examples) < tokens)
-    if len(run.pool.examples) - len(skipped) < run.config.selection.budget:
+    tokens = share * float(np.median(run.target.examples.answer_lengths()))
+    skipped = np.flatnonzero(run.pool.examples.answer_lengths() < tokens)
+    kept = len(run.pool.examples) - len(skipped)
+    if kept < run.config.selection.budget:
         log.warning("answer floor: only %d pool samples have answers of %.0f tokens or more, fewer than the budget; "
-                    "selecting without the floor", len(run.pool.examples) - len(skipped), tokens)
+                    "selecting without the floor", kept, tokens)
         return None
     log.info("answer floor: %d of %d pool samples have answers shorter than %.0f tokens and are not selected",
              len(skipped), len(run.pool.examples), tokens)
