@@ -146,7 +146,7 @@ def test_config_file_values_and_flag_overrides(model_dir, data_files, tmp_path):
     assert main(["select", "--config", str(tmp_path / "config.yaml"), "--out", str(out), "--budget", "6",
                  "--quiet"]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["config"]["selection"] == {"budget": 6, "strategy": "top-k", "answer_floor": 0.0}
+    assert manifest["config"]["selection"] == {"budget": 6, "strategy": "top-k", "answer_floor": 0.25}
     assert manifest["landmarks"]["first"] == 18 and manifest["config"]["embedding"]["num_blocks"] == 1
     assert manifest["counts"]["landmarks"] == 18 + 6  # verification: as many as the budget
     scores = pq.read_table(out / "scores.parquet").to_pydict()

@@ -192,10 +192,10 @@ class SelectionConfig:
         choices=("auto", "round-robin", "top-k", "weights"),
     )
     answer_floor: float = option(
-        0.0, "Influence and exact: pool samples whose trained answer has fewer tokens than this fraction of the "
-        "target's median answer are neither selected nor verified (0: off). First-order influence does not see "
-        "that many steps on far shorter answers hurt a target of long answers (docs/BENCHMARKS.md, champ); 0.25 is "
-        "the measured setting. Not applied to --selection weights.", minimum=0, added=True)
+        0.25, "Influence and exact: pool samples whose trained answer has fewer tokens than this fraction of the "
+        "target's median answer are neither selected nor verified (0: off, as in the paper). First-order influence "
+        "does not see that many steps on far shorter answers hurt a target of long answers (docs/BENCHMARKS.md, "
+        "champ). Not applied to --selection weights.", minimum=0)  # not `added`: its default changed on 2026-12-07
 
     def resolved(self, order: int, method: str = "influence") -> str:
         """The strategy `auto` stands for: each method's own (its paper's) default."""

@@ -122,6 +122,30 @@ def test_benchmark_variants_and_per_row_seeds(model_dir, tmp_path, monkeypatch):
     assert all("weight" in record for record in with_weights)
 
 
+def test_rows_that_select_alike_are_fine_tuned_once(model_dir, tmp_path, monkeypatch):
+    """A variant whose settings change nothing on this data (as the answer floor on a target of short answers)
+    selects the same samples; each seed's fine-tune is then run once and shared by both rows."""
+    data = tmp_path / "data"
+    (data / "targets" / "math").mkdir(parents=True)
+    write_jsonl(data / "pool.jsonl", [{"id": f"p{i}", **r} for i, r in enumerate(synthetic_pool(40))])
+    write_jsonl(data / "targets" / "math" / "target.jsonl", synthetic_target(4))
+    write_jsonl(data / "targets" / "math" / "test.jsonl", synthetic_target(5, seed=9))
+    monkeypatch.setitem(benchmark.VARIANTS, "influence-twin", benchmark.Variant("influence"))
+    calls = []
+    real = benchmark.evaluate_subsets
+    monkeypatch.setattr(benchmark, "evaluate_subsets", lambda config, subsets, *a, **k: calls.append(
+        (sorted(subsets), config.seed)) or real(config, subsets, *a, **k))
+    out = tmp_path / "bench"
+    assert main(["benchmark", "--model", str(model_dir("llama")), "--data", str(data), "--out", str(out), "--quick",
+                 "--budget", "5", "--methods", "influence,influence-twin", "--seeds", "2", "--quiet"]) == 0
+    picked = [[json.loads(x)["id"] for x in (out / f"select-math-{row}" / "selected.jsonl").open()]
+              for row in ("influence", "influence-twin")]
+    assert picked[0] == picked[1]
+    assert [c for c in calls if c[0]] == [(["influence"], 0), (["influence"], 1)]
+    rows = {r["method"]: r for r in json.loads((out / "benchmark.json").read_text())["rows"]}
+    assert rows["influence-twin"]["test_loss"] == rows["influence"]["test_loss"]
+
+
 def test_benchmark_rows_are_checked_before_any_work(tmp_path, capsys):
     for rows, message in (("influence@x", "selection seed"), ("nope@1", "unknown 'nope'"), ("influence:0", "seed count")):
         assert main(["benchmark", "--out", str(tmp_path / "b"), "--methods", rows]) != 0

@@ -223,7 +223,7 @@ def _evaluate(out, data, target, model, selections, seeds, settings, config: Ben
         for seed in range(config.seed, config.seed + seeds[row]):
             key = artifacts.fingerprint(ids=[s.id for s in per_seed(seed)], seed=seed, weighted=weighted)
             runs.setdefault(row, []).append(key)
-            if key not in cached["runs"]:
+            if key not in cached["runs"] and key not in {k for *_, k in missing}:  # rows that select alike: once
                 missing.append((row, seed, weighted, key))
     if missing or "untrained" not in cached:
         log.info("%s: evaluating %s", target, ", ".join(f"{r} (seed {s})" for r, s, _, _ in missing) or "untrained")

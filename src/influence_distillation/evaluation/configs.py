@@ -98,8 +98,8 @@ VARIANTS = {
     "influence-minilm": Variant("influence", (("landmarks.verify_space", "minilm"),)),
     "influence-minilm-near1": Variant("influence", (("landmarks.verify_space", "minilm"),
                                                     ("landmarks.verify_neighbours", 1.0))),
-    # Pool samples with answers under a quarter of the target's median answer left out (champ: docs/BENCHMARKS.md).
-    "influence-floor": Variant("influence", (("selection.answer_floor", 0.25),)),
+    # Without the answer-length floor: the default until 2026-12-07 (champ: docs/BENCHMARKS.md).
+    "influence-nofloor": Variant("influence", (("selection.answer_floor", 0.0),)),
     # The suite's default before the defaults were chosen for scale (2026-12-03): 5% landmarks, the SRHT projection.
     "influence-5pct": Variant("influence", (("landmarks.count", 0.05), ("gradients.projection", "srht"))),
 }
