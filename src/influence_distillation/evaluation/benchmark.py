@@ -217,13 +217,14 @@ def _evaluate(out, data, target, model, selections, seeds, settings, config: Ben
         artifacts.write_json(path, cached)
         if ledger:  # cached["runs"] holds the recorded runs too
             ledger.record_evaluations(target, {**recorded, "runs": cached["runs"], "untrained": cached["untrained"]})
-    runs, missing = {}, []
+    runs, missing, queued = {}, [], set()  # queued: rows that select alike share each seed's fine-tune
     for row, per_seed in selections.items():
         weighted = _variant(row)[0].weighted
         for seed in range(config.seed, config.seed + seeds[row]):
             key = artifacts.fingerprint(ids=[s.id for s in per_seed(seed)], seed=seed, weighted=weighted)
             runs.setdefault(row, []).append(key)
-            if key not in cached["runs"] and key not in {k for *_, k in missing}:  # rows that select alike: once
+            if key not in cached["runs"] and key not in queued:
+                queued.add(key)
                 missing.append((row, seed, weighted, key))
     if missing or "untrained" not in cached:
         log.info("%s: evaluating %s", target, ", ".join(f"{r} (seed {s})" for r, s, _, _ in missing) or "untrained")
