@@ -49,29 +49,44 @@ class Interrupted(KeyboardInterrupt):
         return f"interrupted{where}{done}; rerun the same command to resume"
 
 
+_arrived: list[Interrupted] = []  # the signal being handled, kept in case C code swallows its exception
+
+
 @contextlib.contextmanager
 def signals_interrupt() -> Iterator[None]:
     """While the block runs, SIGTERM (how SLURM and Kubernetes preempt) and SIGINT raise `Interrupted` in the main
-    thread, so the run unwinds like a Ctrl-C instead of dying without a word."""
+    thread, so the run unwinds like a Ctrl-C instead of dying without a word. A signal that lands inside C code which
+    calls back into Python (numpy's `tofile` flushing its file) can come out as that code's own error; the signal
+    is remembered, so the run still ends as the interruption it was."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def interrupt(signum, frame):
-        raise Interrupted(signum)
+        if not _arrived:
+            _arrived.append(Interrupted(signum))
+        raise _arrived[0]
 
     previous = {number: signal.signal(number, interrupt) for number in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
+    except Interrupted:
+        raise
+    except BaseException as exc:
+        if _arrived:
+            raise _arrived[0] from exc
+        raise
     finally:
+        _arrived.clear()
         for number, handler in previous.items():
             signal.signal(number, handler)
 
 
 def note_stage(exc: BaseException, stage: str, progress: tuple[int, int] | None = None) -> None:
-    """Record where an interruption happened; the innermost place that knows wins."""
-    if isinstance(exc, Interrupted) and exc.stage is None:
-        exc.stage, exc.progress = stage, progress
+    """Record where an interruption happened (also when it surfaced as another error); the innermost place wins."""
+    interrupted = exc if isinstance(exc, Interrupted) else (_arrived[0] if _arrived else None)
+    if interrupted is not None and interrupted.stage is None:
+        interrupted.stage, interrupted.progress = stage, progress
 
 
 def disk_problem(exc: OSError) -> str | None:
