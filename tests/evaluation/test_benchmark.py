@@ -146,6 +146,26 @@ def test_rows_that_select_alike_are_fine_tuned_once(model_dir, tmp_path, monkeyp
     assert rows["influence-twin"]["test_loss"] == rows["influence"]["test_loss"]
 
 
+def test_a_second_target_keeps_the_first_targets_cold_time(model_dir, tmp_path, caplog):
+    """A cold time measures the pool-wide stages; a second target reuses them and computes only its own verification
+    gradients, which must not make the first target's time look stale (it did: dropped, with a warning that the
+    settings had changed)."""
+    data = tmp_path / "data"
+    for number, name in enumerate(("math", "other")):
+        (data / "targets" / name).mkdir(parents=True)
+        write_jsonl(data / "targets" / name / "target.jsonl", synthetic_target(4, seed=number))
+        write_jsonl(data / "targets" / name / "test.jsonl", synthetic_target(5, seed=9))
+    write_jsonl(data / "pool.jsonl", [{"id": f"p{i}", **r} for i, r in enumerate(synthetic_pool(40))])
+    out = tmp_path / "bench"
+    assert main(["benchmark", "--model", str(model_dir("llama")), "--data", str(data), "--out", str(out), "--quick",
+                 "--budget", "5", "--methods", "influence", "--select-only", "--quiet"]) == 0
+    other = json.loads((out / "select-other-influence" / "manifest.json").read_text())["cache"]
+    assert "embeddings" in other["reused"] and any(s.startswith("verified_gradients") for s in other["stages"])
+    timings = json.loads((out / "timings.json").read_text())
+    assert timings["influence"]["target"] == "math" and timings["influence"]["seconds"] > 0
+    assert "settings changed" not in caplog.text
+
+
 def test_benchmark_rows_are_checked_before_any_work(tmp_path, capsys):
     for rows, message in (("influence@x", "selection seed"), ("nope@1", "unknown 'nope'"), ("influence:0", "seed count")):
         assert main(["benchmark", "--out", str(tmp_path / "b"), "--methods", rows]) != 0

@@ -247,11 +247,12 @@ def _evaluate(out, data, target, model, selections, seeds, settings, config: Ben
 def _method_key(manifest) -> str:
     """What a method's cold time depends on: the fingerprints of the pool-wide stages it computed (each covers the
     model, pool and that stage's settings) and, for ours, the per-run settings. Not the target: the pool-wide stages,
-    which dominate, are the same for every target."""
+    which dominate, are the same for every target; the verification gradients, cached per target, are left out."""
     config = manifest["config"]
     per_run = {k: config[k] for k in ("landmarks", "gradients", "influence")} if manifest["method"] in (
         OURS, "exact") else {}
-    return artifacts.fingerprint(method=manifest["method"], stages=manifest["cache"].get("stages", {}), **per_run)
+    stages = {k: v for k, v in manifest["cache"].get("stages", {}).items() if not k.startswith("verified_gradients")}
+    return artifacts.fingerprint(method=manifest["method"], stages=stages, **per_run)
 
 
 def _summarize(rows, timings, methods, targets) -> dict[str, Any]:
