@@ -35,6 +35,7 @@ from influence_distillation.evaluation.ledger import Ledger
 from influence_distillation.evaluation.lora import aggregate_runs, evaluate_subsets
 from influence_distillation.model.loading import resolve_model_path
 from influence_distillation.options import check_ranges, same_config, to_dict
+from influence_distillation.run.distillation import VERIFIED_STAGE
 from influence_distillation.run.pipeline import run_selection
 from influence_distillation.run.warmup import WarmupConfig, run_warmup
 from influence_distillation.stats import average_ranks
@@ -251,7 +252,7 @@ def _method_key(manifest) -> str:
     config = manifest["config"]
     per_run = {k: config[k] for k in ("landmarks", "gradients", "influence")} if manifest["method"] in (
         OURS, "exact") else {}
-    stages = {k: v for k, v in manifest["cache"].get("stages", {}).items() if not k.startswith("verified_gradients")}
+    stages = {k: v for k, v in manifest["cache"].get("stages", {}).items() if not k.startswith(VERIFIED_STAGE)}
     return artifacts.fingerprint(method=manifest["method"], stages=stages, **per_run)
 
 

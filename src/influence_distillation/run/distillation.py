@@ -57,6 +57,8 @@ from influence_distillation.run.policy import (
 )
 from influence_distillation.run.shards import EMBEDDING_SHARD, GRADIENT_SHARD
 
+VERIFIED_STAGE = "verified_gradients"  # each round's stage: VERIFIED_STAGE_1, _2…; cached per target
+
 log = logging.getLogger(__name__)
 
 
@@ -223,7 +225,7 @@ def _verification(plan: _Plan, embeddings, landmarks: np.ndarray, rows: torch.Te
 
     def measure(picks, number):
         picks = distributed.broadcast(run.dist, picks)  # every rank computes shards of the same rows
-        pieces.append(plan.gradients(f"verified_gradients_{number}", picks, plan.order == 1 and number == rounds))
+        pieces.append(plan.gradients(f"{VERIFIED_STAGE}_{number}", picks, plan.order == 1 and number == rounds))
         return first_order_influence(pieces[-1], targets.rows)
 
     landmarks, _, order = verify_landmarks(embeddings, landmarks, first_order_influence(rows, targets.rows),

@@ -70,10 +70,8 @@ def signals_interrupt() -> Iterator[None]:
     previous = {number: signal.signal(number, interrupt) for number in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
-    except Interrupted:
-        raise
     except BaseException as exc:
-        if _arrived:
+        if _arrived and exc is not _arrived[0]:
             raise _arrived[0] from exc
         raise
     finally:
