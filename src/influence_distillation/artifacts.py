@@ -11,7 +11,8 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
+import shutil
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -33,27 +34,28 @@ REPORT_FILES = ("report.html", "report.md", "report_files", "eval.json")  # what
 OUTPUT_FILES = (SELECTED, DATASET_INFO, SCORES, TARGET_SCORES, EMBEDDINGS, EXCLUDED, WEIGHTS, MANIFEST, STAGES, *REPORT_FILES)
 
 
+def fresh_sibling(path: Path) -> Path:
+    """An unused hidden name beside `path`, chosen before anything is created there: cleanup after a signal that
+    lands mid-creation then knows what to remove (tempfile's mkstemp and mkdtemp name it only once it exists)."""
+    return path.parent / f".{path.name}.{uuid.uuid4().hex[:16]}.tmp"
+
+
 @contextlib.contextmanager
 def atomic_file(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
     """Open a temporary sibling of `path` for writing; rename it over `path` only if the block succeeds."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = fresh_sibling(path)
     try:
-        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as handle:
+        with open(tmp, mode.replace("w", "x"), **({"encoding": "utf-8"} if "b" not in mode else {})) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; the result is an ordinary file
         os.replace(tmp, path)
-    except OSError as exc:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        if exc.filename is None:  # a failed write() names no file; say which one
+        if isinstance(exc, OSError) and exc.filename is None:  # a failed write() names no file; say which one
             raise OSError(exc.errno, exc.strerror, str(path)) from exc
-        raise
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
         raise
 
 
@@ -61,31 +63,24 @@ def atomic_file(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
 def atomic_directory(path: Path) -> Iterator[Path]:
     """Yield an empty temporary sibling folder; if the block succeeds it replaces `path` (an existing folder there
     is removed first), otherwise it is deleted. A folder named `path` is therefore always complete."""
-    import shutil
-
-    staging = staging_directory(path)
-    try:
+    with staging_directory(path) as staging:
         yield staging
         if path.exists():
             shutil.rmtree(path)
         os.replace(staging, path)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
-def staging_directory(path: Path) -> Path:
-    """A new empty hidden sibling of `path`, with the permissions of an ordinary folder, to be renamed to `path`."""
+@contextlib.contextmanager
+def staging_directory(path: Path) -> Iterator[Path]:
+    """A new empty hidden sibling of `path` for the block to fill and rename to `path`; whatever of it is still
+    there when the block ends (it failed, or lost a race to rename) is removed."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
-    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private
-    return staging
-
-
-def _umask() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
+    staging = fresh_sibling(path)
+    try:
+        staging.mkdir()
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_json(path: Path, value: Any) -> None:

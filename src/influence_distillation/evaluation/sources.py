@@ -22,13 +22,12 @@ import json
 import logging
 import os
 import re
-import shutil
 import subprocess
 import sys
 import sysconfig
-import tempfile
 from pathlib import Path
 
+from influence_distillation import artifacts
 from influence_distillation.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -144,8 +143,7 @@ def maths_environment(cache: Path) -> Path:
         return folder
     cache.mkdir(parents=True, exist_ok=True)
     log.info("maths: installing %s into %s (once)", ", ".join(MATHS_ENVIRONMENT), folder)
-    staging = Path(tempfile.mkdtemp(dir=cache, prefix=".maths-env-"))
-    try:
+    with artifacts.staging_directory(folder) as staging:
         result = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
                                  "--no-deps", "--target", str(staging), *MATHS_ENVIRONMENT],
                                 capture_output=True, text=True)
@@ -166,8 +164,6 @@ def maths_environment(cache: Path) -> Path:
         except OSError:  # another process finished first: use its copy
             if not (folder / "READY").is_file():
                 raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return folder
 
 

@@ -4,8 +4,6 @@ resumable pool-wide stages (`RunContext.sharded`)."""
 from __future__ import annotations
 
 import functools
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,9 +83,8 @@ class RunContext:
     def scores_file(self, rows: int, columns: int) -> artifacts.NpyRows:
         """A scratch (rows, columns) float64 file for propagated scores, removed when the run ends."""
         self.cache_root.mkdir(parents=True, exist_ok=True)
-        handle, path = tempfile.mkstemp(dir=self.cache_root, prefix=".scores-", suffix=".npy")
-        os.close(handle)
-        self.scratch.append(Path(path))
+        path = artifacts.fresh_sibling(self.cache_root / "scores.npy")
+        self.scratch.append(path)
         return artifacts.NpyRows.create(path, (rows, columns), np.float64)
 
     def sharded(self, stage: str, rows: int, compute_rows, shard_rows: int, last: bool = False,

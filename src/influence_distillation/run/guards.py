@@ -80,6 +80,13 @@ def signals_interrupt() -> Iterator[None]:
             signal.signal(number, handler)
 
 
+def raise_if_interrupted() -> None:
+    """Raise the signal that arrived even if code that ignores errors (rmtree's `ignore_errors`) ate its exception
+    whole: called before each shard, so such a run still stops within a shard instead of running on."""
+    if _arrived:
+        raise _arrived[0]
+
+
 def note_stage(exc: BaseException, stage: str, progress: tuple[int, int] | None = None) -> None:
     """Record where an interruption happened (also when it surfaced as another error); the innermost place wins."""
     interrupted = exc if isinstance(exc, Interrupted) else (_arrived[0] if _arrived else None)

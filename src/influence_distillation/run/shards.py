@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -32,7 +31,15 @@ from influence_distillation.artifacts import NpyRows, atomic_file, staging_direc
 from influence_distillation.data.tokenization import TokenizedSet
 from influence_distillation.errors import OutputError
 from influence_distillation.run.distributed import DistInfo, barrier
-from influence_distillation.run.guards import FORMAT, check_format, disk_error, disk_problem, note_stage, shard_claim
+from influence_distillation.run.guards import (
+    FORMAT,
+    check_format,
+    disk_error,
+    disk_problem,
+    note_stage,
+    raise_if_interrupted,
+    shard_claim,
+)
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +104,7 @@ class ShardedStage:
 
     def _compute_shard(self, shard: int, compute_rows, wait: bool, bar) -> bool:
         """Compute and write one shard unless it exists; False if another process holds it and `wait` is False."""
+        raise_if_interrupted()
         path = self.path(shard)
         with shard_claim(path, wait) as claimed:
             if not claimed:
@@ -171,8 +179,7 @@ def tokenized_in(folder: Path, tokenize: Callable[[Path], TokenizedSet]) -> tupl
     if folder.is_dir():
         check_format(folder, _format_record(folder), "the token cache")
         return TokenizedSet.open(folder), True
-    staging = staging_directory(folder)
-    try:
+    with staging_directory(folder) as staging:
         tokenize(staging).save()
         write_json(staging / FORMAT_FILE, {"format": FORMAT})
         try:
@@ -180,8 +187,6 @@ def tokenized_in(folder: Path, tokenize: Callable[[Path], TokenizedSet]) -> tupl
         except OSError:
             if not folder.is_dir():
                 raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return TokenizedSet.open(folder), False
 
 
