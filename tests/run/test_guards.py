@@ -79,7 +79,8 @@ def _swallowed_by_c_code():
 
 
 def _lost_in_c_code():
-    """What `shutil.rmtree(..., ignore_errors=True)` can do to a signal that lands inside it: nothing is raised."""
+    """What a finaliser (whose errors Python only prints) or code that ignores errors does to a signal landing in it:
+    nothing is raised."""
     try:
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(5)
@@ -106,7 +107,7 @@ def test_a_signal_at_any_instant_of_a_write_leaves_no_temporary_behind(tmp_path)
             arrived = []
             try:
                 signal.setitimer(signal.ITIMER_REAL, rng.uniform(1e-6, 2e-3))
-                while not arrived:  # a signal eaten whole (inside rmtree's ignore_errors) must not loop forever
+                while not arrived:  # a signal eaten whole (it landed in a finaliser) must not loop forever
                     artifacts.write_json(tmp_path / "a.json", {})
                     artifacts.write_npy(tmp_path / "b.npy", np.zeros(3))
                     with artifacts.atomic_directory(tmp_path / "c"):

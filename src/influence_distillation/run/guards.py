@@ -81,8 +81,8 @@ def signals_interrupt() -> Iterator[None]:
 
 
 def raise_if_interrupted() -> None:
-    """Raise the signal that arrived even if code that ignores errors (rmtree's `ignore_errors`) ate its exception
-    whole: called before each shard, so such a run still stops within a shard instead of running on."""
+    """Raise the signal that arrived even if its exception was eaten whole (it landed in a finaliser, whose errors
+    Python only prints, or in code that ignores errors): called before each shard, so the run still stops."""
     if _arrived:
         raise _arrived[0]
 
