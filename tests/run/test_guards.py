@@ -15,6 +15,7 @@ import pytest
 import torch
 from conftest import ENV, assert_same_selection, select_args, synthetic_pool, synthetic_target, write_jsonl
 
+from influence_distillation import artifacts
 from influence_distillation.cli import main
 from influence_distillation.errors import OutputError
 from influence_distillation.run import guards, shards
@@ -69,31 +70,22 @@ def test_sigterm_mid_stage_says_where_exits_143_and_the_rerun_equals_a_fresh_run
     _same_as_fresh(tmp_path, model_dir, pool, target, tmp_path / "stopped")
 
 
-def _swallowed_by_c_code():
-    """What numpy's `tofile` did to a SIGTERM that arrived while it flushed: its own TypeError in place of ours."""
+def _signal_inside_c_code(replaced_by: Exception | None):
+    """A SIGINT whose exception code around it replaces (numpy's `tofile` raised its own TypeError for a SIGTERM
+    that arrived while it flushed) or eats whole (a finaliser, whose errors Python only prints, or code that ignores
+    errors: `replaced_by` None)."""
     try:
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(5)  # the handler runs before this ends
     except Interrupted:
-        raise TypeError("expected str, bytes or os.PathLike object, not BufferedWriter") from None
-
-
-def _lost_in_c_code():
-    """What a finaliser (whose errors Python only prints) or code that ignores errors does to a signal landing in it:
-    nothing is raised."""
-    try:
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(5)
-    except Interrupted:
-        pass
+        if replaced_by is not None:
+            raise replaced_by from None
 
 
 def test_a_signal_at_any_instant_of_a_write_leaves_no_temporary_behind(tmp_path):
     """2,000 one-shot timers, each firing at a random instant of atomic writes (a file, an array, a folder): the
     exception the signal raises may land while a temporary is being created, and its cleanup must know its name.
     (tempfile's mkstemp, used before, named the file only after creating it: a few in a hundred signals left one.)"""
-    from influence_distillation import artifacts
-
     class Arrived(BaseException):
         pass
 
@@ -137,7 +129,8 @@ def test_an_interruption_is_reported_with_its_stage_and_progress(arrives, model_
         if len(calls) == 3:
             if arrives == "raised":
                 raise Interrupted(signal.SIGINT)
-            (_swallowed_by_c_code if arrives == "swallowed" else _lost_in_c_code)()
+            _signal_inside_c_code(TypeError("expected str, bytes or os.PathLike object, not BufferedWriter")
+                                  if arrives == "swallowed" else None)
         return real(self, *args, **kwargs)
 
     real = ShardedStage._compute_shard

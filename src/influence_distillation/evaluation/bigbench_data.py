@@ -30,13 +30,12 @@ import re
 import subprocess
 import sys
 import tarfile
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from influence_distillation.artifacts import write_json, write_jsonl
+from influence_distillation.artifacts import staging_directory, write_json, write_jsonl
 from influence_distillation.errors import DataError
 from influence_distillation.evaluation.configs import BIGBENCH_TARGET_TASKS as TARGET_TASKS
 
@@ -110,12 +109,12 @@ def fetch_bigbench(cache: Path) -> Path:
         return path
     cache.mkdir(parents=True, exist_ok=True)
     log.info("BIG-bench: downloading %s (358 MB, once) into %s", BIGBENCH, cache)
-    with tempfile.TemporaryDirectory(dir=cache) as staging:
+    with staging_directory(path) as staging:
         result = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", staging, BIGBENCH],
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(staging), BIGBENCH],
             capture_output=True, text=True,
         )
-        downloaded = Path(staging) / BIGBENCH_FILE
+        downloaded = staging / BIGBENCH_FILE
         if result.returncode != 0 or not downloaded.is_file():
             message = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no file"]
             raise DataError(f"could not download {BIGBENCH} with pip ({message[0]}); check that your package index "
