@@ -2,9 +2,10 @@
 run's cost model and the warm-up.
 
 Its public names, for users and for `benchmarks/`: the run and its result, the dry run, the cost model the dry run
-fills with rates timed on this machine (`Rates` × `Workload` → each stage's `Estimate`, by `for_method`), and the
-rule for how many verification landmarks a run places. They import on first use (PEP 562), as the method's face; the
-layers above `run/` (report, evaluation, CLI) still import its modules directly.
+fills with rates timed on this machine (`Rates` × `Workload` → each stage's `Estimate`, by `for_method`), the rule
+for how many verification landmarks a run places, and how `--seed` becomes each stage's seed. They import on first
+use (PEP 562), as the method's face; the layers above `run/` (report, evaluation, CLI) still import its modules
+directly.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ _EXPORTS = {
     "estimates": ("Estimate", "Rates", "Sizes", "Workload", "for_method"),
     "outputs": ("SelectionResult",),
     "pipeline": ("run_selection",),
-    "policy": ("verification_count",),
+    "policy": ("derive_seed", "verification_count"),
     "preflight": ("DryRun", "dry_run"),
 }
 
