@@ -3,7 +3,7 @@ the share given to the target samples' neighbours — brings its selection close
 For every target of a benchmark folder with both a `select-TARGET-influence` and a `select-TARGET-exact` run, the
 default's selection is replayed offline with the library's own `verify_landmarks`, `propagate` and `select`, each
 landmark's exact influence looked up in the exact run's scores instead of computed: a variant costs a KRR, not a
-gradient. Replaying the run's own settings at its own seed must give back its 120 picks (checked, printed).
+gradient. Replaying the run's own settings at its own seed must give back its picks (printed; exit 1 if not).
 
 Reported per variant, mean ± std over landmark draws: how many of exact's picks it shares, and the mean exact
 influence (over the target samples) of its picks as a share of exact's picks' — a proxy for the fine-tuned loss,
@@ -42,8 +42,8 @@ DEFAULT_VARIANTS = ("128x120x1x0.5,128x240x1x0.5,128x240x2x0.5,128x240x2x0.25,12
                     "256x120x1x0.5,256x240x1x0.5,512x120x1x0.5,512x240x1x0.5,1024x120x1x0.5")
 
 
-def replay(embeddings, exact, queries, skipped, budget, kernel: PropagationConfig, seeds: dict, landmarks: int,
-           verify: int, rounds: int, near: float) -> np.ndarray:
+def replay(embeddings, exact, queries, skipped, budget, strategy: str, kernel: PropagationConfig, seeds: dict,
+           landmarks: int, verify: int, rounds: int, near: float) -> np.ndarray:
     """The default's selection with these counts, every landmark's influence read from `exact` (N, t)."""
     first = choose_landmarks(len(exact), landmarks, seeds["landmarks"], "random")
     measure = lambda rows, _round: torch.from_numpy(exact[rows]).double()
@@ -54,7 +54,7 @@ def replay(embeddings, exact, queries, skipped, budget, kernel: PropagationConfi
     scores, _ = propagate(embeddings, rows, values.float(), kernel, seeds["kernel"], None)
     eligible = np.ones(len(exact), dtype=bool)
     eligible[skipped] = False
-    return select(scores, budget, "round-robin", seeds["selection"], eligible)
+    return select(scores, budget, strategy, seeds["selection"], eligible)
 
 
 def target_rows(run: Path, exact_run: Path, model, tokenizer, variants, draws: int) -> dict:
@@ -70,7 +70,9 @@ def target_rows(run: Path, exact_run: Path, model, tokenizer, variants, draws: i
                                   progress=False)
     floor = manifest["selection"].get("answer_floor_tokens")
     skipped = np.flatnonzero(pool_set.examples.answer_lengths() < floor) if floor else np.zeros(0, dtype=np.int64)
-    assert len(skipped) == manifest["selection"].get("below_answer_floor", 0), "the answer floor did not replay"
+    if len(skipped) != manifest["selection"].get("below_answer_floor", 0):
+        raise SystemExit(f"{run}: the answer floor leaves out {len(skipped)} samples here, the run "
+                         f"{manifest['selection'].get('below_answer_floor', 0)}; was the pool changed?")
     embedder = make_embedder(model, EmbeddingConfig(**config["embedding"]), seeds["tangents"])
     queries = embedder([target_set.examples[i] for i in range(len(target_set.examples))])
     embeddings = torch.from_numpy(np.load(run / "embeddings.npy"))
@@ -78,6 +80,7 @@ def target_rows(run: Path, exact_run: Path, model, tokenizer, variants, draws: i
     exact_picks = np.flatnonzero(pq.read_table(exact_run / "scores.parquet").column("selected").to_numpy())
     own_picks = np.flatnonzero(pq.read_table(run / "scores.parquet").column("selected").to_numpy())
     budget, kernel = config["selection"]["budget"], PropagationConfig(**config["propagation"])
+    strategy = manifest["selection"]["strategy"]
     mean_exact = exact.mean(1)
     best = mean_exact[exact_picks].mean()
 
@@ -85,13 +88,14 @@ def target_rows(run: Path, exact_run: Path, model, tokenizer, variants, draws: i
         return len(np.intersect1d(picks, exact_picks)), float(mean_exact[picks].mean() / best)
 
     landmarks = config["landmarks"]
-    own = replay(embeddings, exact, queries, skipped, budget, kernel, seeds, manifest["landmarks"]["first"],
+    own = replay(embeddings, exact, queries, skipped, budget, strategy, kernel, seeds, manifest["landmarks"]["first"],
                  manifest["landmarks"]["verified"], landmarks["verify_rounds"], landmarks["verify_neighbours"])
     out = {"target": run.name.removeprefix("select-").removesuffix("-influence"),
-           "replayed_own_picks": len(np.intersect1d(own, own_picks)), "own": measured(own_picks), "variants": {}}
+           "budget": budget, "replayed_own_picks": len(np.intersect1d(own, own_picks)), "own": measured(own_picks),
+           "variants": {}}
     for variant in variants:
         count, verify, rounds, near = variant
-        found = [measured(replay(embeddings, exact, queries, skipped, budget, kernel,
+        found = [measured(replay(embeddings, exact, queries, skipped, budget, strategy, kernel,
                                  {k: derive_seed(draw, k) for k in ("landmarks", "kernel", "selection")},
                                  int(count), int(verify), int(rounds), near)) for draw in range(draws)]
         out["variants"]["x".join(f"{v:g}" for v in variant)] = np.array(found).tolist()
@@ -121,8 +125,8 @@ def main() -> None:
     rows = []
     for run, exact in pairs:
         row = target_rows(run, exact, model, tokenizer, variants, args.draws)
-        print(f"{row['target']}: replaying the run gives back {row['replayed_own_picks']} of its 120 picks",
-              flush=True)
+        print(f"{row['target']}: replaying the run gives back {row['replayed_own_picks']} of its {row['budget']} "
+              "picks", flush=True)
         rows.append(row)
     names = list(rows[0]["variants"])
     print("\nshared with exact's picks / their mean exact influence as a share of exact's picks' (mean ± std over "
@@ -135,6 +139,8 @@ def main() -> None:
             cells.append(f"{found[:, 0].mean():.0f} / {found[:, 1].mean():.3f} ± {found[:, 1].std():.3f}")
         print(f"| {name} | " + " | ".join(cells) + " |")
     write_json(Path(args.out), {"args": vars(args), "rows": rows})
+    if any(row["replayed_own_picks"] != row["budget"] for row in rows):
+        raise SystemExit("a replay did not give back its run's own selection: the variants above are not comparable")
 
 
 if __name__ == "__main__":
