@@ -16,6 +16,7 @@ which is what decides (docs/BENCHMARKS.md, "What closes the gap to exact").
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from pathlib import Path
 
@@ -57,19 +58,26 @@ def replay(embeddings, exact, queries, skipped, budget, strategy: str, kernel: P
     return select(scores, budget, strategy, seeds["selection"], eligible)
 
 
+@functools.cache
+def pool_answer_lengths(path: str, max_length: int, tokenizer) -> dict[str, int]:
+    """Pool id → its trained answer's tokens, for the answer floor: tokenized once, the targets share the pool."""
+    pool = tokenize_samples(load_samples(path, "pool"), tokenizer, max_length, True, "pool", progress=False)
+    return dict(zip(pool.ids, pool.examples.answer_lengths().tolist()))
+
+
 def target_rows(run: Path, exact_run: Path, model, tokenizer, variants, draws: int) -> dict:
     manifest = json.loads((run / "manifest.json").read_text())
     config, seeds = manifest["config"], manifest["seeds"]
     ids = pq.read_table(run / "scores.parquet").column("id").to_pylist()
     if ids != pq.read_table(exact_run / "scores.parquet").column("id").to_pylist():
         raise SystemExit(f"{run} and {exact_run} rank different pools; rerun them on the same data")
-    pool = {s.id: s for s in load_samples(config["pool"], "pool")}
     max_length = config["data"]["max_length"]
-    pool_set = tokenize_samples([pool[i] for i in ids], tokenizer, max_length, True, "pool", progress=False)
+    answer_lengths = pool_answer_lengths(config["pool"], max_length, tokenizer)
     target_set = tokenize_samples(load_samples(config["target"], "target"), tokenizer, max_length, True, "target",
                                   progress=False)
     floor = manifest["selection"].get("answer_floor_tokens")
-    skipped = np.flatnonzero(pool_set.examples.answer_lengths() < floor) if floor else np.zeros(0, dtype=np.int64)
+    lengths = np.array([answer_lengths[i] for i in ids])
+    skipped = np.flatnonzero(lengths < floor) if floor else np.zeros(0, dtype=np.int64)
     if len(skipped) != manifest["selection"].get("below_answer_floor", 0):
         raise SystemExit(f"{run}: the answer floor leaves out {len(skipped)} samples here, the run "
                          f"{manifest['selection'].get('below_answer_floor', 0)}; was the pool changed?")
